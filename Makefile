@@ -1,0 +1,36 @@
+# `make demo` and `make test` do all the set-up on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first, pinned: the CPU build on this disk. A bare `torch` would pull a CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/nexus compile examples/tiny_lm.nx
+
+test: install
+	$(BIN)/ruff check nexusdsl tests benchmarks
+	$(BIN)/python -m pytest -x -q tests
+
+lint: install
+	$(BIN)/ruff check nexusdsl tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/compile_speed.py
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

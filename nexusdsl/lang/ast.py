@@ -1,0 +1,265 @@
+"""The abstract syntax tree: frozen dataclasses, every node with the `Span` it came from.
+
+The parser builds these from Lark's tree; nothing after the parser sees Lark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nexusdsl.lang.diagnostics import Span
+
+# ----------------------------------------------------------------------------- expressions
+
+
+@dataclass(frozen=True)
+class Expr:
+    span: Span
+
+
+@dataclass(frozen=True)
+class Name(Expr):
+    id: str
+
+
+@dataclass(frozen=True)
+class Attribute(Expr):
+    """`nn.mlp`: a name inside an imported module."""
+
+    value: Expr
+    attr: str
+
+
+@dataclass(frozen=True)
+class Int(Expr):
+    value: int
+
+
+@dataclass(frozen=True)
+class Float(Expr):
+    value: float
+
+
+@dataclass(frozen=True)
+class Str(Expr):
+    value: str
+
+
+@dataclass(frozen=True)
+class Bool(Expr):
+    value: bool
+
+
+@dataclass(frozen=True)
+class ListExpr(Expr):
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class TupleExpr(Expr):
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class BinOp(Expr):
+    op: str  # + - * / // % **
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
+class UnaryOp(Expr):
+    op: str  # - +
+    operand: Expr
+
+
+@dataclass(frozen=True)
+class Keyword:
+    span: Span
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    """`f(a, k = v) as name`; `x |> f(k = v)` is parsed to the same node with `piped` set."""
+
+    func: Expr
+    args: tuple[Expr, ...]
+    kwargs: tuple[Keyword, ...]
+    alias: str | None = None
+    piped: bool = False
+
+
+@dataclass(frozen=True)
+class Pipe(Expr):
+    """`x |> f` where f is not a call (a name or a value): applies f to x."""
+
+    value: Expr
+    func: Expr
+
+
+@dataclass(frozen=True)
+class Of(Expr):
+    """`16 of mlp(mult = 4)`: n fresh instances of a partially applied block or op."""
+
+    count: Expr
+    template: Expr
+
+
+@dataclass(frozen=True)
+class RouteBranch:
+    span: Span
+    modality: str
+    body: Expr
+
+
+@dataclass(frozen=True)
+class Route(Expr):
+    """`route(x) { text -> f; image -> g }`: each token goes to the branch of its modal code."""
+
+    args: tuple[Expr, ...]
+    kwargs: tuple[Keyword, ...]
+    branches: tuple[RouteBranch, ...]
+    alias: str | None = None
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One axis of a written shape: `B`, `16`, `T = 1024`, or `*` (leading axes)."""
+
+    span: Span
+    name: str | None = None
+    size: Expr | None = None
+    star: bool = False
+
+
+@dataclass(frozen=True)
+class Shape:
+    span: Span
+    dims: tuple[Dim, ...]
+
+
+@dataclass(frozen=True)
+class TensorTypeExpr:
+    """`text[B, T]`, `float[B, D]` or a bare `[*, d]`."""
+
+    span: Span
+    kind: str | None
+    shape: Shape
+
+
+# ----------------------------------------------------------------------------- statements
+
+
+@dataclass(frozen=True)
+class Stmt:
+    span: Span
+
+
+@dataclass(frozen=True)
+class Assign(Stmt):
+    targets: tuple[str, ...]
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Let(Stmt):
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Experts(Stmt):
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Input(Stmt):
+    name: str
+    type: TensorTypeExpr
+
+
+@dataclass(frozen=True)
+class Output(Stmt):
+    name: str
+    value: Expr | None
+
+
+@dataclass(frozen=True)
+class Return(Stmt):
+    values: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Repeat(Stmt):
+    count: Expr
+    body: tuple[Stmt, ...]
+    shared: bool = False
+    reversible: bool = False
+
+
+# ----------------------------------------------------------------------------- top level
+
+
+@dataclass(frozen=True)
+class Param:
+    """A block or model parameter: a tensor input when `type` is given, else a hyperparameter."""
+
+    span: Span
+    name: str
+    type: TensorTypeExpr | None = None
+    default: Expr | None = None
+
+
+@dataclass(frozen=True)
+class Import(Stmt):
+    module: str  # "std.nn" or a file path
+    is_file: bool
+    alias: str | None
+
+
+@dataclass(frozen=True)
+class Modality(Stmt):
+    name: str
+    value: Call
+
+
+@dataclass(frozen=True)
+class Block(Stmt):
+    name: str
+    params: tuple[Param, ...]
+    returns: TensorTypeExpr | None
+    body: tuple[Stmt, ...]
+
+
+@dataclass(frozen=True)
+class Model(Stmt):
+    name: str
+    params: tuple[Param, ...]
+    body: tuple[Stmt, ...]
+
+
+@dataclass(frozen=True)
+class TrainField:
+    span: Span
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Train(Stmt):
+    model: str
+    fields: tuple[TrainField, ...]
+
+
+@dataclass(frozen=True)
+class Program:
+    file: str
+    source: str
+    version: str | None
+    items: tuple[Stmt, ...]

@@ -1,0 +1,113 @@
+"""The op registry. Every op is declared once, as one `Op` subclass holding:
+
+- `Attrs`: its attributes (a pydantic model; field order is the positional order after the
+  tensor inputs), validated when a call is elaborated;
+- `infer`: its shape rule (raises `OpError`, which the elaborator locates at the call);
+- `params`: the parameters it owns (`ParamSpec`s, named like a torch state_dict suffix);
+- `flops`: a FLOP estimate for concrete sizes;
+- `lower`: its torch implementation, a closure `fn(module, *tensors)` built once. Torch is
+  imported inside `lower` only, so checking a file never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from nexusdsl.ir.types import Axis, ModalitySpec, TensorType
+
+REGISTRY: dict[str, "Op"] = {}
+
+# Backends an op can be lowered to (the backends issue fills in per-op support).
+ALL_BACKENDS = ("eager", "compile", "mlir-torch", "mlir-linalg", "mlir-stablehlo", "mlir-tosa")
+
+
+class OpError(Exception):
+    """A user mistake found by an op's rules. `about` lists input positions whose origin is
+    worth a note ("h was made at ...")."""
+
+    def __init__(self, message: str, about: tuple[int, ...] = ()):
+        super().__init__(message)
+        self.message = message
+        self.about = about
+
+
+class OpAttrs(BaseModel):
+    """Base of every op's attribute model: unknown keywords are mistakes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+@dataclass
+class InferContext:
+    """What a shape rule may look at besides its inputs and attributes."""
+
+    hints: dict[str, str] = field(default_factory=dict)  # attr -> plain hyperparameter name
+    modalities: dict[str, ModalitySpec] = field(default_factory=dict)
+    lookup: Callable[[str], Any] = lambda name: None  # IR node by name (for `tie = tok`)
+
+    def axis_name(self, attr: str) -> str | None:
+        """The name a new axis sized by `attr` gets: the plain hyperparameter name, if any."""
+        return self.hints.get(attr)
+
+
+class Op:
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]] = ("x",)  # tensor inputs, in positional order
+    variadic: ClassVar[bool] = False  # takes any number (>= 1) of tensor inputs
+    family: ClassVar[str] = "core"
+    backends: ClassVar[tuple[str, ...]] = ALL_BACKENDS
+
+    class Attrs(OpAttrs):
+        pass
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            REGISTRY[cls.name] = cls()
+
+    # -- elaboration ------------------------------------------------------------------
+    def resolve(self, ctx: InferContext, inputs: list[TensorType], attrs: OpAttrs) -> OpAttrs:
+        """Normalise attributes against the inputs (axis names to positions, ...)."""
+        return attrs
+
+    def infer(self, ctx: InferContext, inputs: list[TensorType], attrs) -> list[TensorType]:
+        raise NotImplementedError
+
+    def params(self, ctx: InferContext, inputs: list[TensorType], attrs) -> dict:
+        return {}
+
+    def flops(self, inputs: list[tuple[int, ...]], outputs: list[tuple[int, ...]], attrs) -> int:
+        """FLOPs for concrete input/output sizes (elementwise ops: one per output element)."""
+        n = 1
+        for s in outputs[0] if outputs else ():
+            n *= s
+        return n
+
+    # -- lowering ---------------------------------------------------------------------
+    def lower(self, attrs) -> Callable:
+        raise NotImplementedError(f"op {self.name} has no torch lowering")
+
+
+def get_op(name: str) -> Op | None:
+    return REGISTRY.get(name)
+
+
+def same_type_as(x: TensorType, axes=None, **changes) -> TensorType:
+    """The output type of a token-wise op: keeps modality and modal codes."""
+    return x.with_axes(x.axes if axes is None else axes, **changes)
+
+
+def describe_axes(t: TensorType) -> str:
+    return "[" + ", ".join(str(a) for a in t.axes) + "]"
+
+
+def check_last_axis(x: TensorType, what: str) -> Axis:
+    if x.rank == 0:
+        raise OpError(f"{what} needs a tensor with at least one axis, got a scalar")
+    last = x.axes[-1]
+    if last.size is None:
+        raise OpError(f"{what} needs a fixed-size last axis, but axis {last.name} is symbolic")
+    return last
