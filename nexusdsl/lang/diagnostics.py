@@ -101,7 +101,7 @@ def _excerpt(sources: dict[str, str], span: Span) -> list[str]:
     line = _source_line(sources, span)
     if line is None:
         return []
-    gutter = " " * (len(str(span.line)) + 3)
+    gutter = " " * (len(str(span.line)) + 4)
     width = 1
     if span.end_line == span.line and span.end_col > span.col:
         width = span.end_col - span.col

@@ -1,0 +1,36 @@
+"""nexusdsl: a declarative graph-compiler DSL for modular neural networks.
+
+    import nexusdsl
+    program = nexusdsl.load("examples/tiny_lm.nx")      # parse and check (no torch import)
+    model = nexusdsl.compile(program, dim=256)          # a torch.nn.Module
+    logits = model(tokens)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nexusdsl.elaborate.program import Program, load, loads
+from nexusdsl.lang.diagnostics import NexusError
+
+__all__ = ["NexusError", "Program", "compile", "load", "loads"]
+__version__ = "0.1.0"
+
+TARGETS = ("torch",)
+
+
+def compile(program_or_path: Program | str | Path, model: str | None = None, *,
+            target: str = "torch", opt: int = 1, device: str = "cpu", dtype: str = "f32",
+            seed: int | None = 0, **hyper: Any):
+    """Build a `torch.nn.Module` from a program (or a path to a `.nx` file).
+
+    `hyper` overrides the model's hyperparameters; `seed` fixes the initial weights."""
+    program = program_or_path if isinstance(program_or_path, Program) else load(program_or_path)
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    from nexusdsl.compiler.lower.fx import lower
+    from nexusdsl.compiler.pipeline import optimize
+
+    graph = optimize(program.elaborate(model, **hyper), opt)
+    return lower(graph, device=device, dtype=dtype, seed=seed)

@@ -1,0 +1,161 @@
+"""The `nexus` command: check, compile (and, as they land, train, run, viz, fmt).
+
+User mistakes print located diagnostics and exit with status 1, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nexusdsl.lang.diagnostics import NexusError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="nexusdsl: compile, check and train modular neural networks from .nx files.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Emit(str, Enum):
+    summary = "summary"
+    ir = "ir"
+    json = "json"
+    fx = "fx"
+
+
+def fail(message: str) -> None:
+    err.print(message, markup=False)
+    raise typer.Exit(1)
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """`--set dim=256 --set act=gelu` -> {"dim": 256, "act": "gelu"}"""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or not key.strip().isidentifier():
+            fail(f"error: --set expects NAME=VALUE, got {pair!r}")
+        values[key.strip()] = parse_literal(raw.strip())
+    return values
+
+
+def parse_literal(raw: str) -> Any:
+    if raw in ("true", "false"):
+        return raw == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw.replace("_", ""))
+        except ValueError:
+            pass
+    return raw
+
+
+def report(error: NexusError) -> None:
+    fail(error.render())
+
+
+@app.command()
+def check(files: list[Path] = typer.Argument(..., help=".nx files to check")) -> None:
+    """Parse and check files: every mistake is reported with its location."""
+    import nexusdsl
+
+    failed = False
+    for file in files:
+        try:
+            nexusdsl.load(file)
+            out.print(f"{file}: ok", markup=False)
+        except NexusError as e:
+            err.print(e.render(), markup=False)
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("compile")
+def compile_cmd(
+    file: Path = typer.Argument(..., help="the .nx file"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model to build (if several)"),
+    sets: list[str] = typer.Option([], "--set", help="override a hyperparameter: NAME=VALUE"),
+    opt: int = typer.Option(1, "--opt", "-O", min=0, max=2, help="optimisation level"),
+    emit: Emit = typer.Option(Emit.summary, "--emit", help="what to produce"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write to this file"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or meta (no weights allocated)"),
+) -> None:
+    """Compile a model: check shapes, optimise, and build its torch module."""
+    import nexusdsl
+    from nexusdsl.compiler.pipeline import optimize
+
+    hyper = parse_sets(sets)
+    try:
+        program = nexusdsl.load(file)
+        graph = optimize(program.elaborate(model, **hyper), opt)
+    except NexusError as e:
+        report(e)
+    text = render_emit(graph, emit, as_json, device)
+    if output is None:
+        out.print(text, markup=False)
+        return
+    from nexusdsl.fsutil import atomic_write_text
+
+    atomic_write_text(output, text + "\n")
+    out.print(f"wrote {output}", markup=False)
+
+
+def render_emit(graph, emit: Emit, as_json: bool, device: str) -> str:
+    from nexusdsl.compiler.summary import summarize
+    from nexusdsl.ir.printer import print_graph
+
+    if emit == Emit.ir:
+        return print_graph(graph)
+    if emit == Emit.json:
+        return graph.to_json(indent=2)
+    module = build_module(graph, device)
+    if emit == Emit.fx:
+        return module.fx.code.strip()
+    info = summarize(graph)
+    return json.dumps(info, indent=2) if as_json else summary_text(info)
+
+
+def build_module(graph, device: str):
+    from nexusdsl.compiler.lower.fx import lower
+
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("error: --device cuda was asked for, but no CUDA device is available")
+    return lower(graph, device=device)
+
+
+def summary_text(info: dict) -> str:
+    table = Table(title=f"model {info['model']}", show_header=False, box=None)
+    for name, t in info["inputs"].items():
+        table.add_row("input", name, t)
+    for name, t in info["outputs"].items():
+        table.add_row("output", name, t)
+    p = info["params"]
+    table.add_row("nodes", str(info["nodes"]), "")
+    table.add_row("params", f"{p['total']:,}", f"trainable {p['trainable']:,}, frozen {p['frozen']:,}")
+    table.add_row("FLOPs/token", f"{info['flops_per_token']:,}", "forward, batch 1, context 256")
+    console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(table)
+    return console.export_text().rstrip()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

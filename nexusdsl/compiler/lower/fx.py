@@ -1,0 +1,135 @@
+"""IR graph -> one torch.fx GraphModule, wrapped as a `NexusModule`.
+
+Every IR node becomes a `call_module` of an `OpModule` registered under the node's IR name, so
+the state_dict reads like the `.nx` file (`tok.weight`, `blocks.0.attention.qkv.weight`). Nodes
+of `repeat N shared` call their owner's module; tied parameters are the same `Parameter`.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Callable
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from nexusdsl.ir.graph import Graph, Node, ParamSpec
+from nexusdsl.ops import REGISTRY
+
+_DTYPES = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+class OpModule(nn.Module):
+    """Holds one node's parameters and runs its op's lowered closure."""
+
+    def __init__(self, op: str, fn: Callable):
+        super().__init__()
+        self.op = op
+        self._fn = fn
+
+    def forward(self, *xs):
+        return self._fn(self, *xs)
+
+    def extra_repr(self) -> str:
+        return self.op
+
+
+class NexusModule(nn.Module):
+    """A compiled `.nx` model. `forward` takes the model's inputs positionally (declaration
+    order) or by name; it returns a tensor for one output, a dict keyed by name for several.
+    `.graph` is the IR graph it was built from; `.fx` the torch.fx GraphModule."""
+
+    def __init__(self, graph: Graph, gm: fx.GraphModule):
+        super().__init__()
+        for name, child in gm.named_children():
+            self.add_module(name, child)
+        self.__dict__["graph"] = graph
+        self.__dict__["fx"] = gm
+        self.__dict__["_forward"] = type(gm).forward
+        self.input_names = [n.name for n in graph.inputs()]
+        self.output_names = list(graph.outputs)
+
+    def forward(self, *args, **kwargs):
+        return self._forward(self, *args, **kwargs)
+
+
+def _init(spec: ParamSpec, tensor: torch.Tensor, generator: torch.Generator | None) -> None:
+    if tensor.device.type == "meta":
+        return
+    with torch.no_grad():
+        if spec.init == "zeros":
+            tensor.zero_()
+        elif spec.init == "ones":
+            tensor.fill_(1.0)
+        elif spec.init == "uniform":
+            tensor.uniform_(-spec.std, spec.std, generator=generator)
+        else:
+            tensor.normal_(0.0, spec.std, generator=generator)
+
+
+def _attach(module: nn.Module, dotted: str, value: nn.Parameter) -> None:
+    *path, leaf = dotted.split(".")
+    for part in path:
+        if not hasattr(module, part):
+            module.add_module(part, nn.Module())
+        module = getattr(module, part)
+    module.register_parameter(leaf, value)
+
+
+def _resolve(root: nn.Module, dotted: str) -> nn.Parameter:
+    return root.get_parameter(dotted)
+
+
+def build_op_module(node: Node, device, dtype, generator) -> OpModule:
+    op = REGISTRY[node.op]
+    attrs = op.Attrs.model_validate(node.attrs)
+    module = OpModule(node.op, op.lower(attrs))
+    for key, spec in node.params.items():
+        if spec.tied_to:
+            continue
+        tensor = torch.empty(spec.shape, device=device, dtype=dtype)
+        _init(spec, tensor, generator)
+        _attach(module, key, nn.Parameter(tensor, requires_grad=not spec.frozen))
+    return module
+
+
+def lower(graph: Graph, device="cpu", dtype: str = "f32", seed: int | None = 0) -> NexusModule:
+    """Build the torch module of an IR graph (weights initialised from `seed`)."""
+    torch_dtype = _DTYPES[dtype]
+    generator = None
+    if seed is not None and torch.device(device).type != "meta":
+        generator = torch.Generator(device=device).manual_seed(seed)
+    modules: dict[str, nn.Module] = {}
+    fxg = fx.Graph()
+    values: dict[int, fx.Node] = {}
+    for node in graph.nodes():
+        if node.op == "input":
+            values[node.id] = fxg.placeholder(node.name)
+            continue
+        target = node.shares or node.name
+        if target not in modules:
+            modules[target] = build_op_module(node, device, torch_dtype, generator)
+        args = tuple(_value(values, graph, r) for r in node.inputs)
+        values[node.id] = fxg.call_module(target, args)
+    outs = {k: _value(values, graph, v) for k, v in graph.outputs.items()}
+    fxg.output(next(iter(outs.values())) if len(outs) == 1 else outs)
+    gm = fx.GraphModule(modules, fxg, class_name=f"{graph.name}Module")
+    _tie_parameters(graph, gm)
+    return NexusModule(graph, gm)
+
+
+def _value(values: dict[int, fx.Node], graph: Graph, ref) -> fx.Node:
+    base = values[ref.node]
+    if len(graph.node(ref.node).outputs) == 1:
+        return base
+    return base.graph.call_function(operator.getitem, (base, ref.index))
+
+
+def _tie_parameters(graph: Graph, gm: fx.GraphModule) -> None:
+    for node in graph.nodes():
+        if node.shares:
+            continue
+        for key, spec in node.params.items():
+            if spec.tied_to:
+                _attach(gm.get_submodule(node.name), key, _resolve(gm, spec.tied_to))

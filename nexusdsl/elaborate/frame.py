@@ -1,0 +1,67 @@
+"""A local scope during elaboration (a model body or one block call), and deterministic naming
+of the nodes it creates."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from nexusdsl.elaborate.modules import FileScope
+from nexusdsl.elaborate.shapes import AxisBindings
+from nexusdsl.elaborate.values import Returned
+
+
+@dataclass
+class Frame:
+    scope: FileScope  # the file whose definitions are visible here
+    prefix: str  # hierarchical name prefix: "blocks.2.mlp"
+    env: dict[str, Any] = field(default_factory=dict)
+    axes: AxisBindings | None = None
+    is_model: bool = False
+    returned: Returned | None = None
+
+    def qualify(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+
+class Namer:
+    """Unnamed nodes are named after their op, numbered per scope from the second on
+    (`linear`, `linear_1`); `as` names are taken as written and must be unique."""
+
+    def __init__(self):
+        self.used: set[str] = set()
+        self.counts: dict[tuple[str, str], int] = {}
+        self.shared: list[tuple[str, str]] = []  # (prefix of iteration i, prefix of iteration 0)
+
+    def fresh(self, frame: Frame, base: str) -> str:
+        key = (frame.prefix, base)
+        while True:
+            n = self.counts.get(key, 0)
+            self.counts[key] = n + 1
+            name = frame.qualify(base if n == 0 else f"{base}_{n}")
+            if name not in self.used:
+                self.used.add(name)
+                return name
+
+    def claim(self, name: str) -> bool:
+        if name in self.used:
+            return False
+        self.used.add(name)
+        return True
+
+    def owner_of(self, name: str) -> str | None:
+        """For a node inside `repeat N shared`, the node of iteration 0 whose parameters it uses."""
+        owner = name
+        for here, first in reversed(self.shared):
+            if here != first and (owner == here or owner.startswith(here + ".")):
+                owner = first + owner[len(here):]
+        return owner if owner != name else None
+
+    @contextmanager
+    def sharing(self, here: str, first: str):
+        self.shared.append((here, first))
+        try:
+            yield
+        finally:
+            self.shared.pop()

@@ -1,0 +1,337 @@
+"""Elaboration proper: runs a model's statements, instantiating blocks and ops into IR nodes.
+
+Expressions evaluate to values (`values.py`); calls of ops create nodes whose shapes the op's
+rule infers; calls of blocks open a new `Frame`. A statement that fails records its diagnostic
+and poisons the names it would have bound, so independent mistakes are all reported once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nexusdsl.elaborate import calls
+from nexusdsl.elaborate.evaluate import arithmetic, as_int, is_number, negate
+from nexusdsl.elaborate.frame import Frame, Namer
+from nexusdsl.elaborate.modules import MODALITY_KINDS, OPTION_FUNCTIONS, FileScope, lookup_global
+from nexusdsl.elaborate.shapes import AxisBindings, declared_type
+from nexusdsl.elaborate.values import (
+    POISON, Arg, BlockRef, ExpertSet, Modality, Namespace, OptionCall, Partial, Poison,
+    Returned, Symbol, Tensor, describe,
+)
+from nexusdsl.ir.graph import Graph
+from nexusdsl.ir.types import ModalitySpec
+from nexusdsl.lang import ast
+from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Note, Span
+from nexusdsl.ops import REGISTRY
+
+MAX_REPEAT = 10_000
+MAX_NODES = 200_000
+MAX_DEPTH = 64
+
+
+class Skip(Exception):
+    """A statement uses a poisoned name: its error was already reported."""
+
+
+class Builder(calls.CallsMixin):
+    def __init__(self, scope: FileScope, sink: DiagnosticSink, sources: dict[str, str]):
+        self.root = scope
+        self.sink = sink
+        self.sources = sources
+        self.graph = Graph()
+        self.namer = Namer()
+        self.modalities: dict[str, ModalitySpec] = {}
+        self.depth = 0
+        self._evaluating: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------ models
+    def build_model(self, model: ast.Model, overrides: dict[str, Any]) -> Graph:
+        self.graph = Graph(model.name)
+        frame = Frame(self.root, "", is_model=True)
+        frame.axes = AxisBindings(lambda n: frame.env.get(n))
+        self._bind_model_hypers(model, frame, overrides)
+        self.graph.hyper = {k: v for k, v in frame.env.items() if is_number(v) or isinstance(v, str)}
+        self.run_body(model.body, frame)
+        if not self.graph.outputs and not self.sink.diagnostics:
+            raise NexusError.at(model.span, f"model {model.name} has no `output`")
+        return self.graph
+
+    def _bind_model_hypers(self, model: ast.Model, frame: Frame, overrides: dict[str, Any]) -> None:
+        names = [p.name for p in model.params]
+        for key in overrides:
+            if key not in names:
+                have = ", ".join(names) or "none"
+                raise NexusError.at(model.span, f"model {model.name} has no hyperparameter `{key}` "
+                                    f"(it has {have})")
+        for p in model.params:
+            if p.type is not None:
+                raise NexusError.at(p.span, "model parameters are hyperparameters; "
+                                    "declare tensors with `input`")
+            if p.name in overrides:
+                frame.env[p.name] = overrides[p.name]
+            elif p.default is None:
+                raise NexusError.at(p.span, f"hyperparameter `{p.name}` has no default; "
+                                    f"give it with --set {p.name}=...")
+            else:
+                frame.env[p.name] = self.eval(p.default, frame)
+
+    # ------------------------------------------------------------------ statements
+    def run_body(self, body, frame: Frame) -> None:
+        for stmt in body:
+            try:
+                self.run(stmt, frame)
+            except Skip:
+                self._poison(stmt, frame)
+            except NexusError as err:
+                self.sink.add(err)
+                self._poison(stmt, frame)
+            if frame.returned is not None:
+                return
+
+    def _poison(self, stmt, frame: Frame) -> None:
+        for name in getattr(stmt, "targets", ()) or (getattr(stmt, "name", None),):
+            if name:
+                frame.env[name] = POISON
+
+    def run(self, stmt: ast.Stmt, frame: Frame) -> None:
+        handler = getattr(self, "stmt_" + type(stmt).__name__.lower())
+        handler(stmt, frame)
+
+    def stmt_assign(self, stmt: ast.Assign, frame: Frame) -> None:
+        value = self.eval(stmt.value, frame)
+        if len(stmt.targets) == 1:
+            frame.env[stmt.targets[0]] = value
+            return
+        if not isinstance(value, tuple) or len(value) != len(stmt.targets):
+            count = len(value) if isinstance(value, tuple) else 1
+            raise NexusError.at(stmt.span, f"{len(stmt.targets)} names on the left but the "
+                                f"right side gives {count} value{'s' if count != 1 else ''}")
+        frame.env.update(zip(stmt.targets, value))
+
+    def stmt_let(self, stmt: ast.Let, frame: Frame) -> None:
+        frame.env[stmt.name] = self.eval(stmt.value, frame)
+
+    def stmt_experts(self, stmt: ast.Experts, frame: Frame) -> None:
+        value = self.eval(stmt.value, frame)
+        if isinstance(value, list):
+            value = ExpertSet(value, stmt.span)
+        if not isinstance(value, ExpertSet):
+            raise NexusError.at(stmt.span, f"`experts {stmt.name}` needs `N of block(...)` or a "
+                                f"list of blocks, got {describe(value)}")
+        for member in value.members:
+            if not isinstance(member, (Partial, OptionCall)):
+                raise NexusError.at(stmt.span, f"an expert must be a block or op, got {describe(member)}")
+        value.name = stmt.name
+        frame.env[stmt.name] = value
+
+    def stmt_input(self, stmt: ast.Input, frame: Frame) -> None:
+        if not frame.is_model:
+            raise NexusError.at(stmt.span, "`input` belongs in a model; blocks take tensor parameters")
+        dtype, modality = self._input_kind(stmt.type, frame)
+        ttype = declared_type(stmt.type, dtype, modality, frame.axes, lambda e: self.int_of(e, frame, "an axis size"))
+        for name in frame.axes.axes:
+            frame.env.setdefault(name, frame.axes.value(name))
+        if not self.namer.claim(stmt.name):
+            raise NexusError.at(stmt.span, f"the name `{stmt.name}` is already used")
+        node = self.graph.add("input", stmt.name, attrs={"name": stmt.name}, outputs=[ttype], span=stmt.span)
+        frame.env[stmt.name] = Tensor(node.ref(), ttype, stmt.span, node.name)
+
+    def _input_kind(self, texpr: ast.TensorTypeExpr, frame: Frame) -> tuple[str, str | None]:
+        kind = texpr.kind
+        if kind in (None, "float"):
+            return "f32", None
+        if kind == "int":
+            return "i64", None
+        value = self.lookup(kind, texpr.span, frame)
+        if not isinstance(value, Modality):
+            raise NexusError.at(texpr.span, f"`{kind}` is not a modality; an input is written "
+                                "`text[B, T]` (a modality), `float[B, D]` or `int[B, T]`")
+        self.modalities[value.name] = value.spec
+        return ("i64" if value.spec.discrete else "f32"), value.name
+
+    def stmt_output(self, stmt: ast.Output, frame: Frame) -> None:
+        if not frame.is_model:
+            raise NexusError.at(stmt.span, "`output` belongs in a model; blocks use `return`")
+        expr = stmt.value or ast.Name(stmt.span, stmt.name)
+        value = self.eval(expr, frame)
+        if not isinstance(value, Tensor):
+            raise NexusError.at(stmt.span, f"output `{stmt.name}` must be a tensor, got {describe(value)}")
+        if stmt.name in self.graph.outputs:
+            raise NexusError.at(stmt.span, f"output `{stmt.name}` is defined twice")
+        self.graph.outputs[stmt.name] = value.ref
+        frame.env.setdefault(stmt.name, value)
+
+    def stmt_return(self, stmt: ast.Return, frame: Frame) -> None:
+        if frame.is_model:
+            raise NexusError.at(stmt.span, "a model gives its results with `output name = ...`")
+        frame.returned = Returned([self.eval(v, frame) for v in stmt.values], stmt.span)
+
+    def stmt_repeat(self, stmt: ast.Repeat, frame: Frame) -> None:
+        count = self.int_of(stmt.count, frame, "a repeat count")
+        if not 0 <= count <= MAX_REPEAT:
+            raise NexusError.at(stmt.count.span, f"a repeat count must be between 0 and {MAX_REPEAT}, got {count}")
+        scope_name = self.namer.fresh(frame, "blocks")
+        outer = frame.prefix
+        try:
+            for i in range(count):
+                frame.prefix = f"{scope_name}.{i}"
+                self.namer.claim(frame.prefix)
+                if stmt.shared:
+                    with self.namer.sharing(frame.prefix, f"{scope_name}.0"):
+                        self.run_body(stmt.body, frame)
+                else:
+                    self.run_body(stmt.body, frame)
+                if frame.returned is not None:
+                    break
+        finally:
+            frame.prefix = outer
+
+    # ------------------------------------------------------------------ expressions
+    def eval(self, expr: ast.Expr, frame: Frame) -> Any:
+        value = getattr(self, "expr_" + type(expr).__name__.lower())(expr, frame)
+        if isinstance(value, Poison):
+            raise Skip()
+        return value
+
+    def expr_int(self, e, frame):
+        return e.value
+
+    expr_float = expr_str = expr_bool = expr_int
+
+    def expr_listexpr(self, e, frame):
+        return [self.eval(i, frame) for i in e.items]
+
+    def expr_tupleexpr(self, e, frame):
+        return tuple(self.eval(i, frame) for i in e.items)
+
+    def expr_name(self, e: ast.Name, frame: Frame):
+        return self.lookup(e.id, e.span, frame)
+
+    def expr_attribute(self, e: ast.Attribute, frame: Frame):
+        base = self.eval(e.value, frame)
+        if not isinstance(base, Namespace):
+            raise NexusError.at(e.span, f"{describe(base)} has no attributes")
+        if e.attr not in base.scope.defs:
+            raise NexusError.at(e.span, f"module {base.name} has no `{e.attr}`")
+        return self.definition_value(base.scope, base.scope.defs[e.attr], e.span)
+
+    def expr_unaryop(self, e: ast.UnaryOp, frame: Frame):
+        value = self.eval(e.operand, frame)
+        if e.op == "+":
+            return value
+        if isinstance(value, Tensor):
+            return self.tensor_arith("*", value, -1.0, e, frame)
+        return negate(value, e.span)
+
+    def expr_binop(self, e: ast.BinOp, frame: Frame):
+        left, right = self.eval(e.left, frame), self.eval(e.right, frame)
+        if isinstance(left, Tensor) or isinstance(right, Tensor):
+            return self.tensor_arith(e.op, left, right, e, frame)
+        return arithmetic(e.op, left, right, e.span)
+
+    def expr_of(self, e: ast.Of, frame: Frame):
+        count = self.int_of(e.count, frame, "an expert count")
+        if not 1 <= count <= 4096:
+            raise NexusError.at(e.count.span, f"an expert count must be between 1 and 4096, got {count}")
+        template = self.eval(e.template, frame)
+        if not isinstance(template, Partial):
+            raise NexusError.at(e.template.span, f"`of` needs a block or op to copy, got {describe(template)}")
+        return ExpertSet([template] * count, e.span)
+
+    def expr_pipe(self, e: ast.Pipe, frame: Frame):
+        value = self.eval(e.value, frame)
+        func = self.eval(e.func, frame)
+        return self.apply(func, [Arg(value, e.value, e.value.span)], [], e.span, None, frame)
+
+    def expr_call(self, e: ast.Call, frame: Frame):
+        func = self.eval(e.func, frame)
+        args = [Arg(self.eval(a, frame), a, a.span) for a in e.args]
+        kwargs = [(k.name, Arg(self.eval(k.value, frame), k.value, k.span)) for k in e.kwargs]
+        return self.apply(func, args, kwargs, e.span, e.alias, frame)
+
+    def expr_route(self, e: ast.Route, frame: Frame):
+        raise NexusError.at(e.span, "`route` (routing by modal code) is not supported yet")
+
+    # ------------------------------------------------------------------ names
+    def lookup(self, name: str, span: Span, frame: Frame):
+        if name in frame.env:
+            value = frame.env[name]
+            if isinstance(value, Poison):
+                raise Skip()
+            return value
+        found = lookup_global(frame.scope, name, span, _BUILTINS)
+        if found is None:
+            return Symbol(name, span)
+        kind, what = found
+        if kind == "namespace":
+            return Namespace(name, what)
+        if kind == "builtin":
+            return Partial(REGISTRY[name]) if name in REGISTRY else _OptionFunction(name)
+        scope, item = what
+        return self.definition_value(scope, item, span)
+
+    def definition_value(self, scope: FileScope, item: ast.Stmt, span: Span):
+        if isinstance(item, ast.Block):
+            return Partial(BlockRef(item.name, item, scope))
+        if isinstance(item, ast.Let):
+            return self._cached(scope, item, lambda: self.eval(item.value, Frame(scope, "")))
+        if isinstance(item, ast.Modality):
+            return self._cached(scope, item, lambda: self._modality(scope, item))
+        raise NexusError.at(span, f"model {item.name} cannot be used inside another model; "
+                            "write its body as a block")
+
+    def _cached(self, scope: FileScope, item, compute):
+        key = (scope.file, item.name)
+        if item.name in scope.cache:
+            return scope.cache[item.name]
+        if key in self._evaluating:
+            raise NexusError.at(item.span, f"`{item.name}` is defined in terms of itself")
+        self._evaluating.add(key)
+        try:
+            scope.cache[item.name] = compute()
+        finally:
+            self._evaluating.discard(key)
+        return scope.cache[item.name]
+
+    def _modality(self, scope: FileScope, item: ast.Modality) -> Modality:
+        from nexusdsl.elaborate.modality import modality_spec
+
+        call = self.eval(item.value, Frame(scope, ""))
+        return Modality(modality_spec(item, call), item.span)
+
+    # ------------------------------------------------------------------ helpers
+    def int_of(self, expr: ast.Expr, frame: Frame, what: str) -> int:
+        return as_int(self.eval(expr, frame), expr.span, what)
+
+    def source_text(self, span: Span) -> str:
+        lines = self.sources.get(span.file, "").splitlines()
+        if span.line and span.line == span.end_line and span.line <= len(lines):
+            return lines[span.line - 1][span.col - 1: span.end_col - 1]
+        return "expression"
+
+    def origin_note(self, tensor: Tensor, label: str) -> Note:
+        return Note(f"{label} was made", tensor.span)
+
+
+class _OptionFunction:
+    """A configuration function such as `topk` before it is called."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, args: list[Arg], kwargs, span: Span) -> OptionCall:
+        for a in [*args, *(v for _, v in kwargs)]:
+            if isinstance(a.value, Tensor):
+                raise NexusError.at(a.span, f"`{self.name}(...)` takes settings, not tensors")
+        return OptionCall(self.name, tuple(a.value for a in args), {k: v.value for k, v in kwargs}, span)
+
+
+class _Builtins:
+    """Op names and configuration functions (the op registry is read when first needed)."""
+
+    def __contains__(self, name: str) -> bool:
+        return name in REGISTRY or name in OPTION_FUNCTIONS
+
+
+_BUILTINS = _Builtins()
+assert not set(MODALITY_KINDS) - OPTION_FUNCTIONS

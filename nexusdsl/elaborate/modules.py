@@ -1,0 +1,155 @@
+"""Files, imports and names: loads a file and everything it imports (detecting cycles), and
+resolves unqualified names in the order of LANGUAGE.md section 3: the file's own definitions,
+builtins, then imported modules in import order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nexusdsl.lang import ast
+from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Note, Span
+from nexusdsl.lang.parser import parse
+from nexusdsl.resources import stdlib_path
+
+# Configuration functions: calling them makes an `OptionCall` for the op or section that
+# receives it (routers, wirings, topologies, modality kinds, data, objectives, optimizers).
+OPTION_FUNCTIONS = frozenset(
+    "bytes ids patches frames tubelets signal topk knn hash local random ring tree star full "
+    "pretrained text folder digits waves denoise contrastive classify next_token ppo adamw sgd "
+    "cosine constant".split()
+)
+MODALITY_KINDS = ("bytes", "ids", "patches", "frames", "tubelets", "signal")
+
+
+class FileScope:
+    """One loaded `.nx` file: its definitions and the modules it imports."""
+
+    def __init__(self, program: ast.Program, display: str):
+        self.program = program
+        self.file = program.file
+        self.display = display
+        self.defs: dict[str, ast.Stmt] = {}
+        self.trains: list[ast.Train] = []
+        self.imports: list[tuple[str, FileScope]] = []
+        self.cache: dict[str, Any] = {}  # evaluated lets and modalities
+
+    @property
+    def models(self) -> list[ast.Model]:
+        return [d for d in self.defs.values() if isinstance(d, ast.Model)]
+
+    def namespace(self, name: str) -> FileScope | None:
+        return next((scope for alias, scope in self.imports if alias == name), None)
+
+
+def _definition_name(item: ast.Stmt) -> str | None:
+    if isinstance(item, (ast.Let, ast.Modality, ast.Block, ast.Model)):
+        return item.name
+    return None
+
+
+class Loader:
+    """Loads files once each; reports missing files, unknown modules and import cycles at the
+    import line."""
+
+    def __init__(self, sink: DiagnosticSink):
+        self.sink = sink
+        self.sources: dict[str, str] = {}
+        self.scopes: dict[str, FileScope] = {}
+        self._loading: list[str] = []
+
+    def load_text(self, text: str, file: str, key: str | None = None) -> FileScope:
+        key = key or file
+        self.sources[file] = text
+        self._loading.append(key)
+        try:
+            scope = FileScope(parse(text, file), file)
+            self.scopes[key] = scope
+            self._collect(scope)
+        finally:
+            self._loading.pop()
+        return scope
+
+    def _collect(self, scope: FileScope) -> None:
+        for item in scope.program.items:
+            if isinstance(item, ast.Import):
+                self._import(scope, item)
+            elif isinstance(item, ast.Train):
+                scope.trains.append(item)
+            else:
+                self._define(scope, item)
+
+    def _define(self, scope: FileScope, item: ast.Stmt) -> None:
+        name = _definition_name(item)
+        first = scope.defs.get(name)
+        if first is not None:
+            self.sink.add(NexusError.at(item.span, f"`{name}` is defined twice",
+                                        Note(f"`{name}` was first defined", first.span)))
+            return
+        scope.defs[name] = item
+
+    def _import(self, scope: FileScope, item: ast.Import) -> None:
+        try:
+            path, alias = self._resolve_import(scope, item)
+            key = str(path.resolve())
+            if key in self._loading:
+                chain = " -> ".join(Path(k).name for k in self._loading[self._loading.index(key):])
+                raise NexusError.at(item.span, f"import cycle: {chain} -> {path.name}")
+            imported = self.scopes.get(key) or self._load_path(path, key, item.span)
+        except NexusError as err:
+            self.sink.add(err)
+            return
+        if scope.namespace(alias) is not None or alias in scope.defs:
+            self.sink.add(NexusError.at(item.span, f"`{alias}` is imported twice or also defined here"))
+            return
+        scope.imports.append((alias, imported))
+
+    def _resolve_import(self, scope: FileScope, item: ast.Import) -> tuple[Path, str]:
+        if item.is_file:
+            base = Path(scope.file).parent if Path(scope.file).exists() else Path.cwd()
+            path = base / item.module
+            alias = item.alias or Path(item.module).stem
+            if not path.is_file():
+                raise NexusError.at(item.span, f'cannot import "{item.module}": no such file {path}')
+            return path, alias
+        parts = item.module.split(".")
+        if parts[0] != "std" or len(parts) < 2:
+            raise NexusError.at(item.span, f"unknown module `{item.module}`; "
+                                "standard modules are named std.NAME, files are imported as \"path.nx\"")
+        path = stdlib_path(item.module)
+        if not path.is_file():
+            known = ", ".join(sorted(f"std.{p.stem}" for p in path.parent.glob("*.nx")))
+            raise NexusError.at(item.span, f"unknown module `{item.module}`; the standard library has {known}")
+        return path, item.alias or parts[-1]
+
+    def _load_path(self, path: Path, key: str, span: Span) -> FileScope:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise NexusError.at(span, f"cannot read {path}: {err}") from None
+        try:
+            return self.load_text(text, str(path), key)
+        except NexusError as err:  # a broken imported file: report its own errors
+            self.sources.update(err.sources)
+            self.sink.add(err)
+            raise NexusError.at(span, f"the imported file {path.name} has errors") from None
+
+
+def lookup_global(scope: FileScope, name: str, span: Span, builtins) -> tuple[str, Any] | None:
+    """Resolve an unqualified name outside any local scope: own definitions, the imported
+    module names, builtins, then imported modules' definitions (ambiguity is an error)."""
+    if name in scope.defs:
+        return "def", (scope, scope.defs[name])
+    namespace = scope.namespace(name)
+    if namespace is not None:
+        return "namespace", namespace
+    if name in builtins:
+        return "builtin", name
+    found = [(alias, s) for alias, s in scope.imports if name in s.defs]
+    if len(found) > 1:
+        names = " and ".join(f"`{alias}.{name}`" for alias, _ in found)
+        raise NexusError.at(span, f"`{name}` is ambiguous: it could be {names}; write the module name")
+    if found:
+        owner = found[0][1]
+        return "def", (owner, owner.defs[name])
+    return None

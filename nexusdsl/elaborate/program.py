@@ -1,0 +1,102 @@
+"""A checked program: a parsed file with its imports resolved and every model elaborated with
+its default hyperparameters. `elaborate` builds a model's IR graph for given hyperparameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nexusdsl.elaborate.instantiate import Builder
+from nexusdsl.elaborate.modules import FileScope, Loader
+from nexusdsl.ir.graph import Graph
+from nexusdsl.ir.verify import verify
+from nexusdsl.lang import ast
+from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Span
+
+
+class Program:
+    """What `nexusdsl.load` returns: the models of a file, checked."""
+
+    def __init__(self, loader: Loader, scope: FileScope):
+        self._loader = loader
+        self.scope = scope
+        self.file = scope.file
+        self.source = scope.program.source
+        self._graphs: dict[tuple, Graph] = {}
+
+    @property
+    def models(self) -> list[str]:
+        return [m.name for m in self.scope.models]
+
+    @property
+    def trains(self) -> list[ast.Train]:
+        return list(self.scope.trains)
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return self._loader.sources
+
+    def model_ast(self, name: str | None = None) -> ast.Model:
+        models = self.scope.models
+        if name is None:
+            if len(models) == 1:
+                return models[0]
+            listing = ", ".join(m.name for m in models) or "none"
+            raise NexusError.at(Span(self.file, 1, 1), f"{self.file} defines {len(models)} models "
+                                f"({listing}); choose one with --model")
+        for m in models:
+            if m.name == name:
+                return m
+        listing = ", ".join(m.name for m in models) or "none"
+        raise NexusError.at(Span(self.file, 1, 1), f"no model `{name}` in {self.file} (it has {listing})")
+
+    def elaborate(self, model: str | None = None, **hyper: Any) -> Graph:
+        """The model's IR graph for these hyperparameters, shape-checked and verified."""
+        tree = self.model_ast(model)
+        key = (tree.name, tuple(sorted(hyper.items())))
+        if key not in self._graphs:
+            sink = DiagnosticSink()
+            builder = Builder(self.scope, sink, self._loader.sources)
+            try:
+                graph = builder.build_model(tree, hyper)
+            except NexusError as err:
+                sink.add(err)
+            sink.raise_if_any(self._loader.sources)
+            verify(graph)
+            self._graphs[key] = graph
+        return self._graphs[key]
+
+    def check(self) -> None:
+        """Elaborate every model with its defaults; raise one error listing every mistake."""
+        sink = DiagnosticSink()
+        for tree in self.scope.models:
+            try:
+                self.elaborate(tree.name)
+            except NexusError as err:
+                sink.add(err)
+        names = set(self.models) | {n for _, s in self.scope.imports for n in s.defs}
+        for train in self.scope.trains:
+            if train.model not in names:
+                sink.add(NexusError.at(train.span, f"`train {train.model}`: no model named {train.model}"))
+        sink.raise_if_any(self._loader.sources)
+
+
+def loads(text: str, filename: str = "<string>") -> Program:
+    sink = DiagnosticSink()
+    loader = Loader(sink)
+    key = str(Path(filename).resolve()) if Path(filename).is_file() else filename
+    scope = loader.load_text(text, filename, key)
+    sink.raise_if_any(loader.sources)
+    program = Program(loader, scope)
+    program.check()
+    return program
+
+
+def load(path: str | Path) -> Program:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = "no such file" if isinstance(err, FileNotFoundError) else str(err)
+        raise NexusError.at(Span(str(path), 1, 1), f"cannot read {path}: {reason}") from None
+    return loads(text, str(path))

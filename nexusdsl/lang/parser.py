@@ -1,0 +1,368 @@
+"""Source text -> AST. Lark (LALR) parses with `grammar/nexus.lark`; a Transformer builds the
+frozen AST of `lang/ast.py`. Syntax errors become located diagnostics, and a file with several
+broken top-level items reports each of them."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.lark import PostLex
+
+from nexusdsl.lang import ast
+from nexusdsl.lang.diagnostics import Diagnostic, NexusError, Span
+from nexusdsl.resources import grammar_path
+
+_OPEN = {"LPAR": "(", "LSQB": "[", "LBRACE": "{"}
+_CLOSE = {"RPAR", "RSQB", "RBRACE"}
+
+
+class _NewlinesInBrackets(PostLex):
+    """Drops newlines inside `()` and `[]` (but not inside `{}` bodies nested in them)."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        stack: list[str] = []
+        for tok in stream:
+            if tok.type in _OPEN:
+                stack.append(tok.type)
+            elif tok.type in _CLOSE and stack:
+                stack.pop()
+            if tok.type == "_NL" and stack and stack[-1] != "LBRACE":
+                continue
+            yield tok
+
+
+@cache
+def _lark() -> Lark:
+    return Lark(
+        grammar_path().read_text(encoding="utf-8"),
+        parser="lalr",
+        propagate_positions=True,
+        postlex=_NewlinesInBrackets(),
+        maybe_placeholders=False,
+    )
+
+
+# ----------------------------------------------------------------------------- tree -> AST
+
+
+def _number(text: str):
+    text = text.replace("_", "")
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    return float(text)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def _span(self, meta) -> Span:
+        if getattr(meta, "empty", True):
+            return Span(self.file, 0, 0)
+        return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tok(self, tok: Token) -> Span:
+        return Span(self.file, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column)
+
+    # -- top level ------------------------------------------------------------------
+    def start(self, meta, items):
+        return list(items)
+
+    def version(self, meta, c):
+        return ("version", str(c[0]))
+
+    def dotted_name(self, meta, c):
+        return ".".join(str(t) for t in c)
+
+    def import_module(self, meta, c):
+        alias = str(c[1]) if len(c) > 1 else None
+        return ast.Import(self._span(meta), c[0], False, alias)
+
+    def import_file(self, meta, c):
+        alias = str(c[1]) if len(c) > 1 else None
+        return ast.Import(self._span(meta), _unquote(c[0]), True, alias)
+
+    def let_(self, meta, c):
+        return ast.Let(self._span(meta), str(c[0]), c[1])
+
+    def modality(self, meta, c):
+        return ast.Modality(self._span(meta), str(c[0]), c[1])
+
+    def block(self, meta, c):
+        name, rest = str(c[0]), list(c[1:])
+        body = rest.pop()
+        params = rest.pop(0) if rest and isinstance(rest[0], tuple) else ()
+        returns = rest[0] if rest else None
+        return ast.Block(self._span(meta), name, params, returns, body)
+
+    def model(self, meta, c):
+        params = c[1] if len(c) == 3 else ()
+        return ast.Model(self._span(meta), str(c[0]), params, c[-1])
+
+    def params(self, meta, c):
+        return tuple(c)
+
+    def tensor_param(self, meta, c):
+        return ast.Param(self._span(meta), str(c[0]), type=c[1])
+
+    def hyper_param(self, meta, c):
+        return ast.Param(self._span(meta), str(c[0]), default=c[1] if len(c) > 1 else None)
+
+    def train(self, meta, c):
+        return ast.Train(self._span(meta), str(c[0]), tuple(c[1:]))
+
+    def train_field(self, meta, c):
+        return ast.TrainField(self._span(meta), str(c[0]), c[1])
+
+    # -- statements -----------------------------------------------------------------
+    def body(self, meta, c):
+        return tuple(c)
+
+    def assign(self, meta, c):
+        return ast.Assign(self._span(meta), tuple(str(t) for t in c[:-1]), c[-1])
+
+    def experts(self, meta, c):
+        return ast.Experts(self._span(meta), str(c[0]), c[1])
+
+    def input(self, meta, c):
+        return ast.Input(self._span(meta), str(c[0]), c[1])
+
+    def output(self, meta, c):
+        return ast.Output(self._span(meta), str(c[0]), c[1] if len(c) > 1 else None)
+
+    def return_(self, meta, c):
+        values = tuple(c)
+        if len(values) == 1 and isinstance(values[0], ast.TupleExpr):
+            values = values[0].items
+        return ast.Return(self._span(meta), values)
+
+    def repeat(self, meta, c):
+        flags = {str(t) for t in c if isinstance(t, Token)}
+        return ast.Repeat(self._span(meta), c[0], c[-1], "shared" in flags, "reversible" in flags)
+
+    # -- types ------------------------------------------------------------------------
+    def ttype(self, meta, c):
+        kind = str(c[0]) if len(c) == 2 else None
+        return ast.TensorTypeExpr(self._span(meta), kind, c[-1])
+
+    def shape(self, meta, c):
+        return ast.Shape(self._span(meta), tuple(c))
+
+    def empty_shape(self, meta, c):
+        return ast.Shape(self._span(meta), ())
+
+    def star_dim(self, meta, c):
+        return ast.Dim(self._span(meta), star=True)
+
+    def named_dim(self, meta, c):
+        return ast.Dim(self._span(meta), name=str(c[0]), size=c[1])
+
+    def expr_dim(self, meta, c):
+        if isinstance(c[0], ast.Name):
+            return ast.Dim(self._span(meta), name=c[0].id)
+        return ast.Dim(self._span(meta), size=c[0])
+
+    # -- expressions ------------------------------------------------------------------
+    def _bin(op):  # noqa: N805 - a rule factory used in the class body
+        def rule(self, meta, c):
+            return ast.BinOp(self._span(meta), op, c[0], c[1])
+
+        return rule
+
+    add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
+    floordiv, mod, pow = _bin("//"), _bin("%"), _bin("**")
+
+    def neg(self, meta, c):
+        return ast.UnaryOp(self._span(meta), "-", c[0])
+
+    def pos(self, meta, c):
+        return ast.UnaryOp(self._span(meta), "+", c[0])
+
+    def of(self, meta, c):
+        return ast.Of(self._span(meta), c[0], c[1])
+
+    def pipe(self, meta, c):
+        value, func = c
+        if isinstance(func, ast.Call):
+            return ast.Call(func.span, func.func, (value, *func.args), func.kwargs, func.alias, True)
+        return ast.Pipe(self._span(meta), value, func)
+
+    def attribute(self, meta, c):
+        return ast.Attribute(self._span(meta), c[0], str(c[1]))
+
+    def call(self, meta, c):
+        func, rest = c[0], list(c[1:])
+        alias = str(rest.pop()) if rest and isinstance(rest[-1], Token) else None
+        args, kwargs = rest[0] if rest else ((), ())
+        return ast.Call(self._span(meta), func, args, kwargs, alias)
+
+    def route(self, meta, c):
+        items = list(c)
+        alias = str(items.pop()) if items and isinstance(items[-1], Token) else None
+        args, kwargs = items.pop(0) if items and isinstance(items[0], tuple) else ((), ())
+        return ast.Route(self._span(meta), args, kwargs, tuple(items), alias)
+
+    def branch(self, meta, c):
+        return ast.RouteBranch(self._span(meta), str(c[0]), c[1])
+
+    def args(self, meta, c):
+        positional = tuple(a for a in c if not isinstance(a, ast.Keyword))
+        keywords = tuple(a for a in c if isinstance(a, ast.Keyword))
+        return positional, keywords
+
+    def positional(self, meta, c):
+        return c[0]
+
+    def keyword(self, meta, c):
+        return ast.Keyword(self._span(meta), str(c[0]), c[1])
+
+    def name(self, meta, c):
+        return ast.Name(self._tok(c[0]), str(c[0]))
+
+    def number(self, meta, c):
+        value = _number(str(c[0]))
+        cls = ast.Int if isinstance(value, int) else ast.Float
+        return cls(self._tok(c[0]), value)
+
+    def string(self, meta, c):
+        return ast.Str(self._tok(c[0]), _unquote(c[0]))
+
+    def true(self, meta, c):
+        return ast.Bool(self._span(meta), True)
+
+    def false(self, meta, c):
+        return ast.Bool(self._span(meta), False)
+
+    def list(self, meta, c):
+        return ast.ListExpr(self._span(meta), tuple(c))
+
+    def tuple(self, meta, c):
+        return ast.TupleExpr(self._span(meta), tuple(c))
+
+
+def _unquote(tok) -> str:
+    body = str(tok)[1:-1]
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
+
+
+# ----------------------------------------------------------------------------- errors
+
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "_NL": "a new line",
+    "$END": "the end of the file",
+}
+
+# Known mistakes, matched by Lark's `match_examples`: the message is friendlier than a list of
+# expected tokens. The table doubles as test data (tests/test_parser.py).
+KNOWN_MISTAKES: dict[str, list[str]] = {
+    "missing `=` in an assignment": ["model M { x linear(y, 2) }", "model M { x 3 }"],
+    "a block needs a body in `{ }`": ["block f(x: [d])\n", "block f(x: [d]) -> [d]\n"],
+    "unclosed `(`": ["model M { x = f(a, b }", "let a = (1 + 2"],
+    "`import` takes a module name like std.nn or a quoted file path": ["import 3", "import ."],
+    "a shape is written in brackets, like [B, T, d]": ["block f(x: d) {}", "model M { input x: text }"],
+}
+
+
+def _describe_token(tok) -> str:
+    if tok.type == "$END":
+        return "the end of the file"
+    if tok.type == "_NL":
+        return "end of line"
+    return f"`{tok.value}`"
+
+
+def _expected_words(expected) -> str:
+    parser = _lark()
+    words = []
+    names = sorted(expected)
+    if len(names) > 1:  # newlines are accepted everywhere by the post-lexer: not informative
+        names = [n for n in names if n != "_NL"]
+    for name in names:
+        if name in _TERMINAL_WORDS:
+            words.append(_TERMINAL_WORDS[name])
+            continue
+        try:
+            pattern = parser.get_terminal(name).pattern
+        except KeyError:
+            continue
+        words.append(f"`{pattern.value}`" if pattern.type == "str" else name.lower())
+    words = sorted(set(words))
+    if len(words) > 6:
+        return ""
+    return "; expected " + (words[0] if len(words) == 1 else "one of " + ", ".join(words))
+
+
+def _syntax_diagnostic(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
+    line, col = err.line, err.column
+    if isinstance(err, UnexpectedCharacters):
+        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
+        message = f"syntax error: unexpected character `{char}`"
+    elif isinstance(err, UnexpectedEOF) or getattr(err, "token", None) is None or err.token.type == "$END":
+        message = "syntax error: unexpected end of file" + _expected_words(err.expected)
+        lines = text.splitlines() or [""]
+        line, col = len(lines), len(lines[-1]) + 1
+    else:
+        message = f"syntax error: unexpected {_describe_token(err.token)}" + _expected_words(err.expected)
+    friendly = _match_known(err, text)
+    if friendly:
+        message = f"syntax error: {friendly}"
+    if line is None or line < 1:
+        line, col = 1, 1
+    return Diagnostic(Span(file, line, col, line, col + 1), message)
+
+
+def _match_known(err: UnexpectedInput, text: str) -> str | None:
+    if not isinstance(err, UnexpectedToken):
+        return None
+    try:
+        return err.match_examples(_lark().parse, KNOWN_MISTAKES, use_accepts=True)
+    except Exception:  # match_examples re-parses examples; a failure there is not the user's
+        return None
+
+
+_ITEM_START = re.compile(r"^(import|let|modality|block|model|train|nexus)\b", re.M)
+
+
+def _item_chunks(text: str) -> list[tuple[int, str]]:
+    """Split the file at lines that start a top-level item, keeping line numbers."""
+    starts = [m.start() for m in _ITEM_START.finditer(text)] or [0]
+    if starts[0] != 0:
+        starts.insert(0, 0)
+    bounds = zip(starts, starts[1:] + [len(text)])
+    return [(text.count("\n", 0, a), text[a:b]) for a, b in bounds]
+
+
+def _errors_per_item(text: str, file: str) -> list[Diagnostic]:
+    found = []
+    for first_line, chunk in _item_chunks(text):
+        try:
+            _lark().parse("\n" * first_line + chunk)
+        except UnexpectedInput as err:
+            found.append(_syntax_diagnostic(err, file, text))
+    return found
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def parse(text: str, file: str = "<string>") -> ast.Program:
+    """Parse a whole `.nx` file; raises `NexusError` with every syntax error found."""
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput as err:
+        diagnostics = _errors_per_item(text, file) or [_syntax_diagnostic(err, file, text)]
+        raise NexusError(diagnostics, {file: text}) from None
+    items = _ToAst(file).transform(tree)
+    version = next((v for k, v in (i for i in items if isinstance(i, tuple))), None)
+    stmts = tuple(i for i in items if not isinstance(i, tuple))
+    return ast.Program(file, text, version, stmts)
