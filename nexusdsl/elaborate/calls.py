@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from nexusdsl.elaborate.frame import Frame
 from nexusdsl.elaborate.shapes import AxisBindings, unify
 from nexusdsl.elaborate.values import (
-    Arg, BlockRef, Modality, OptionCall, Partial, Symbol, SymbolicAxis, Tensor, describe,
+    Arg, BlockRef, Modality, OptionCall, Partial, Skip, Symbol, SymbolicAxis, Tensor, describe,
 )
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.lang import ast
@@ -23,6 +23,7 @@ from nexusdsl.ops import REGISTRY
 from nexusdsl.ops.base import InferContext, Op, OpError
 
 _ARITH_OPS = {"+": "add", "-": "sub", "*": "mul"}
+MAX_NODES = 200_000
 
 
 class CallsMixin:
@@ -56,7 +57,11 @@ class CallsMixin:
             raise NexusError.at(span, f"`{op.name}` takes {wanted} tensor inputs "
                                 f"({', '.join(op.inputs)}), got {len(tensors)}")
         attrs, hints = self._op_attrs(op, rest, [(k, v) for k, v in kwargs if k not in op.inputs], span)
-        return self.add_op_node(op, tensors, attrs, hints, span, alias, frame)
+        labels = [self._label(a.expr) for a in tensors]
+        return self.add_op_node(op, [a.value for a in tensors], attrs, hints, span, alias, frame, labels)
+
+    def _label(self, expr) -> str | None:
+        return self.source_text(expr.span) if expr is not None else None
 
     def _op_attrs(self, op: Op, rest: list[Arg], kwargs, span: Span):
         fields = list(op.Attrs.model_fields)
@@ -87,11 +92,18 @@ class CallsMixin:
         if first["type"] == "missing":
             return NexusError.at(span, f"`{op.name}` is missing its argument `{key}`")
         arg = given.get(key)
+        if arg and isinstance(arg.value, float) and isinstance(arg.expr, ast.BinOp) and arg.expr.op == "/":
+            return NexusError.at(arg.span, f"`{op.name}`: argument `{key}` needs an integer, but "
+                                 f"`{self.source_text(arg.span)}` does not divide exactly "
+                                 f"(it is {arg.value:g}); use `//` to round down")
         got = describe(arg.value) if arg else "a wrong value"
         message = first["msg"].replace("Input should be", "should be").replace("Value error, ", "")
         return NexusError.at(arg.span if arg else span, f"`{op.name}`: argument `{key}` {message}, got {got}")
 
-    def add_op_node(self, op: Op, tensors: list[Tensor], attrs, hints, span: Span, alias, frame: Frame):
+    def add_op_node(self, op: Op, tensors: list[Tensor], attrs, hints, span: Span, alias, frame: Frame,
+                    labels: list[str | None] | None = None, at: Span | None = None):
+        """Add one node. `labels` name the inputs as written (for notes); `at` is where a
+        mistake is pointed at (an operator), when not the whole call."""
         types = [t.type for t in tensors]
         ctx = InferContext(hints=hints, modalities=self.modalities, lookup=self.graph.by_name)
         try:
@@ -99,25 +111,29 @@ class CallsMixin:
             outputs = op.infer(ctx, types, attrs)
             params = op.params(ctx, types, attrs)
         except OpError as err:
-            raise self._op_error(op, err, tensors, span) from None
+            raise self._op_error(op, err, tensors, labels or [], at or span, span) from None
         name = self.node_name(op.name, alias, span, frame)
         shares = self.namer.owner_of(name) if params else None
         node = self.graph.add(op.name, name, attrs=attrs.model_dump(mode="json"),
                               inputs=[t.ref for t in tensors], outputs=list(outputs),
                               params=_param_specs(params), shares=shares, span=span)
-        self._check_size()
+        self._check_size(span)
         results = tuple(Tensor(node.ref(i), t, span, name) for i, t in enumerate(outputs))
         if alias:
             frame.env[alias] = results[0] if len(results) == 1 else results
         return results[0] if len(results) == 1 else results
 
-    def _op_error(self, op: Op, err: OpError, tensors: list[Tensor], span: Span) -> NexusError:
+    def _op_error(self, op: Op, err: OpError, tensors: list[Tensor], labels, at: Span,
+                  whole: Span) -> NexusError:
         notes = []
         for i in err.about:
             if i < len(tensors) and tensors[i].span.line:
-                notes.append(Note(f"`{self.source_text(tensors[i].span)}` was made", tensors[i].span))
-        return NexusError.at(span, f"{err.message}" if op.name not in ("add", "sub", "mul")
-                             else f"{err.message} in `{self.source_text(span)}`", *notes)
+                label = labels[i] if i < len(labels) and labels[i] else self.source_text(tensors[i].span)
+                notes.append(Note(f"{label} was made", tensors[i].span))
+        message = err.message
+        if message.startswith("shape mismatch") and op.name in ("add", "sub", "mul"):
+            message = message.replace("shape mismatch", f"shape mismatch in `{self.source_text(whole)}`", 1)
+        return NexusError.at(at, message, *notes)
 
     def node_name(self, base: str, alias: str | None, span: Span, frame: Frame) -> str:
         if alias is None:
@@ -127,11 +143,9 @@ class CallsMixin:
             raise NexusError.at(span, f"the name `{alias}` is already used in this scope")
         return name
 
-    def _check_size(self) -> None:
-        from nexusdsl.elaborate.instantiate import MAX_NODES
-
+    def _check_size(self, span: Span) -> None:
         if len(self.graph) > MAX_NODES:
-            raise NexusError.at(None, f"the model has more than {MAX_NODES} nodes")
+            raise NexusError.at(span, f"the model has more than {MAX_NODES} nodes")
 
     def to_plain(self, arg: Arg) -> Any:
         """An evaluated value as an op attribute (JSON-like: numbers, strings, lists, dicts)."""
@@ -158,8 +172,10 @@ class CallsMixin:
         if isinstance(left, Tensor) and isinstance(right, Tensor):
             if op not in _ARITH_OPS:
                 raise NexusError.at(e.span, f"`{op}` is not defined between two tensors (use +, - or *)")
-            return self.add_op_node(REGISTRY[_ARITH_OPS[op]], [left, right], REGISTRY[_ARITH_OPS[op]].Attrs(),
-                                    {}, e.span, None, frame)
+            fn = REGISTRY[_ARITH_OPS[op]]
+            labels = [self.source_text(e.left.span), self.source_text(e.right.span)]
+            return self.add_op_node(fn, [left, right], fn.Attrs(), {}, e.span, None, frame,
+                                    labels=labels, at=e.op_span)
         tensor, number = (left, right) if isinstance(left, Tensor) else (right, left)
         if not isinstance(number, (int, float)) or isinstance(number, bool):
             raise NexusError.at(e.span, f"`{op}` between a tensor and {describe(number)} is not defined")
@@ -189,18 +205,21 @@ class CallsMixin:
         tensor_params = [p for p in block.params if p.type is not None]
         if tensor_params and not any(p.name in bound for p in tensor_params):
             return Partial(ref, tuple(args), tuple(kwargs))
-        if self.depth >= 64:
+        if len(self.calls) >= 64:
             raise NexusError.at(span, f"block {block.name} calls itself (or nests more than 64 deep)")
         inner = Frame(ref.scope, "")
         inner.axes = AxisBindings(lambda n: inner.env.get(n))
         self._bind_block_params(ref, bound, inner, span)
         scope_name = self.node_name(block.name, alias, span, frame)
         inner.prefix = scope_name
-        self.depth += 1
+        self.calls.append((block.name, span))
+        reported = len(self.sink.diagnostics)
         try:
             self.run_body(block.body, inner)
         finally:
-            self.depth -= 1
+            self.calls.pop()
+        if len(self.sink.diagnostics) > reported:
+            raise Skip()  # the body's mistake is reported; the call has no value
         return self._block_result(ref, inner, span, alias, frame)
 
     def _bind_block_args(self, ref: BlockRef, args: list[Arg], kwargs) -> dict[str, Arg]:
@@ -273,22 +292,22 @@ def _is_tensorish(value) -> bool:
                                          all(isinstance(v, Tensor) for v in value))
 
 
-def _split_tensor_args(op: Op, args: list[Arg], kwargs) -> tuple[list[Tensor], list[Arg]]:
+def _split_tensor_args(op: Op, args: list[Arg], kwargs) -> tuple[list[Arg], list[Arg]]:
     """Leading tensor arguments are the op's inputs (a list of tensors counts for a variadic op);
     keyword arguments named like an input are inputs too."""
-    tensors: list[Tensor] = []
+    tensors: list[Arg] = []
     rest: list[Arg] = []
+    limit = len(op.inputs) if not op.variadic else 10**9
     for a in args:
-        limit = len(op.inputs) if not op.variadic else 10**9
         if not rest and isinstance(a.value, Tensor) and len(tensors) < limit:
-            tensors.append(a.value)
-        elif not rest and op.variadic and _is_tensorish(a.value) and isinstance(a.value, (list, tuple)):
-            tensors.extend(a.value)
+            tensors.append(a)
+        elif not rest and op.variadic and isinstance(a.value, (list, tuple)) and _is_tensorish(a.value):
+            tensors.extend(Arg(v, None, a.span) for v in a.value)
         else:
             rest.append(a)
     for name, a in kwargs:
         if name in op.inputs and isinstance(a.value, Tensor):
-            tensors.append(a.value)
+            tensors.append(a)
     return tensors, rest
 
 

@@ -7,6 +7,7 @@ and poisons the names it would have bound, so independent mistakes are all repor
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from nexusdsl.elaborate import calls
@@ -16,7 +17,7 @@ from nexusdsl.elaborate.modules import MODALITY_KINDS, OPTION_FUNCTIONS, FileSco
 from nexusdsl.elaborate.shapes import AxisBindings, declared_type
 from nexusdsl.elaborate.values import (
     POISON, Arg, BlockRef, ExpertSet, Modality, Namespace, OptionCall, Partial, Poison,
-    Returned, Symbol, Tensor, describe,
+    Returned, Skip, Symbol, Tensor, describe,
 )
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.types import ModalitySpec
@@ -25,12 +26,6 @@ from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Note, Span
 from nexusdsl.ops import REGISTRY
 
 MAX_REPEAT = 10_000
-MAX_NODES = 200_000
-MAX_DEPTH = 64
-
-
-class Skip(Exception):
-    """A statement uses a poisoned name: its error was already reported."""
 
 
 class Builder(calls.CallsMixin):
@@ -41,7 +36,7 @@ class Builder(calls.CallsMixin):
         self.graph = Graph()
         self.namer = Namer()
         self.modalities: dict[str, ModalitySpec] = {}
-        self.depth = 0
+        self.calls: list[tuple[str, Span]] = []  # the block calls being elaborated
         self._evaluating: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ models
@@ -83,10 +78,17 @@ class Builder(calls.CallsMixin):
             except Skip:
                 self._poison(stmt, frame)
             except NexusError as err:
-                self.sink.add(err)
+                self.sink.add(self._with_call_stack(err))
                 self._poison(stmt, frame)
             if frame.returned is not None:
                 return
+
+    def _with_call_stack(self, err: NexusError) -> NexusError:
+        """Inside a block, say where the block was called from (innermost call first)."""
+        if not self.calls:
+            return err
+        notes = tuple(Note(f"in block {name} called", span) for name, span in reversed(self.calls))
+        return NexusError([replace(d, notes=d.notes + notes) for d in err.diagnostics], err.sources)
 
     def _poison(self, stmt, frame: Frame) -> None:
         for name in getattr(stmt, "targets", ()) or (getattr(stmt, "name", None),):

@@ -57,6 +57,7 @@ class Loader:
         self.sources: dict[str, str] = {}
         self.scopes: dict[str, FileScope] = {}
         self._loading: list[str] = []
+        self._via: list[Span] = []  # _via[i]: the import line in file _loading[i] being followed
 
     def load_text(self, text: str, file: str, key: str | None = None) -> FileScope:
         key = key or file
@@ -93,9 +94,12 @@ class Loader:
             path, alias = self._resolve_import(scope, item)
             key = str(path.resolve())
             if key in self._loading:
-                chain = " -> ".join(Path(k).name for k in self._loading[self._loading.index(key):])
-                raise NexusError.at(item.span, f"import cycle: {chain} -> {path.name}")
-            imported = self.scopes.get(key) or self._load_path(path, key, item.span)
+                raise self._cycle(key, path, item)
+            self._via.append(item.span)
+            try:
+                imported = self.scopes.get(key) or self._load_path(path, key, item.span)
+            finally:
+                self._via.pop()
         except NexusError as err:
             self.sink.add(err)
             return
@@ -103,6 +107,13 @@ class Loader:
             self.sink.add(NexusError.at(item.span, f"`{alias}` is imported twice or also defined here"))
             return
         scope.imports.append((alias, imported))
+
+    def _cycle(self, key: str, path: Path, item: ast.Import) -> NexusError:
+        """Blame the import that entered the cycle, in the file where the cycle starts."""
+        start = self._loading.index(key)
+        chain = " -> ".join(Path(k).name for k in self._loading[start:])
+        return NexusError.at(self._via[start], f"import cycle: {chain} -> {path.name}",
+                             Note("the cycle closes here", item.span))
 
     def _resolve_import(self, scope: FileScope, item: ast.Import) -> tuple[Path, str]:
         if item.is_file:

@@ -118,6 +118,10 @@ class Poison:
 POISON = Poison()
 
 
+class Skip(Exception):
+    """A statement uses a poisoned name, or a block body failed: the error is already reported."""
+
+
 @dataclass
 class Returned:
     values: list[Any] = field(default_factory=list)

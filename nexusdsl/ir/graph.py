@@ -59,6 +59,8 @@ class Node(BaseModel):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     shares: str | None = None  # the node whose parameters this one reuses (`repeat N shared`)
     span: Span | None = None
+    # Nested graphs an op runs (experts of a `moe`, the body of a reversible `repeat`).
+    regions: list[Any] = Field(default_factory=list)
 
     def ref(self, index: int = 0) -> ValueRef:
         return ValueRef(node=self.id, index=index)
@@ -161,22 +163,26 @@ class Graph:
         return {
             "name": self.name,
             "hyper": self.hyper,
-            "nodes": [n.model_dump(mode="json") for n in self.nodes()],
+            "nodes": [_node_dict(n) for n in self.nodes()],
             "outputs": {k: v.model_dump() for k, v in self.outputs.items()},
         }
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> "Graph":
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Graph":
         graph = cls(data["name"], data.get("hyper"))
         for raw in data["nodes"]:
+            raw = dict(raw)
             span = raw.pop("span", None)
+            regions = [cls.from_dict(r) for r in raw.pop("regions", [])]
             node = Node.model_validate(raw)
-            if span:
-                node = node.model_copy(update={"span": Span(**span)})
+            node = node.model_copy(update={"span": Span(**span) if span else None, "regions": regions})
             graph.insert(node)
         graph.outputs = {k: ValueRef(**v) for k, v in data["outputs"].items()}
         return graph
@@ -184,8 +190,22 @@ class Graph:
     def content_hash(self) -> str:
         """A stable hash of what the graph computes: ops, attributes, types, names, wiring.
         Source locations are left out, so reformatting a file keeps the hash."""
-        data = self.to_dict()
-        for node in data["nodes"]:
-            node.pop("span", None)
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(_without_spans(self.to_dict()), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _node_dict(node: Node) -> dict[str, Any]:
+    data = node.model_dump(mode="json", exclude={"regions"})
+    if node.regions:
+        data["regions"] = [g.to_dict() for g in node.regions]
+    return data
+
+
+def _without_spans(data: dict[str, Any]) -> dict[str, Any]:
+    nodes = []
+    for node in data["nodes"]:
+        node = {k: v for k, v in node.items() if k != "span"}
+        if "regions" in node:
+            node["regions"] = [_without_spans(r) for r in node["regions"]]
+        nodes.append(node)
+    return {**data, "nodes": nodes}

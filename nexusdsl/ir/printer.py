@@ -40,8 +40,18 @@ def _format_attrs(attrs: dict) -> str:
     return "{" + ", ".join(shown) + "}" if shown else ""
 
 
+def _output_type(graph: Graph, ref: ValueRef) -> str:
+    try:  # the printer also shows broken graphs, for the verifier's messages
+        return format_type(graph.type_of(ref))
+    except (KeyError, IndexError):
+        return "<missing>"
+
+
 def _ref(graph: Graph, ref: ValueRef) -> str:
-    node = graph.node(ref.node)
+    try:
+        node = graph.node(ref.node)
+    except KeyError:
+        return f"%<missing {ref.node}>"
     suffix = f"#{ref.index}" if len(node.outputs) > 1 else ""
     return f"%{node.name}{suffix}"
 
@@ -58,7 +68,7 @@ def format_node(graph: Graph, node: Node) -> str:
 
 def print_graph(graph: Graph, around: str | None = None) -> str:
     inputs = ", ".join(f"%{n.name}: {format_type(n.type, True)}" for n in graph.inputs())
-    outputs = ", ".join(f"%{k}: {format_type(graph.type_of(v))}" for k, v in graph.outputs.items())
+    outputs = ", ".join(f"%{k}: {_output_type(graph, v)}" for k, v in graph.outputs.items())
     lines = [f"model {graph.name}({inputs}) -> ({outputs}) {{"]
     body = [n for n in graph.nodes() if n.op != "input"]
     if around is not None:

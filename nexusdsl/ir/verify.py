@@ -44,8 +44,8 @@ def verify(graph: Graph) -> None:
         seen.add(node.id)
     _verify_links(graph, params)
     for out, ref in graph.outputs.items():
-        if ref.node not in seen:
-            _fail(graph, None, f"output {out} refers to a missing node")
+        if ref.node not in seen or ref.index >= len(graph.node(ref.node).outputs):
+            _fail(graph, None, f"output {out} refers to a missing value %{ref.node}#{ref.index}")
 
 
 def _verify_links(graph: Graph, params: dict[str, tuple]) -> None:

@@ -65,6 +65,7 @@ class BinOp(Expr):
     op: str  # + - * / // % **
     left: Expr
     right: Expr
+    op_span: Span | None = None  # where the operator itself stands, for carets
 
 
 @dataclass(frozen=True)

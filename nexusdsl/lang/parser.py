@@ -12,7 +12,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.lark import PostLex
 
 from nexusdsl.lang import ast
-from nexusdsl.lang.diagnostics import Diagnostic, NexusError, Span
+from nexusdsl.lang.diagnostics import Diagnostic, NexusError, Note, Span
 from nexusdsl.resources import grammar_path
 
 _OPEN = {"LPAR": "(", "LSQB": "[", "LBRACE": "{"}
@@ -24,14 +24,17 @@ class _NewlinesInBrackets(PostLex):
 
     always_accept = ("_NL",)
 
+    def __init__(self):
+        self.open: list = []  # brackets open at the point of a syntax error, for its message
+
     def process(self, stream):
-        stack: list[str] = []
+        self.open = stack = []
         for tok in stream:
             if tok.type in _OPEN:
-                stack.append(tok.type)
+                stack.append(tok)
             elif tok.type in _CLOSE and stack:
                 stack.pop()
-            if tok.type == "_NL" and stack and stack[-1] != "LBRACE":
+            if tok.type == "_NL" and stack and stack[-1].type != "LBRACE":
                 continue
             yield tok
 
@@ -41,6 +44,7 @@ def _lark() -> Lark:
     return Lark(
         grammar_path().read_text(encoding="utf-8"),
         parser="lalr",
+        lexer="basic",  # keywords are reserved everywhere, as LANGUAGE.md says
         propagate_positions=True,
         postlex=_NewlinesInBrackets(),
         maybe_placeholders=False,
@@ -59,9 +63,10 @@ def _number(text: str):
 
 @v_args(meta=True)
 class _ToAst(Transformer):
-    def __init__(self, file: str):
+    def __init__(self, file: str, text: str):
         super().__init__()
         self.file = file
+        self.lines = text.splitlines()
 
     def _span(self, meta) -> Span:
         if getattr(meta, "empty", True):
@@ -172,9 +177,17 @@ class _ToAst(Transformer):
     # -- expressions ------------------------------------------------------------------
     def _bin(op):  # noqa: N805 - a rule factory used in the class body
         def rule(self, meta, c):
-            return ast.BinOp(self._span(meta), op, c[0], c[1])
+            return ast.BinOp(self._span(meta), op, c[0], c[1], self._operator_span(op, c[0], c[1]))
 
         return rule
+
+    def _operator_span(self, op: str, left: ast.Expr, right: ast.Expr) -> Span | None:
+        """The operator's position: the parser drops it, so find it between the operands."""
+        a, b = left.span, right.span
+        if a.end_line != b.line or not 0 < a.end_line <= len(self.lines):
+            return None
+        col = self.lines[a.end_line - 1].find(op, a.end_col - 1, b.col - 1)
+        return Span(self.file, a.end_line, col + 1, a.end_line, col + 1 + len(op)) if col >= 0 else None
 
     add, sub, mul, div = _bin("+"), _bin("-"), _bin("*"), _bin("/")
     floordiv, mod, pow = _bin("//"), _bin("%"), _bin("**")
@@ -304,6 +317,7 @@ def _expected_words(expected) -> str:
 
 def _syntax_diagnostic(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
     line, col = err.line, err.column
+    notes = _unclosed_note(file, line or 0)  # read before match_examples re-parses
     if isinstance(err, UnexpectedCharacters):
         char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
         message = f"syntax error: unexpected character `{char}`"
@@ -318,7 +332,16 @@ def _syntax_diagnostic(err: UnexpectedInput, file: str, text: str) -> Diagnostic
         message = f"syntax error: {friendly}"
     if line is None or line < 1:
         line, col = 1, 1
-    return Diagnostic(Span(file, line, col, line, col + 1), message)
+    return Diagnostic(Span(file, line, col, line, col + 1), message, notes)
+
+
+def _unclosed_note(file: str, line: int) -> tuple[Note, ...]:
+    """A `(` or `[` left open on an earlier line is the usual cause of a confusing error."""
+    stack = _lark().options.postlex.open
+    if stack and stack[-1].type != "LBRACE" and stack[-1].line < line:
+        tok = stack[-1]
+        return (Note(f"the `{tok.value}` opened here is never closed", Span(file, tok.line, tok.column)),)
+    return ()
 
 
 def _match_known(err: UnexpectedInput, text: str) -> str | None:
@@ -362,7 +385,7 @@ def parse(text: str, file: str = "<string>") -> ast.Program:
     except UnexpectedInput as err:
         diagnostics = _errors_per_item(text, file) or [_syntax_diagnostic(err, file, text)]
         raise NexusError(diagnostics, {file: text}) from None
-    items = _ToAst(file).transform(tree)
+    items = _ToAst(file, text).transform(tree)
     version = next((v for k, v in (i for i in items if isinstance(i, tuple))), None)
     stmts = tuple(i for i in items if not isinstance(i, tuple))
     return ast.Program(file, text, version, stmts)

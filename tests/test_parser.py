@@ -1,0 +1,119 @@
+"""The grammar parses every statement form of LANGUAGE.md, and known mistakes read well."""
+
+import pytest
+
+from nexusdsl.lang import ast
+from nexusdsl.lang.diagnostics import NexusError
+from nexusdsl.lang.parser import KNOWN_MISTAKES, parse
+
+EVERY_FORM = '''
+nexus 0.1
+import std.nn
+import "lib/agents.nx" as agents
+let width = 256
+modality text  = bytes(code = 0)
+modality image = patches(size = 16, channels = 3, code = 1)
+modality audio = frames(window = 400, hop = 160, code = 2)
+modality video = tubelets(size = 16, frames = 2, channels = 3, code = 3)
+modality wave  = signal(channels = 1, code = 4)
+modality words = ids(vocab = 50257, code = 5)
+
+block mlp(x: [*, d], mult = 4, act = gelu) -> [*, d] {
+  h = linear(x, d * mult) |> act
+  return linear(h, d)
+}
+
+model TinyLM(dim = 128, depth = 4, heads = 4) {
+  input tokens: text[B, T]
+  input img: image[B, 3, 224, 224]; input f: float[B, T=1024, 16]
+  x = embed(tokens, dim) as tok
+  repeat depth {
+    x = x + attention(rmsnorm(x), heads = heads, causal = true)
+  }
+  repeat 4 shared { x = x |> mlp(mult = 2) }
+  repeat 4 shared reversible { x = leaky_relu(x) }
+  experts ffn = 16 of mlp(mult = 4)
+  experts pre = [pretrained("path/to/hf_model_dir", module = "encoder.layer.3"),
+                 mlp(mult = 2)]
+  y = moe(x, ffn, router = topk(k = 4), balance = 0.01, capacity = 1.25)
+  y = moe(x, pre, router = knn(k = 1, coords = 8))
+  y = route(s) { text -> unembed(tie = tok); image -> generate(image) }
+  g = layout(x, "b (i j k) d -> b i j k d", i = 16, j = 16)
+  y = mix(g, axes = [i, j, k], wiring = axial, share = axis)
+  y = mix(g, axes = [i, j], wiring = random(density = 0.1, seed = 0))
+  y = swarm(x, agents, topology = ring(2), rounds = 3, combine = mean)
+  a, b = split(x, 2)
+  z = -1_000 + 3e-4 * 2 ** 3 // 2 % 5 / 7
+  output logits = unembed(rmsnorm(x), tie = tok)
+}
+
+train TinyLM {
+  data = text("corpus.txt")
+  objective = next_token
+  optimizer = adamw(lr = 3e-4, weight_decay = 0.1)
+  batch = 32; context = 256; steps = 1000
+  freeze = [tok]
+  prefix = 16
+}
+'''
+
+
+def test_every_statement_form_parses():
+    program = parse(EVERY_FORM, "every.nx")
+    kinds = [type(i).__name__ for i in program.items]
+    assert program.version == "0.1"
+    assert kinds == ["Import", "Import", "Let"] + ["Modality"] * 6 + ["Block", "Model", "Train"]
+    model = program.items[10]
+    body_kinds = {type(s).__name__ for s in model.body}
+    assert body_kinds == {"Input", "Assign", "Repeat", "Experts", "Output"}
+    repeats = [s for s in model.body if isinstance(s, ast.Repeat)]
+    assert [(r.shared, r.reversible) for r in repeats] == [(False, False), (True, False), (True, True)]
+
+
+def test_as_binds_to_the_call_before_it():
+    program = parse("model M { x = a + attention(h) as attn }", "m.nx")
+    value = program.items[0].body[0].value
+    assert isinstance(value, ast.BinOp) and value.right.alias == "attn"
+
+
+def test_pipe_prepends_the_value():
+    program = parse("model M { y = x |> mlp(mult = 2) |> gelu }", "m.nx")
+    value = program.items[0].body[0].value
+    assert isinstance(value, ast.Pipe) and value.func.id == "gelu"
+    inner = value.value
+    assert isinstance(inner, ast.Call) and inner.args[0].id == "x" and inner.piped
+
+
+def test_arithmetic_precedence():
+    program = parse("let a = 1 + 2 * 3 ** 2", "m.nx")
+    value = program.items[0].value
+    assert value.op == "+" and value.right.op == "*" and value.right.right.op == "**"
+
+
+def test_newlines_inside_brackets_are_ignored():
+    program = parse("let a = [1,\n 2,\n 3]\nlet b = f(\n x = 1\n)", "m.nx")
+    assert len(program.items) == 2
+
+
+def test_number_literals():
+    program = parse("let a = 1_000\nlet b = 3e-4\nlet c = 0.5", "m.nx")
+    assert [i.value.value for i in program.items] == [1000, 3e-4, 0.5]
+
+
+def test_spans_point_at_the_source():
+    program = parse("\nmodel M {\n  x = foo(1)\n}", "m.nx")
+    call = program.items[0].body[0].value
+    assert (call.span.line, call.span.col) == (3, 7)
+
+
+@pytest.mark.parametrize("message,examples", list(KNOWN_MISTAKES.items()))
+def test_known_mistakes_have_friendly_messages(message, examples):
+    for text in examples:
+        with pytest.raises(NexusError) as info:
+            parse(text, "bad.nx")
+        assert message in info.value.render(), info.value.render()
+
+
+def test_keywords_are_reserved():
+    with pytest.raises(NexusError):
+        parse("let model = 3", "bad.nx")
