@@ -16,6 +16,9 @@ def count_params(graph: Graph) -> dict[str, int]:
     for node in graph.nodes():
         if node.shares:
             continue
+        for inner in map(count_params, node.regions):
+            total, trainable, frozen = (total + inner["total"], trainable + inner["trainable"],
+                                        frozen + inner["frozen"])
         for spec in node.params.values():
             if spec.tied_to:
                 continue
@@ -56,6 +59,9 @@ def total_flops(graph: Graph, context: int = 256) -> tuple[int, int]:
         ins = [_sizes(graph.type_of(r), bindings, context) for r in node.inputs]
         outs = [_sizes(t, bindings, context) for t in node.outputs]
         flops += int(op.flops(ins, outs, attrs))
+        if node.regions:
+            share = op.region_share(attrs, len(node.regions))
+            flops += int(share * sum(total_flops(g, context)[0] for g in node.regions))
     first = graph.inputs()[0].type if graph.inputs() else None
     tokens = 1
     if first is not None:

@@ -211,6 +211,9 @@ class Builder(calls.CallsMixin):
 
     def expr_attribute(self, e: ast.Attribute, frame: Frame):
         base = self.eval(e.value, frame)
+        if isinstance(base, Symbol):
+            raise NexusError.at(e.value.span, f"unknown name `{base.name}`; a module is used after "
+                                f"`import std.{base.name}` or `import \"file.nx\" as {base.name}`")
         if not isinstance(base, Namespace):
             raise NexusError.at(e.span, f"{describe(base)} has no attributes")
         if e.attr not in base.scope.defs:
@@ -300,6 +303,55 @@ class Builder(calls.CallsMixin):
 
         call = self.eval(item.value, Frame(scope, ""))
         return Modality(modality_spec(item, call), item.span)
+
+    # ------------------------------------------------------------------ nested graphs
+    def build_region(self, value, inputs: list, label: str, span: Span) -> Graph:
+        """Elaborate `value` (a block or op waiting for its tensor inputs) on its own, on fresh
+        inputs of the given types: the nested graph of an expert or of a loop body."""
+        saved = self.graph, self.namer
+        self.graph, self.namer = Graph(label), Namer()
+        try:
+            args = [self._region_input(t, i, len(inputs), span) for i, t in enumerate(inputs)]
+            result = self.apply(value, args, [], span, None, Frame(self.root, ""))
+            results = result if isinstance(result, tuple) else (result,)
+            for i, r in enumerate(results):
+                if not isinstance(r, Tensor):
+                    raise NexusError.at(span, f"{label} must give tensors, got {describe(r)}")
+                self.graph.outputs["out" if len(results) == 1 else f"out{i}"] = r.ref
+            return self.graph
+        finally:
+            self.graph, self.namer = saved
+
+    def _region_input(self, ttype, index: int, count: int, span: Span) -> Arg:
+        name = "x" if count == 1 else f"x{index}"
+        self.namer.claim(name)
+        node = self.graph.add("input", name, attrs={"name": name}, outputs=[ttype], span=span)
+        return Arg(Tensor(node.ref(), ttype, span, name), None, span)
+
+    # ------------------------------------------------------------------ train sections
+    def train_fields(self, train: ast.Train) -> dict[str, tuple[Any, Span]]:
+        """A train section's fields as plain values (numbers, strings, lists, and calls such as
+        `adamw(lr = 3e-4)` as {"fn", "args", "kwargs"}), each with its source span."""
+        frame = Frame(self.root, "")
+        fields: dict[str, tuple[Any, Span]] = {}
+        for f in train.fields:
+            if f.name in fields:
+                raise NexusError.at(f.span, f"`{f.name}` is set twice in `train {train.model}`")
+            fields[f.name] = (self.to_plain(Arg(self._setting(f.value, frame), f.value, f.span)), f.span)
+        return fields
+
+    def _setting(self, expr: ast.Expr, frame: Frame):
+        """Evaluate a setting: a call of any name is a configuration call, not an op."""
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name):
+            args = tuple(self._setting(a, frame) for a in expr.args)
+            kwargs = {k.name: self._setting(k.value, frame) for k in expr.kwargs}
+            return OptionCall(expr.func.id, args, kwargs, expr.span)
+        if isinstance(expr, ast.ListExpr):
+            return [self._setting(i, frame) for i in expr.items]
+        if isinstance(expr, ast.Name):
+            value = self.lookup(expr.id, expr.span, frame)
+            return value if isinstance(value, (int, float, str, list)) else Symbol(expr.id, expr.span)
+        return self.eval(expr, frame)
 
     # ------------------------------------------------------------------ helpers
     def int_of(self, expr: ast.Expr, frame: Frame, what: str) -> int:

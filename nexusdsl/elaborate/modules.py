@@ -139,11 +139,19 @@ class Loader:
         except (OSError, UnicodeDecodeError) as err:
             raise NexusError.at(span, f"cannot read {path}: {err}") from None
         try:
-            return self.load_text(text, str(path), key)
+            return self.load_text(text, _display_path(path), key)
         except NexusError as err:  # a broken imported file: report its own errors
             self.sources.update(err.sources)
             self.sink.add(err)
             raise NexusError.at(span, f"the imported file {path.name} has errors") from None
+
+
+def _display_path(path: Path) -> str:
+    """How a file is named in diagnostics: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def lookup_global(scope: FileScope, name: str, span: Span, builtins) -> tuple[str, Any] | None:

@@ -11,7 +11,7 @@ from nexusdsl.elaborate.modules import FileScope, Loader
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.verify import verify
 from nexusdsl.lang import ast
-from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Span
+from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Note, Span
 
 
 class Program:
@@ -66,6 +66,25 @@ class Program:
             self._graphs[key] = graph
         return self._graphs[key]
 
+    def train_section(self, model: str | None = None) -> ast.Train | None:
+        name = self.model_ast(model).name
+        sections = [t for t in self.scope.trains if t.model == name]
+        if len(sections) > 1:
+            raise NexusError.at(sections[1].span, f"model {name} has more than one train section",
+                                Note("the first is here", sections[0].span))
+        return sections[0] if sections else None
+
+    def train_config(self, model: str | None = None) -> dict[str, tuple[Any, Span]]:
+        """The fields of the model's `train` section, evaluated: {name: (value, span)}."""
+        section = self.train_section(model)
+        if section is None:
+            return {}
+        builder = Builder(self.scope, DiagnosticSink(), self._loader.sources)
+        try:
+            return builder.train_fields(section)
+        except NexusError as err:
+            raise NexusError(err.diagnostics, self._loader.sources) from None
+
     def check(self) -> None:
         """Elaborate every model with its defaults; raise one error listing every mistake."""
         sink = DiagnosticSink()
@@ -78,6 +97,11 @@ class Program:
         for train in self.scope.trains:
             if train.model not in names:
                 sink.add(NexusError.at(train.span, f"`train {train.model}`: no model named {train.model}"))
+            elif train.model in self.models:
+                try:
+                    self.train_config(train.model)
+                except NexusError as err:
+                    sink.add(err)
         sink.raise_if_any(self._loader.sources)
 
 

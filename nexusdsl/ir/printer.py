@@ -74,6 +74,10 @@ def print_graph(graph: Graph, around: str | None = None) -> str:
     if around is not None:
         at = next((i for i, n in enumerate(body) if n.name == around), 0)
         body = body[max(at - 3, 0): at + 4]
-    lines += [format_node(graph, n) for n in body]
+    for n in body:
+        lines.append(format_node(graph, n))
+        for i, region in enumerate(n.regions):
+            inner = print_graph(region).splitlines()
+            lines += [f"    region {i}: {inner[0]}"] + [f"    {line}" for line in inner[1:]]
     lines += [f"  return {', '.join(f'{k} = {_ref(graph, v)}' for k, v in graph.outputs.items())}", "}"]
     return "\n".join(lines)

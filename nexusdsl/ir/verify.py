@@ -39,6 +39,8 @@ def verify(graph: Graph) -> None:
                 _fail(graph, node, f"input %{ref.node}#{ref.index} does not exist")
         if not node.outputs:
             _fail(graph, node, "a node without outputs")
+        for region in node.regions:
+            verify(region)
         for key, spec in node.params.items():
             params[f"{node.name}.{key}"] = spec.shape
         seen.add(node.id)

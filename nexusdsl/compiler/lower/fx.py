@@ -54,6 +54,10 @@ class NexusModule(nn.Module):
         return self._forward(self, *args, **kwargs)
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in _DTYPES.items() if v == dtype)
+
+
 def _init(spec: ParamSpec, tensor: torch.Tensor, generator: torch.Generator | None) -> None:
     if tensor.device.type == "meta":
         return
@@ -85,6 +89,11 @@ def build_op_module(node: Node, device, dtype, generator) -> OpModule:
     op = REGISTRY[node.op]
     attrs = op.Attrs.model_validate(node.attrs)
     module = OpModule(node.op, op.lower(attrs))
+    if node.regions:
+        seed = int(generator.initial_seed()) if generator is not None else None
+        bodies = [lower(g, device, _dtype_name(dtype), None if seed is None else seed + i + 1)
+                  for i, g in enumerate(node.regions)]
+        module.add_module(op.region_name, nn.ModuleList(bodies))
     for key, spec in node.params.items():
         if spec.tied_to:
             continue
