@@ -150,7 +150,10 @@ class CallsMixin:
     def to_plain(self, arg: Arg) -> Any:
         """An evaluated value as an op attribute (JSON-like: numbers, strings, lists, dicts)."""
         value = arg.value
-        if isinstance(value, (Symbol, Modality)):
+        if isinstance(value, Modality):
+            self.register_modality(value)  # ops such as generate(x, image) look its spec up
+            return value.name
+        if isinstance(value, Symbol):
             return value.name
         if isinstance(value, Tensor):
             return value.node_name

@@ -148,8 +148,16 @@ class Builder(calls.CallsMixin):
         if not isinstance(value, Modality):
             raise NexusError.at(texpr.span, f"`{kind}` is not a modality; an input is written "
                                 "`text[B, T]` (a modality), `float[B, D]` or `int[B, T]`")
-        self.modalities[value.name] = value.spec
+        self.register_modality(value)
         return ("i64" if value.spec.discrete else "f32"), value.name
+
+    def register_modality(self, value: Modality) -> None:
+        """Modal codes tell tokens apart after `concat`: two modalities may not share one."""
+        for other in self.modalities.values():
+            if other.code == value.spec.code and other.name != value.name:
+                raise NexusError.at(value.span, f"modalities {other.name} and {value.name} both have "
+                                    f"code {other.code}; modal codes must be unique")
+        self.modalities[value.name] = value.spec
 
     def stmt_output(self, stmt: ast.Output, frame: Frame) -> None:
         if not frame.is_model:

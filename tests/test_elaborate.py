@@ -1,0 +1,158 @@
+"""Elaboration semantics: names, imports, hyperparameters, blocks, repeat, partial application."""
+
+import pytest
+import torch
+
+import nexusdsl
+from nexusdsl.compiler.summary import count_params
+
+HEADER = "modality text = bytes(code = 0)\n"
+
+
+def graph_of(text, **hyper):
+    return nexusdsl.loads(text, "t.nx").elaborate(**hyper)
+
+
+def error_of(text):
+    with pytest.raises(nexusdsl.NexusError) as info:
+        nexusdsl.loads(text, "t.nx")
+    return info.value
+
+
+def test_let_arithmetic_and_use_before_definition():
+    g = graph_of("model M { input x: float[B, 4]\n output y = linear(x, width) }\n"
+                 "let width = base * 3 // 2 + 2 ** 2\nlet base = 8")
+    assert g.type_of(g.outputs["y"]).axes[-1].size == 16
+
+
+def test_let_cycle_is_an_error():
+    err = error_of("let a = b + 1\nlet b = a\nmodel M { input x: float[B, 4]\n output y = linear(x, a) }")
+    assert "defined in terms of itself" in err.render()
+
+
+def test_block_axis_names_bind_and_are_usable_as_integers():
+    g = graph_of("block widen(x: [*, d], by = 2) -> [*, w] { return linear(x, d * by) }\n"
+                 "model M { input x: float[B, 5]\n output y = widen(x, by = 3) }")
+    assert g.type_of(g.outputs["y"]).sizes == (None, 15)
+
+
+def test_declared_return_shape_is_checked():
+    err = error_of("block f(x: [*, d]) -> [*, d] { return linear(x, d + 1) }\n"
+                   "model M { input x: float[B, 5]\n output y = f(x) }")
+    assert "axis d is 5 here but the tensor has 6" in err.render()
+
+
+def test_new_axes_are_named_after_plain_hyperparameters():
+    g = graph_of(HEADER + "model M(dim = 8) { input t: text[B, T]\n x = embed(t, dim)\n"
+                 " output y = linear(x, dim * 2) }")
+    embed = g.by_name("embed")
+    assert [a.name for a in embed.type.axes] == ["B", "T", "dim"]
+    assert g.type_of(g.outputs["y"]).axes[-1].name is None
+
+
+def test_input_axes_named_like_hyperparameters_take_their_size():
+    g = graph_of("model M(D = 12) { input x: float[B, D]\n output y = linear(x, 3) }")
+    assert g.inputs()[0].type.sizes == (None, 12)
+
+
+def test_hyperparameter_overrides():
+    g = graph_of(HEADER + "model M(dim = 8) { input t: text[B, T]\n output y = embed(t, dim) }", dim=32)
+    assert g.type_of(g.outputs["y"]).axes[-1].size == 32
+
+
+def test_naming_is_deterministic_and_scoped():
+    g = graph_of("block f(x: [*, d]) { return linear(linear(x, d), d) }\n"
+                 "model M { input x: float[B, 4]\n y = f(x)\n z = f(y) as second\n"
+                 " repeat 2 { y = linear(y, 4) }\n output o = y + z }")
+    names = [n.name for n in g.nodes() if n.op != "input"]
+    assert names == ["f.linear", "f.linear_1", "second.linear", "second.linear_1",
+                     "blocks.0.linear", "blocks.1.linear", "add"]
+
+
+def test_repeat_shared_reuses_parameters():
+    text = "model M(n = 3) { input x: float[B, 8]\n repeat n shared { x = linear(x, 8) |> relu }\n output y = x }"
+    g = graph_of(text)
+    linears = [n for n in g.nodes() if n.op == "linear"]
+    assert [n.shares for n in linears] == [None, "blocks.0.linear", "blocks.0.linear"]
+    assert count_params(g)["total"] == 8 * 8 + 8
+    model = nexusdsl.compile(nexusdsl.loads(text, "t.nx"))
+    x = torch.randn(2, 8)
+    w, b = model.get_parameter("blocks.0.linear.weight"), model.get_parameter("blocks.0.linear.bias")
+    expected = x
+    for _ in range(3):
+        expected = torch.relu(expected @ w.T + b)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_partial_application_and_pipes():
+    text = ("model M { input x: float[B, 8]\n act = leaky_relu(alpha = 0.5)\n"
+            " output y = x |> linear(4) |> act }")
+    model = nexusdsl.compile(nexusdsl.loads(text, "t.nx"))
+    x = torch.randn(3, 8)
+    lin = model.get_submodule("linear")
+    torch.testing.assert_close(model(x), torch.nn.functional.leaky_relu(x @ lin.weight.T + lin.bias, 0.5))
+
+
+def test_blocks_are_values():
+    g = graph_of("block twice(x: [*, d], f) { return f(f(x)) }\n"
+                 "model M { input x: float[B, 8]\n output y = twice(x, f = relu) }")
+    assert [n.op for n in g.nodes()] == ["input", "relu", "relu"]
+
+
+def test_imports_resolve_qualified_and_unqualified(tmp_path):
+    (tmp_path / "lib.nx").write_text("block double(x: [*, d]) { return x + x }\nlet width = 6")
+    main = tmp_path / "main.nx"
+    main.write_text('import "lib.nx" as lib\nimport std.nn\n'
+                    "model M { input x: float[B, 6]\n y = lib.double(x)\n output z = mlp(double(y), mult = 1) }")
+    g = nexusdsl.load(main).elaborate()
+    assert [n.op for n in g.nodes()][:2] == ["input", "add"]
+
+
+def test_ambiguous_import_is_an_error(tmp_path):
+    (tmp_path / "a.nx").write_text("block f(x: [*, d]) { return x }")
+    (tmp_path / "b.nx").write_text("block f(x: [*, d]) { return x }")
+    main = tmp_path / "main.nx"
+    main.write_text('import "a.nx"\nimport "b.nx"\nmodel M { input x: float[B, 6]\n output y = f(x) }')
+    with pytest.raises(nexusdsl.NexusError, match="`f` is ambiguous: it could be `a.f` and `b.f`"):
+        nexusdsl.load(main)
+
+
+def test_several_outputs_give_a_dict_and_inputs_by_name():
+    text = "model M { input a: float[B, 4]\n input b: float[B, 4]\n output s = a + b\n output p = a * b }"
+    model = nexusdsl.compile(nexusdsl.loads(text, "t.nx"))
+    a, b = torch.randn(2, 4), torch.randn(2, 4)
+    out = model(b=b, a=a)
+    assert set(out) == {"s", "p"}
+    torch.testing.assert_close(out["s"], a + b)
+    torch.testing.assert_close(out["p"], a * b)
+    assert model.input_names == ["a", "b"]
+
+
+def test_multiple_assignment_from_split():
+    g = graph_of("model M { input x: float[B, 8]\n a, b = split(x, 2)\n output y = a * b }")
+    assert g.type_of(g.outputs["y"]).sizes == (None, 4)
+
+
+def test_models_choose_by_name():
+    program = nexusdsl.loads("model A { input x: float[B, 2]\n output y = x }\n"
+                             "model B { input x: float[B, 3]\n output y = x }", "t.nx")
+    assert program.models == ["A", "B"]
+    assert program.elaborate("B").inputs()[0].type.sizes == (None, 3)
+    with pytest.raises(nexusdsl.NexusError, match="choose one with --model"):
+        program.elaborate()
+
+
+def test_duplicate_alias_is_an_error():
+    err = error_of("model M { input x: float[B, 2]\n a = relu(x) as r\n output y = relu(a) as r }")
+    assert "the name `r` is already used" in err.render()
+
+
+def test_modal_code_out_of_range():
+    err = error_of("modality t = bytes(code = 300)\nmodel M { input x: t[B, T]\n output y = x }")
+    assert "code = N" in err.render()
+
+
+def test_modal_codes_are_unique():
+    err = error_of("modality a = bytes(code = 1)\nmodality b = ids(vocab = 10, code = 1)\n"
+                   "model M { input x: a[B, T]\n input y: b[B, T]\n output z = x }")
+    assert "both have code 1" in err.render()
