@@ -1,0 +1,9 @@
+"""The op registry: importing this package registers every builtin op in `REGISTRY`.
+
+Torch is imported only inside the ops' `lower` methods, so checking a file never imports it.
+"""
+
+from nexusdsl.ops import activations, core, mixers, modality  # noqa: F401  (registers ops)
+from nexusdsl.ops.base import REGISTRY, InferContext, Op, OpAttrs, OpError, get_op
+
+__all__ = ["REGISTRY", "InferContext", "Op", "OpAttrs", "OpError", "get_op"]
