@@ -19,3 +19,24 @@ def check_golden(path: Path, actual: str) -> None:
     if UPDATE_GOLDEN or not path.exists():
         path.write_text(actual)
     assert actual == path.read_text(), f"{path.name} differs from its golden file"
+
+
+def random_inputs(graph, symbolic: int = 8, batch: int = 2, seed: int = 0):
+    """Inputs for a compiled model: symbolic axes get `symbolic` (the first one `batch`), ids
+    are drawn below the modality's vocabulary, floats are normal."""
+    import torch
+
+    from nexusdsl.ir.types import ModalitySpec  # noqa: F401  (types only)
+
+    gen = torch.Generator().manual_seed(seed)
+    inputs = []
+    for node in graph.inputs():
+        t = node.type
+        shape = [a.size if a.size is not None else (batch if i == 0 else symbolic)
+                 for i, a in enumerate(t.axes)]
+        if t.dtype == "i64":
+            vocab = node.attrs.get("vocab") or 256
+            inputs.append(torch.randint(0, vocab, shape, generator=gen))
+        else:
+            inputs.append(torch.randn(shape, generator=gen))
+    return inputs

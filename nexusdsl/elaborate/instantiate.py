@@ -135,7 +135,10 @@ class Builder(calls.CallsMixin):
             frame.env.setdefault(name, frame.axes.value(name))
         if not self.namer.claim(stmt.name):
             raise NexusError.at(stmt.span, f"the name `{stmt.name}` is already used")
-        node = self.graph.add("input", stmt.name, attrs={"name": stmt.name}, outputs=[ttype], span=stmt.span)
+        attrs = {"name": stmt.name}
+        if modality is not None and self.modalities[modality].vocab:
+            attrs["vocab"] = self.modalities[modality].vocab  # ids must stay below it
+        node = self.graph.add("input", stmt.name, attrs=attrs, outputs=[ttype], span=stmt.span)
         frame.env[stmt.name] = Tensor(node.ref(), ttype, stmt.span, node.name)
 
     def _input_kind(self, texpr: ast.TensorTypeExpr, frame: Frame) -> tuple[str, str | None]:
