@@ -14,7 +14,16 @@ from pydantic import ValidationError
 from nexusdsl.elaborate.frame import Frame
 from nexusdsl.elaborate.shapes import AxisBindings, unify
 from nexusdsl.elaborate.values import (
-    Arg, BlockRef, Modality, OptionCall, Partial, Skip, Symbol, SymbolicAxis, Tensor, describe,
+    Arg,
+    BlockRef,
+    Modality,
+    OptionCall,
+    Partial,
+    Skip,
+    Symbol,
+    SymbolicAxis,
+    Tensor,
+    describe,
 )
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.lang import ast

@@ -16,8 +16,20 @@ from nexusdsl.elaborate.frame import Frame, Namer
 from nexusdsl.elaborate.modules import MODALITY_KINDS, OPTION_FUNCTIONS, FileScope, lookup_global
 from nexusdsl.elaborate.shapes import AxisBindings, declared_type
 from nexusdsl.elaborate.values import (
-    POISON, Arg, BlockRef, ExpertSet, Modality, Namespace, OptionCall, Partial, Poison,
-    Returned, Skip, Symbol, Tensor, describe,
+    POISON,
+    Arg,
+    BlockRef,
+    ExpertSet,
+    Modality,
+    Namespace,
+    OptionCall,
+    Partial,
+    Poison,
+    Returned,
+    Skip,
+    Symbol,
+    Tensor,
+    describe,
 )
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.types import ModalitySpec

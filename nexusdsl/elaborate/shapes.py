@@ -3,7 +3,7 @@ actual tensor type, binding axis names to sizes (or to symbolic axes) on first u
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from nexusdsl.elaborate.values import SymbolicAxis
 from nexusdsl.ir.types import Axis, TensorType

@@ -21,12 +21,12 @@ class Axis(BaseModel):
             return str(self.size)
         return f"{self.name}={self.size}"
 
-    def same_extent(self, other: "Axis") -> bool:
+    def same_extent(self, other: Axis) -> bool:
         if self.size is None or other.size is None:
             return self.size is None and other.size is None and self.name == other.name
         return self.size == other.size
 
-    def renamed(self, name: str | None) -> "Axis":
+    def renamed(self, name: str | None) -> Axis:
         return Axis(name=name, size=self.size)
 
 
@@ -56,7 +56,7 @@ class TensorType(BaseModel):
     def sizes(self) -> tuple[int | None, ...]:
         return tuple(a.size for a in self.axes)
 
-    def with_axes(self, axes, **changes) -> "TensorType":
+    def with_axes(self, axes, **changes) -> TensorType:
         return self.model_copy(update={"axes": tuple(axes), **changes})
 
     def axis_index(self, ref: int | str) -> int | None:

@@ -57,7 +57,7 @@ class NexusError(Exception):
         super().__init__(self.render())
 
     @classmethod
-    def at(cls, span: Span | None, message: str, *notes: Note) -> "NexusError":
+    def at(cls, span: Span | None, message: str, *notes: Note) -> NexusError:
         return cls(Diagnostic(span or UNKNOWN, message, tuple(notes)))
 
     def render(self) -> str:

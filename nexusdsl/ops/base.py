@@ -11,14 +11,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from nexusdsl.ir.types import Axis, ModalitySpec, TensorType
 
-REGISTRY: dict[str, "Op"] = {}
+REGISTRY: dict[str, Op] = {}
 
 # Backends an op can be lowered to (the backends issue fills in per-op support).
 ALL_BACKENDS = ("eager", "compile", "mlir-torch", "mlir-linalg", "mlir-stablehlo", "mlir-tosa")
@@ -47,6 +48,7 @@ class InferContext:
     hints: dict[str, str] = field(default_factory=dict)  # attr -> plain hyperparameter name
     modalities: dict[str, ModalitySpec] = field(default_factory=dict)
     lookup: Callable[[str], Any] = lambda name: None  # IR node by name (for `tie = tok`)
+    regions: list[Any] = field(default_factory=list)  # nested graphs (experts, loop bodies)
 
     def axis_name(self, attr: str) -> str | None:
         """The name a new axis sized by `attr` gets: the plain hyperparameter name, if any."""
@@ -58,6 +60,9 @@ class Op:
     inputs: ClassVar[tuple[str, ...]] = ("x",)  # tensor inputs, in positional order
     variadic: ClassVar[bool] = False  # takes any number (>= 1) of tensor inputs
     family: ClassVar[str] = "core"
+    # Ops that run nested graphs (experts, a loop body) keep their lowered modules in a
+    # ModuleList of this name, so parameters read `moe.experts.3.mlp.linear.weight`.
+    region_name: ClassVar[str] = "regions"
     backends: ClassVar[tuple[str, ...]] = ALL_BACKENDS
 
     class Attrs(OpAttrs):
@@ -85,6 +90,10 @@ class Op:
         for s in outputs[0] if outputs else ():
             n *= s
         return n
+
+    def region_share(self, attrs, count: int) -> float:
+        """The fraction of tokens each nested graph sees (top-k of n experts: k / n)."""
+        return 1.0
 
     # -- lowering ---------------------------------------------------------------------
     def lower(self, attrs) -> Callable:

@@ -8,7 +8,7 @@ of `repeat N shared` call their owner's module; tied parameters are the same `Pa
 from __future__ import annotations
 
 import operator
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
