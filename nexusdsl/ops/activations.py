@@ -13,8 +13,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, ValidationError
 
-from nexusdsl.ops.base import REGISTRY, Op, OpAttrs, OpError, same_type_as
-from nexusdsl.ops.core import (
+from nexusdsl.ops.attrs import (
     AxisRef,
     Choice,
     Float,
@@ -23,6 +22,7 @@ from nexusdsl.ops.core import (
     require_float,
     resolve_axis,
 )
+from nexusdsl.ops.base import REGISTRY, Op, OpAttrs, OpError, same_type_as
 
 
 class Activation(Op):

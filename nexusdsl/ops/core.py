@@ -1,123 +1,37 @@
-"""Core ops (family "core"): projections, normalisation, arithmetic, shape plumbing.
-
-The attribute types and small helpers at the top are shared by every op family in this
-package (activations, mixers, modality import them from here).
-"""
+"""Core ops (family "core"): projections, normalisation, arithmetic, shape plumbing."""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar
 
-from pydantic import BeforeValidator, ConfigDict, Field, Strict
+from pydantic import ConfigDict, Field
 
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.ir.types import Axis, CodeSegment, TensorType
-from nexusdsl.ops.base import InferContext, Op, OpAttrs, OpError, check_last_axis, same_type_as
-
-# ---------------------------------------------------------------------------- attribute types
-
-
-def _integer(value: Any) -> Any:
-    # pydantic's lax int would take `true` and "4"; a size written as 4.0 is still a size.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError("should be an integer")
-    return value
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError("should be a number")
-    return float(value)
-
-
-def _option_name(value: Any) -> Any:
-    # A bare option value that is also an op's name (`approx = tanh`) arrives as that op.
-    if isinstance(value, dict) and set(value) <= {"op", "attrs"} and not value.get("attrs"):
-        return value.get("op")
-    return value
-
-
-def Choice(*options: str) -> Any:
-    """One of a few bare identifiers, e.g. `approx: Choice("none", "tanh")`."""
-    return Annotated[Literal[options], BeforeValidator(_option_name)]
-
-
-Int = Annotated[int, BeforeValidator(_integer)]
-PosInt = Annotated[Int, Field(gt=0)]
-Float = Annotated[float, BeforeValidator(_number)]
-Bool = Annotated[bool, Strict()]
-AxisRef = Int | str  # an axis by position (may be negative) or by name
-Probability = Annotated[Float, Field(ge=0.0, lt=1.0)]
-
-FLOAT_DTYPES = ("f16", "bf16", "f32", "f64")
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def numel(sizes: tuple[int, ...]) -> int:
-    return math.prod(sizes)
-
-
-def resolve_axis(what: str, x: TensorType, ref: int | str, arg: str = "axis") -> int:
-    """An axis given by name or (negative) position, as a non-negative position in x."""
-    index = x.axis_index(ref)
-    if index is not None:
-        return index
-    if isinstance(ref, str):
-        raise OpError(f"{what}: {arg} = {ref} names no axis of {x}")
-    raise OpError(f"{what}: {arg} = {ref} is out of range for {x}, which has {x.rank} axes")
-
-
-def axis_label(axis: Axis, index: int) -> str:
-    """How a message names an axis: by name, else by its position."""
-    return f"axis {axis.name}" if axis.name else f"axis {index}"
-
-
-def extent(axis: Axis) -> str:
-    """An axis's size in a message: a number, or `symbolic T`."""
-    return str(axis.size) if axis.size is not None else f"symbolic {axis.name}"
-
-
-def require_float(what: str, x: TensorType) -> None:
-    if x.dtype not in FLOAT_DTYPES:
-        raise OpError(f"{what} needs a float tensor, got {x.dtype} {x} (embed integer ids first)")
-
-
-def require_rank(what: str, x: TensorType, rank: int, shape: str) -> None:
-    if x.rank < rank:
-        raise OpError(f"{what} needs a tensor of shape {shape}, got {x} ({x.rank} axes)")
-
-
-def fixed_width(what: str, x: TensorType) -> int:
-    """The size of x's last (channel) axis, which must be fixed."""
-    return check_last_axis(x, what).size
-
-
-def uniform(shape: tuple[int, ...], fan_in: int) -> ParamSpec:
-    """nn.Linear / nn.Conv1d default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    return ParamSpec(shape=shape, init="uniform", std=1.0 / math.sqrt(fan_in))
-
-
-def normal(shape: tuple[int, ...], std: float = 0.02) -> ParamSpec:
-    return ParamSpec(shape=shape, init="normal", std=std)
-
-
-def operand(axis: Axis) -> str:
-    """An axis as an operand in the name of a symbolic axis made from it: `(T+S)/2`."""
-    if axis.size is not None:
-        return str(axis.size)
-    return f"({axis.name})" if any(c in axis.name for c in "+-*/") else axis.name
-
-
-def new_axis(ctx: InferContext, attr: str, size: int) -> Axis:
-    """A new axis sized by `attr`, named after the user's hyperparameter when it was one."""
-    return Axis(name=ctx.axis_name(attr), size=size)
-
+from nexusdsl.ops.attrs import (
+    FLOAT_DTYPES,
+    AxisRef,
+    Bool,
+    Choice,
+    Float,
+    PosInt,
+    Probability,
+    as_integer,
+    axis_label,
+    extent,
+    fixed_width,
+    new_axis,
+    normal,
+    numel,
+    operand,
+    require_float,
+    require_rank,
+    resolve_axis,
+    uniform,
+)
+from nexusdsl.ops.base import InferContext, Op, OpAttrs, OpError, same_type_as
 
 # ---------------------------------------------------------------------------- projections
 
@@ -807,7 +721,7 @@ class Layout(Op):
         sizes = {}
         for key, value in (attrs.model_extra or {}).items():
             try:
-                sizes[key] = _integer(value)
+                sizes[key] = as_integer(value)
             except ValueError:
                 sizes[key] = 0
             if sizes[key] <= 0:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
-from nexusdsl.ops.core import (
+from nexusdsl.ops.attrs import (
     AxisRef,
     Bool,
     PosInt,
@@ -16,6 +15,7 @@ from nexusdsl.ops.core import (
     resolve_axis,
     uniform,
 )
+from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
 
 
 class Attention(Op):

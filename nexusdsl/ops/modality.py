@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.ir.types import Axis, CodeSegment, ModalitySpec, TensorType
-from nexusdsl.ops.base import InferContext, Op, OpAttrs, OpError, same_type_as
-from nexusdsl.ops.core import (
+from nexusdsl.ops.attrs import (
     Bool,
     PosInt,
     fixed_width,
@@ -26,6 +25,7 @@ from nexusdsl.ops.core import (
     require_rank,
     uniform,
 )
+from nexusdsl.ops.base import InferContext, Op, OpAttrs, OpError, same_type_as
 
 # The modality options each embedding needs at run time (recorded in the node's attributes).
 LOWERING_OPTIONS = {"patches": ("size",), "frames": ("window", "hop"),
