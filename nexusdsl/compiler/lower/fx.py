@@ -100,6 +100,9 @@ def build_op_module(node: Node, device, dtype, generator) -> OpModule:
         tensor = torch.empty(spec.shape, device=device, dtype=dtype)
         _init(spec, tensor, generator)
         _attach(module, key, nn.Parameter(tensor, requires_grad=not spec.frozen))
+    finish = getattr(op, "finish", None)  # ops that set their own weights (identity adapters,
+    if finish is not None:                # weights loaded from a pretrained model)
+        finish(module, attrs, node)
     return module
 
 
