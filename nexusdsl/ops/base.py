@@ -21,8 +21,13 @@ from nexusdsl.ir.types import Axis, ModalitySpec, TensorType
 
 REGISTRY: dict[str, Op] = {}
 
-# Backends an op can be lowered to (the backends issue fills in per-op support).
-ALL_BACKENDS = ("eager", "compile", "mlir-torch", "mlir-linalg", "mlir-stablehlo", "mlir-tosa")
+# Backends an op can be lowered to; an op lists those it supports in `backends`, and
+# docs/backends.md's table is generated from them. "iree": IREE compiles and runs the op's
+# torch-dialect and linalg MLIR. An op whose eager form torch-mlir cannot import may add
+# `lower_portable(attrs)`: the same function in an MLIR-friendly form (static shapes, no
+# complex numbers, non-negative dims), used for the mlir-* and iree-* targets only.
+ALL_BACKENDS = ("eager", "compile", "mlir-torch", "mlir-linalg", "mlir-stablehlo", "mlir-tosa",
+                "iree")
 
 
 class OpError(Exception):
