@@ -17,15 +17,20 @@ from nexusdsl.lang.diagnostics import NexusError
 __all__ = ["NexusError", "Program", "compile", "load", "loads"]
 __version__ = "0.1.0"
 
-TARGETS = ("torch",)
+# "torch.compile", MLIR text and IREE: nexusdsl/compiler/lower/targets.py (docs/backends.md).
+TARGETS = ("torch", "torch.compile", "iree-cpu", "iree-cuda", "mlir-torch", "mlir-linalg",
+           "mlir-stablehlo", "mlir-tosa")
 
 
 def compile(program_or_path: Program | str | Path, model: str | None = None, *,
             target: str = "torch", opt: int = 1, device: str = "cpu", dtype: str = "f32",
-            seed: int | None = 0, **hyper: Any):
+            seed: int | None = 0, options: dict[str, Any] | None = None, **hyper: Any):
     """Build a `torch.nn.Module` from a program (or a path to a `.nx` file).
 
-    `hyper` overrides the model's hyperparameters; `seed` fixes the initial weights."""
+    `hyper` overrides the model's hyperparameters; `seed` fixes the initial weights.
+    `target` "torch.compile" compiles the module in place, "iree-cpu"/"iree-cuda" return a
+    module run by IREE, "mlir-*" the MLIR text; `options` are the target's settings, e.g.
+    `{"mode": "max-autotune"}` or `{"sizes": {"T": 64}, "dynamic": ["B"]}`."""
     program = program_or_path if isinstance(program_or_path, Program) else load(program_or_path)
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -33,4 +38,9 @@ def compile(program_or_path: Program | str | Path, model: str | None = None, *,
     from nexusdsl.compiler.pipeline import optimize
 
     graph = optimize(program.elaborate(model, **hyper), opt)
+    if target != "torch" or options:
+        from nexusdsl.compiler.lower.targets import build
+
+        return build(graph, target, device=device, dtype=dtype, seed=seed, options=options,
+                     sources=program.sources)
     return lower(graph, device=device, dtype=dtype, seed=seed)

@@ -27,6 +27,10 @@ class Emit(str, Enum):
     ir = "ir"
     json = "json"
     fx = "fx"
+    mlir_torch = "mlir-torch"  # MLIR through torch-mlir: nexusdsl/cli_run.py
+    mlir_linalg = "mlir-linalg"
+    mlir_stablehlo = "mlir-stablehlo"
+    mlir_tosa = "mlir-tosa"
 
 
 def fail(message: str) -> None:
@@ -87,8 +91,15 @@ def compile_cmd(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="write to this file"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or meta (no weights allocated)"),
+    target: str = typer.Option("torch", "--target",
+                               help="torch, torch.compile, or iree-cpu / iree-cuda (-o model.vmfb)"),
+    via: str = typer.Option("mlir-torch", "--via", help="the MLIR dialect IREE compiles"),
+    sizes: list[str] = typer.Option([], "--size", help="a symbolic axis's size for MLIR: NAME=N"),
+    dynamic: list[str] = typer.Option([], "--dynamic", help="keep this symbolic axis dynamic"),
+    compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="torch.compile mode"),
+    cuda_arch: str = typer.Option("sm_80", "--cuda-arch", help="GPU of --target iree-cuda"),
 ) -> None:
-    """Compile a model: check shapes, optimise, and build its torch module."""
+    """Compile a model: check shapes, optimise, and build its torch module (or MLIR, a vmfb)."""
     import nexusdsl
     from nexusdsl.compiler.pipeline import optimize
 
@@ -98,6 +109,11 @@ def compile_cmd(
         graph = optimize(program.elaborate(model, **hyper), opt)
     except NexusError as e:
         report(e)
+    if target != "torch" or emit.value.startswith("mlir-"):
+        from nexusdsl.cli_run import Backend, compile_backend
+
+        settings = Backend(target, via, parse_sets(sizes), dynamic, compile_mode, cuda_arch)
+        return compile_backend(program, graph, emit.value, output, device, settings)
     text = render_emit(graph, emit, as_json, device)
     if output is None:
         out.print(text, markup=False)
@@ -149,6 +165,9 @@ def summary_text(info: dict) -> str:
     return console.export_text().rstrip()
 
 
+import nexusdsl.cli_run  # noqa: E402,F401  (registers `nexus run`)
+
+
 def main() -> None:
     try:
         app()
@@ -158,4 +177,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m nexusdsl.cli` runs this file as __main__, a second copy of the module: the
+    # commands of the cli_* modules register on nexusdsl.cli's `app`, so run that one.
+    from nexusdsl.cli import main as registered_main
+
+    registered_main()

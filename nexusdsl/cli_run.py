@@ -1,0 +1,343 @@
+"""`nexus run` and the backend half of `nexus compile` (`--emit mlir-*`, `--target ...`).
+
+    nexus compile tiny_lm.nx --emit mlir-linalg --size T=64 --dynamic B -o model.mlir
+    nexus compile tiny_lm.nx --target iree-cpu -o model.vmfb
+    nexus run tiny_lm.nx --backend iree-cpu --inputs batch.safetensors --check
+
+Backend failures (no C++ compiler, no GPU, a tool error) print one `error:` line and exit 1.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nexusdsl.cli import app, fail, out, parse_sets, report
+from nexusdsl.lang.diagnostics import NexusError
+
+TOLERANCE = 1e-4  # of the largest output magnitude, for --check
+
+
+@dataclass
+class Backend:
+    """The backend settings `nexus compile` and `nexus run` share."""
+
+    target: str = "torch"
+    via: str = "mlir-torch"
+    sizes: dict | None = None
+    dynamic: list[str] | tuple[str, ...] = ()
+    compile_mode: str | None = None
+    cuda_arch: str = "sm_80"
+
+
+class RunBackend(str, Enum):
+    eager = "eager"
+    compile = "compile"
+    iree_cpu = "iree-cpu"
+    iree_cuda = "iree-cuda"
+
+
+def compile_backend(program, graph, emit: str, output: Path | None, device: str,
+                    settings: Backend) -> None:
+    """`nexus compile` for MLIR emission and the non-default targets."""
+    from nexusdsl.compiler.lower.backends import BackendError
+
+    try:
+        if emit.startswith("mlir-"):
+            return _emit_mlir(program, graph, emit, output, device, settings)
+        if settings.target.startswith("iree-"):
+            return _compile_vmfb(program, graph, output, settings)
+        if settings.target == "torch.compile":
+            return _try_torch_compile(program, graph, device, settings)
+        fail(f"error: unknown target {settings.target}; choose torch, torch.compile, "
+             "iree-cpu or iree-cuda")
+    except NexusError as e:
+        report(e)
+    except BackendError as e:
+        fail(f"error: {e}")
+
+
+def _emit_mlir(program, graph, dialect, output, device, settings: Backend) -> None:
+    from nexusdsl.compiler.lower.backends import check_backend
+    from nexusdsl.compiler.lower.mlir import to_mlir
+
+    check_backend(graph, dialect, sources=program.sources)
+    module = _lower(graph, device)
+    text = to_mlir(module, dialect, _sizes(settings), settings.dynamic)
+    if output is None:
+        out.print(text, markup=False)
+        return
+    from nexusdsl.fsutil import atomic_write_text
+
+    atomic_write_text(output, text)
+    out.print(f"wrote {output}: {dialect}, {_shape_note(text)}", markup=False)
+
+
+def _compile_vmfb(program, graph, output, settings: Backend) -> None:
+    from nexusdsl.compiler.lower.backends import check_backend
+    from nexusdsl.compiler.lower.targets import IreeModule
+
+    if output is None:
+        fail(f"error: --target {settings.target} writes a vmfb: give -o FILE.vmfb")
+    check_backend(graph, settings.target, settings.via, program.sources)
+    iree = IreeModule(_lower(graph, "cpu"), settings.target, settings.via, _sizes(settings),
+                      settings.dynamic, cuda_arch=settings.cuda_arch)
+    artifact = iree.compile()
+    from nexusdsl.fsutil import atomic_write_bytes
+
+    atomic_write_bytes(output, artifact.vmfb)
+    t = artifact.seconds
+    out.print(f"wrote {output} ({len(artifact.vmfb):,} bytes): {_target_note(settings)} from "
+              f"{settings.via}; {_shape_note(artifact.mlir)}; export {t['export']:.1f} s, "
+              f"IREE {t['iree']:.1f} s", markup=False)
+
+
+def _target_note(settings: Backend) -> str:
+    if settings.target == "iree-cpu":
+        return "IREE llvm-cpu for this machine's CPU (host)"
+    import torch
+
+    here = "" if torch.cuda.is_available() else "; compile only: no CUDA device here"
+    return (f"IREE cuda for {settings.cuda_arch} (the default is sm_80: IREE 3.13 fails on "
+            f"sm_90; choose with --cuda-arch){here}")
+
+
+def _shape_note(mlir: str) -> str:
+    inputs = [line.removeprefix("// input ") for line in mlir.splitlines()[:20]
+              if line.startswith("// input ")]
+    return "inputs " + ", ".join(inputs)
+
+
+def _try_torch_compile(program, graph, device, settings: Backend) -> None:
+    """`--target torch.compile`: compile, run once on random inputs, compare with eager."""
+    from nexusdsl.compiler.lower.backends import check_backend
+
+    check_backend(graph, "torch.compile", sources=program.sources)
+    module = _lower(graph, device)
+    inputs = _random_inputs(graph, settings, device)
+    diff, seconds = _compare_compiled(module, inputs, settings.compile_mode)
+    mode = settings.compile_mode or "default"
+    out.print(f"torch.compile (Inductor, mode {mode}): compiled and ran in {seconds:.1f} s; "
+              f"largest difference from eager {diff:.1e} of the output's magnitude",
+              markup=False)
+
+
+def _compare_compiled(module, inputs, mode):
+    from nexusdsl.compiler.lower.compile import compile_module, run_compiled
+
+    reference = _eval(module, inputs)  # before the module is compiled in place
+    compiled = compile_module(module, mode=mode)
+    start = time.perf_counter()
+    result = _eval(compiled, inputs, run_compiled)
+    return _relative_error(result, reference), time.perf_counter() - start
+
+
+# ------------------------------------------------------------------ nexus run
+
+
+@app.command("run")
+def run_cmd(
+    file: Path = typer.Argument(..., help="the .nx file"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model to run (if several)"),
+    sets: list[str] = typer.Option([], "--set", help="override a hyperparameter: NAME=VALUE"),
+    opt: int = typer.Option(1, "--opt", "-O", min=0, max=2, help="optimisation level"),
+    backend: RunBackend = typer.Option(RunBackend.eager, "--backend", help="what runs the model"),
+    inputs: Optional[Path] = typer.Option(None, "--inputs",
+                                          help="a .safetensors file with one tensor per input "
+                                               "name (default: random inputs)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                          help="write the outputs to this .safetensors file"),
+    sizes: list[str] = typer.Option([], "--size", help="a symbolic axis's size: NAME=N"),
+    seed: int = typer.Option(0, "--seed", help="seed of the weights and random inputs"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (eager and compile)"),
+    compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="torch.compile mode"),
+    via: str = typer.Option("mlir-torch", "--via", help="the MLIR dialect IREE compiles"),
+    check: bool = typer.Option(False, "--check", help="compare with eager (exit 1 beyond 1e-4)"),
+    repeat: int = typer.Option(3, "--repeat", min=1, help="timed calls after the first"),
+) -> None:
+    """Run a model on inputs with a backend and print (or save) its outputs."""
+    from nexusdsl.compiler.lower.backends import BackendError
+
+    settings = Backend(backend.value, via, parse_sets(sizes), (), compile_mode)
+    try:
+        program, graph = _load(file, model, sets, opt)
+        tensors = _read_inputs(graph, inputs, settings, device, seed)
+        runner = _runner(program, graph, backend.value, settings, device, seed)
+        results, first, rest = _timed(runner, tensors, repeat)
+        if check:
+            _check(_lower(graph, device, seed), tensors, results)
+    except NexusError as e:
+        report(e)
+    except BackendError as e:
+        fail(f"error: {e}")
+    _show(graph, results, backend.value, first, rest)
+    if output is not None:
+        _write_outputs(graph, results, output)
+
+
+def _load(file, model, sets, opt):
+    import nexusdsl
+    from nexusdsl.compiler.pipeline import optimize
+
+    program = nexusdsl.load(file)
+    return program, optimize(program.elaborate(model, **parse_sets(sets)), opt)
+
+
+def _runner(program, graph, backend: str, settings: Backend, device: str, seed: int):
+    """A callable running the model on `backend`, after checking every op supports it."""
+    from nexusdsl.compiler.lower.backends import check_backend
+
+    target = {"eager": "torch", "compile": "torch.compile"}.get(backend, backend)
+    check_backend(graph, target, settings.via, program.sources)
+    if backend.startswith("iree-"):
+        from nexusdsl.compiler.lower.targets import IreeModule
+
+        return IreeModule(_lower(graph, "cpu", seed), backend, settings.via)
+    module = _lower(graph, device, seed).eval()
+    if backend == "eager":
+        return module
+    from nexusdsl.compiler.lower.compile import compile_module, run_compiled
+
+    compiled = compile_module(module, mode=settings.compile_mode)
+    return lambda *xs: run_compiled(compiled, *xs)
+
+
+def _timed(runner, tensors, repeat: int):
+    import torch
+
+    with torch.no_grad():
+        start = time.perf_counter()
+        results = runner(*tensors)
+        first = time.perf_counter() - start
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            runner(*tensors)
+            times.append(time.perf_counter() - start)
+    return results, first, statistics.median(times)
+
+
+def _check(module, tensors, results) -> None:
+    reference = _eval(module, tensors)
+    error = _relative_error(results, reference)
+    verdict = "ok" if error <= TOLERANCE else "MISMATCH"
+    out.print(f"check against eager: largest difference {error:.1e} of the output's "
+              f"magnitude ({verdict}, tolerance {TOLERANCE:g})", markup=False)
+    if error > TOLERANCE:
+        raise typer.Exit(1)
+
+
+def _show(graph, results, backend, first, rest) -> None:
+    for name, t in _named(graph, results).items():
+        t = t.detach().float().cpu()
+        out.print(f"{name}: {tuple(t.shape)}  mean {t.mean():.4g}  std {t.std():.4g}  "
+                  f"max|x| {t.abs().max():.4g}", markup=False)
+    out.print(f"{backend}: first call {first * 1e3:.1f} ms (compilation included), then "
+              f"{rest * 1e3:.2f} ms per call (median)", markup=False)
+
+
+def _write_outputs(graph, results, path: Path) -> None:
+    from safetensors.torch import save
+
+    from nexusdsl.fsutil import atomic_write_bytes
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in _named(graph, results).items()}
+    atomic_write_bytes(path, save(tensors))
+    out.print(f"wrote {path}", markup=False)
+
+
+# ------------------------------------------------------------------ inputs and helpers
+
+
+def _read_inputs(graph, path: Path | None, settings: Backend, device: str, seed: int):
+    """The model's inputs: from a safetensors file (one tensor per input name, checked
+    against the declared types), or random at `--size` sizes."""
+    if path is None:
+        return _random_inputs(graph, settings, device, seed)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        found = load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        fail(f"error: cannot read inputs from {path}: {err}")
+    tensors = []
+    for node in graph.inputs():
+        if node.name not in found:
+            fail(f"error: {path} has no tensor `{node.name}` (the model's inputs: "
+                 f"{', '.join(n.name for n in graph.inputs())}; it has: {', '.join(found)})")
+        tensors.append(_checked_input(node, found[node.name], path).to(device))
+    return tensors
+
+
+def _checked_input(node, tensor, path):
+    import torch
+
+    t = node.type
+    if tensor.dim() != t.rank or any(a.size not in (None, n) for a, n in zip(t.axes, tensor.shape)):
+        fail(f"error: input `{node.name}` in {path} has shape {tuple(tensor.shape)}, but the "
+             f"model declares {t}")
+    if t.dtype == "i64":
+        if tensor.is_floating_point():
+            fail(f"error: input `{node.name}` holds ids ({t}), but {path} has {tensor.dtype}")
+        return tensor.to(torch.int64)
+    return tensor.to(torch.float32)
+
+
+def _random_inputs(graph, settings: Backend, device: str, seed: int = 0):
+    from nexusdsl.compiler.lower.mlir import example_inputs, input_shapes
+
+    return example_inputs(input_shapes(graph, _sizes(settings)), device, seed)
+
+
+def _sizes(settings: Backend) -> dict[str, int]:
+    sizes = settings.sizes or {}
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            fail(f"error: --size {name}={value}: a size is a positive integer")
+    return sizes
+
+
+def _lower(graph, device: str, seed: int = 0):
+    import torch
+
+    from nexusdsl.compiler.lower.fx import lower
+
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("error: --device cuda was asked for, but no CUDA device is available")
+    return lower(graph, device=device, seed=seed)
+
+
+def _eval(module, inputs, call=None):
+    import torch
+
+    with torch.no_grad():
+        module.eval()
+        return call(module, *inputs) if call else module(*inputs)
+
+
+def _named(graph, results) -> dict:
+    if isinstance(results, dict):
+        return results
+    return {next(iter(graph.outputs)): results}
+
+
+def _relative_error(result, reference) -> float:
+    """The largest difference over all outputs, relative to each output's largest magnitude."""
+    worst = 0.0
+    reference, result = _as_dict(reference), _as_dict(result)
+    for name, ref in reference.items():
+        got = result[name].to(ref.device, ref.dtype)
+        scale = ref.abs().max().clamp_min(1e-12)
+        worst = max(worst, float((got - ref).abs().max() / scale))
+    return worst
+
+
+def _as_dict(value) -> dict:
+    return value if isinstance(value, dict) else {"": value}

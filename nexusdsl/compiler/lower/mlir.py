@@ -1,0 +1,205 @@
+"""The fx module -> MLIR text, through `torch.export` and torch-mlir's fx importer.
+
+    text = to_mlir(module, "mlir-linalg", sizes={"B": 2, "T": 64}, dynamic=["B"])
+
+Shapes are static: fixed axes keep their sizes, symbolic axes (B, T) take `sizes`, else the
+defaults below; `dynamic` keeps some symbolic axes dynamic in the MLIR (one `torch.export.Dim`
+per axis name, so every input's B is the same dimension). Weights are frozen into the module
+as constants, so the MLIR (and a vmfb built from it) is self-contained.
+
+Ops whose eager form torch-mlir cannot import may define `Op.lower_portable(attrs)` (same
+numerics, MLIR-friendly form: static shapes, no complex numbers); `portable_forms` swaps those
+in for the export and restores the module afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from nexusdsl.compiler.lower.backends import BackendError
+from nexusdsl.ir.graph import Graph
+from nexusdsl.ops import REGISTRY
+
+# torch-mlir output types for our dialect names.
+DIALECTS = {"mlir-torch": "torch", "mlir-linalg": "linalg-on-tensors",
+            "mlir-stablehlo": "stablehlo", "mlir-tosa": "tosa"}
+# What a symbolic axis becomes when no size is given: the leading axis of an input (the
+# batch, by convention) 1, any other (a sequence length) 16.
+DEFAULT_BATCH = 1
+DEFAULT_SYMBOLIC = 16
+_DTYPES = {"f32": "float32", "f64": "float64", "f16": "float16", "bf16": "bfloat16",
+           "i64": "int64", "bool": "bool"}
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """One model input at concrete sizes. `dynamic` maps a position to its axis name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    vocab: int | None = None
+    dynamic: tuple[tuple[int, str], ...] = ()
+
+    def __str__(self) -> str:
+        names = dict(self.dynamic)
+        dims = ", ".join(f"{names[i]}?" if i in names else str(s) for i, s in enumerate(self.shape))
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+def symbolic_axes(graph: Graph) -> list[str]:
+    """The names of the symbolic axes of the model's inputs, in order of appearance."""
+    names: list[str] = []
+    for node in graph.inputs():
+        for axis in node.type.axes:
+            if axis.size is None and axis.name not in names:
+                names.append(axis.name)
+    return names
+
+
+def input_shapes(graph: Graph, sizes: dict[str, int] | None = None,
+                 dynamic: Sequence[str] = ()) -> list[InputShape]:
+    """Concrete shapes of the model's inputs. A dynamic axis gets an example size of at least
+    2, since torch.export specialises sizes 0 and 1."""
+    sizes, known = dict(sizes or {}), symbolic_axes(graph)
+    for name in [*sizes, *dynamic]:
+        if name not in known:
+            listing = ", ".join(known) or "none"
+            raise BackendError(f"no input of model {graph.name} has a symbolic axis {name} "
+                               f"(its symbolic axes: {listing})")
+    for name, size in sizes.items():
+        if not isinstance(size, int) or size < 1:
+            raise BackendError(f"axis {name} must get a positive integer size, got {size!r}")
+    shapes = []
+    for node in graph.inputs():
+        dims, dyn = [], []
+        for i, axis in enumerate(node.type.axes):
+            size = axis.size or sizes.get(axis.name, DEFAULT_BATCH if i == 0 else DEFAULT_SYMBOLIC)
+            if axis.size is None and axis.name in dynamic:
+                size, dyn = max(size, 2), [*dyn, (i, axis.name)]
+            dims.append(size)
+        shapes.append(InputShape(node.name, tuple(dims), node.type.dtype,
+                                 node.attrs.get("vocab"), tuple(dyn)))
+    return shapes
+
+
+def example_inputs(shapes: list[InputShape], device="cpu", seed: int = 0) -> list:
+    """Random inputs of these shapes: ids below the vocabulary, floats standard normal."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = []
+    for s in shapes:
+        dtype = getattr(torch, _DTYPES[s.dtype])
+        if s.dtype == "i64":
+            t = torch.randint(0, s.vocab or 256, s.shape, generator=gen)
+        elif s.dtype == "bool":
+            t = torch.rand(s.shape, generator=gen) < 0.5
+        else:
+            t = torch.randn(s.shape, generator=gen).to(dtype)
+        tensors.append(t.to(device))
+    return tensors
+
+
+@contextlib.contextmanager
+def portable_forms(module) -> Iterator[None]:
+    """Swap in `lower_portable` forms of the ops that have one, and eval mode (no dropout),
+    for the duration of an export; the module is restored afterwards."""
+    swapped, training = [], module.training
+    for node, op_module in _op_modules(module.graph, module):
+        op = REGISTRY[node.op]
+        portable = getattr(op, "lower_portable", None)
+        if portable is not None:
+            swapped.append((op_module, op_module._fn))
+            op_module._fn = portable(op.Attrs.model_validate(node.attrs))
+    module.eval()
+    try:
+        yield
+    finally:
+        for op_module, fn in swapped:
+            op_module._fn = fn
+        module.train(training)
+
+
+def _op_modules(graph: Graph, module):
+    """(node, its OpModule) for every op node, nested regions included."""
+    for node in graph.nodes():
+        if node.op == "input" or node.shares:
+            continue
+        op_module = module.get_submodule(node.name)
+        yield node, op_module
+        if node.regions:
+            bodies = getattr(op_module, REGISTRY[node.op].region_name)
+            for region, body in zip(node.regions, bodies):
+                yield from _op_modules(region, body)
+
+
+def export_program(module, shapes: list[InputShape], inputs: list | None = None):
+    """`torch.export` of the module at these shapes (dynamic axes shared by name)."""
+    import torch
+
+    inputs = inputs if inputs is not None else example_inputs(shapes, _device(module))
+    dims: dict[str, object] = {}
+    dynamic = {s.name: {i: dims.setdefault(n, torch.export.Dim(n)) for i, n in s.dynamic}
+               for s in shapes}
+    spec = dynamic if any(dynamic.values()) else None
+    with portable_forms(module):
+        try:
+            return torch.export.export(module.fx, tuple(inputs), dynamic_shapes=spec,
+                                       strict=False)
+        except Exception as err:  # torch.export reports constraint violations this way
+            raise BackendError(f"torch.export could not trace model {module.graph.name}: "
+                               f"{_first_lines(str(err))}") from err
+
+
+def to_mlir(module, dialect: str, sizes: dict[str, int] | None = None,
+            dynamic: Sequence[str] = (), inputs: list | None = None) -> str:
+    """MLIR text of a lowered module in one of `DIALECTS`, with a header naming the shapes."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown MLIR dialect {dialect!r}; choose one of {', '.join(DIALECTS)}")
+    shapes = input_shapes(module.graph, sizes, dynamic)
+    program = export_program(module, shapes, inputs)
+    text = import_program(program, dialect)
+    header = [f"// nexus: model {module.graph.name}, {dialect}",
+              *(f"// input {s}" for s in shapes)]
+    return "\n".join(header) + "\n" + text
+
+
+def import_program(program, dialect: str) -> str:
+    """torch-mlir's fx importer on an exported program."""
+    fx_importer = _torch_mlir_fx()
+    try:
+        mlir = fx_importer.export_and_import(program, output_type=DIALECTS[dialect],
+                                             func_name="main")
+    except Exception as err:
+        raise BackendError(f"torch-mlir could not lower to {dialect}: "
+                           f"{_mlir_errors(str(err))}") from err
+    return str(mlir)
+
+
+def _torch_mlir_fx():
+    try:
+        from torch_mlir import fx
+    except ImportError as err:
+        raise BackendError("MLIR output needs torch-mlir: pip install 'nexusdsl[mlir]' "
+                           "(torch-mlir, iree-base-compiler, iree-base-runtime)") from err
+    return fx
+
+
+def _device(module):
+    return next((p.device for p in module.parameters()), "cpu")
+
+
+def _first_lines(message: str, count: int = 6) -> str:
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    return "\n".join(lines[:count])
+
+
+def _mlir_errors(message: str) -> str:
+    """The `error:` lines of an MLIR pass failure (the op that failed to legalise), not the
+    whole reproducer dump."""
+    errors = [m.group(0).strip() for m in re.finditer(r"error: .*", message)]
+    return "\n".join(dict.fromkeys(errors)) if errors else _first_lines(message)
