@@ -162,8 +162,8 @@ class CallsMixin:
         if isinstance(value, Modality):
             self.register_modality(value)  # ops such as generate(x, image) look its spec up
             return value.name
-        if isinstance(value, Symbol):
-            return value.name
+        if isinstance(value, Symbol) or (callable(value) and isinstance(getattr(value, "name", None), str)):
+            return value.name  # a bare name, or an option function left uncalled: `wiring = full`
         if isinstance(value, Tensor):
             return value.node_name
         if isinstance(value, SymbolicAxis):
