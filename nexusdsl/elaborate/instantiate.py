@@ -14,6 +14,7 @@ from nexusdsl.elaborate import calls
 from nexusdsl.elaborate.evaluate import arithmetic, as_int, is_number, negate
 from nexusdsl.elaborate.frame import Frame, Namer
 from nexusdsl.elaborate.modules import MODALITY_KINDS, OPTION_FUNCTIONS, FileScope, lookup_global
+from nexusdsl.elaborate.recursion import build_recurrence
 from nexusdsl.elaborate.shapes import AxisBindings, declared_type
 from nexusdsl.elaborate.values import (
     POISON,
@@ -195,6 +196,9 @@ class Builder(calls.CallsMixin):
         count = self.int_of(stmt.count, frame, "a repeat count")
         if not 0 <= count <= MAX_REPEAT:
             raise NexusError.at(stmt.count.span, f"a repeat count must be between 0 and {MAX_REPEAT}, got {count}")
+        if stmt.reversible:  # one nested body graph run `count` times (recursion.py)
+            build_recurrence(self, stmt, frame, count)
+            return
         scope_name = self.namer.fresh(frame, "blocks")
         outer = frame.prefix
         try:
