@@ -65,9 +65,11 @@ class CallsMixin:
         if len(tensors) < wanted:
             raise NexusError.at(span, f"`{op.name}` takes {wanted} tensor inputs "
                                 f"({', '.join(op.inputs)}), got {len(tensors)}")
+        rest, kwargs, regions = self.expert_args(op, tensors, rest, kwargs, span)  # experts.py
         attrs, hints = self._op_attrs(op, rest, [(k, v) for k, v in kwargs if k not in op.inputs], span)
         labels = [self._label(a.expr) for a in tensors]
-        return self.add_op_node(op, [a.value for a in tensors], attrs, hints, span, alias, frame, labels)
+        return self.add_op_node(op, [a.value for a in tensors], attrs, hints, span, alias, frame, labels,
+                                regions=regions)
 
     def _label(self, expr) -> str | None:
         return self.source_text(expr.span) if expr is not None else None
@@ -110,11 +112,12 @@ class CallsMixin:
         return NexusError.at(arg.span if arg else span, f"`{op.name}`: argument `{key}` {message}, got {got}")
 
     def add_op_node(self, op: Op, tensors: list[Tensor], attrs, hints, span: Span, alias, frame: Frame,
-                    labels: list[str | None] | None = None, at: Span | None = None):
+                    labels: list[str | None] | None = None, at: Span | None = None, regions=None):
         """Add one node. `labels` name the inputs as written (for notes); `at` is where a
         mistake is pointed at (an operator), when not the whole call."""
         types = [t.type for t in tensors]
-        ctx = InferContext(hints=hints, modalities=self.modalities, lookup=self.graph.by_name)
+        ctx = InferContext(hints=hints, modalities=self.modalities, lookup=self.graph.by_name,
+                           regions=regions or [])
         try:
             attrs = op.resolve(ctx, types, attrs)
             outputs = op.infer(ctx, types, attrs)
@@ -125,7 +128,8 @@ class CallsMixin:
         shares = self.namer.owner_of(name) if params else None
         node = self.graph.add(op.name, name, attrs=attrs.model_dump(mode="json"),
                               inputs=[t.ref for t in tensors], outputs=list(outputs),
-                              params=_param_specs(params), shares=shares, span=span)
+                              params=_param_specs(params), shares=shares, span=span,
+                              regions=regions or [])
         self._check_size(span)
         results = tuple(Tensor(node.ref(i), t, span, name) for i, t in enumerate(outputs))
         if alias:

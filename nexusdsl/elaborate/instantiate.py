@@ -12,6 +12,7 @@ from typing import Any
 
 from nexusdsl.elaborate import calls
 from nexusdsl.elaborate.evaluate import arithmetic, as_int, is_number, negate
+from nexusdsl.elaborate.experts import ExpertsMixin
 from nexusdsl.elaborate.frame import Frame, Namer
 from nexusdsl.elaborate.modules import MODALITY_KINDS, OPTION_FUNCTIONS, FileScope, lookup_global
 from nexusdsl.elaborate.recursion import build_recurrence
@@ -41,7 +42,7 @@ from nexusdsl.ops import REGISTRY
 MAX_REPEAT = 10_000
 
 
-class Builder(calls.CallsMixin):
+class Builder(calls.CallsMixin, ExpertsMixin):
     def __init__(self, scope: FileScope, sink: DiagnosticSink, sources: dict[str, str]):
         self.root = scope
         self.sink = sink
@@ -282,7 +283,7 @@ class Builder(calls.CallsMixin):
         return self.apply(func, args, kwargs, e.span, e.alias, frame)
 
     def expr_route(self, e: ast.Route, frame: Frame):
-        raise NexusError.at(e.span, "`route` (routing by modal code) is not supported yet")
+        return self.route_expr(e, frame)  # experts.py
 
     # ------------------------------------------------------------------ names
     def lookup(self, name: str, span: Span, frame: Frame):

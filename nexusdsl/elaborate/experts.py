@@ -1,0 +1,219 @@
+"""Experts and routes in the elaborator (LANGUAGE.md section 8).
+
+An op that receives a set of experts (`moe(x, ffn, ...)`) gets one nested graph (region) per
+expert, built here on a fresh input of x's type. Each region is the MNN adapter around its
+expert, made of `adapter` nodes:
+
+    x -> linear_1 -> expert -> linear_2 -> (+ linear_3(x)) -> out
+
+`linear_1` / `linear_2` are left out when the expert's width equals x's and `adapter = false`;
+`linear_3` is there only with `skip = true`. Square adapters start as the identity and
+`linear_3` at zero, so a wrapped expert starts as itself. A `pretrained(...)` expert is a
+region around one `pretrained_module` node whose frozen parameters come from the model.
+
+`route(x) { text -> f; image -> g }` elaborates inline: `modal_take` picks each branch's
+tokens, the branch is applied to them, and `modal_merge` puts the results back in token order
+when every carried modality has a branch and the results agree in width (else the value is a
+tuple of the branch results, in branch order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from nexusdsl.elaborate.frame import Frame, Namer
+from nexusdsl.elaborate.values import (
+    Arg,
+    ExpertSet,
+    Modality,
+    OptionCall,
+    Partial,
+    Tensor,
+    describe,
+)
+from nexusdsl.ir.graph import Graph
+from nexusdsl.ir.types import CodeSegment, TensorType
+from nexusdsl.lang import ast
+from nexusdsl.lang.diagnostics import NexusError, Note, Span
+from nexusdsl.ops import REGISTRY
+from nexusdsl.ops.base import OpError
+from nexusdsl.ops.routing import check_segments, segments_json
+
+
+class ExpertsMixin:
+    # ------------------------------------------------------------------ moe
+    def expert_args(self, op, tensors: list[Arg], rest: list[Arg], kwargs, span: Span):
+        """Replace a set-of-experts argument by its size and build its regions."""
+        found = [(i, a) for i, a in enumerate(rest) if isinstance(a.value, ExpertSet)]
+        found += [(k, a) for k, a in kwargs if isinstance(a.value, ExpertSet)]
+        if not found:
+            return rest, kwargs, None
+        if op.name != "moe" or len(found) > 1:
+            raise NexusError.at(found[-1][1].span, f"`{op.name}` does not take a set of experts"
+                                if op.name != "moe" else "`moe` takes one set of experts")
+        where, arg = found[0]
+        settings = {k: a.value for k, a in kwargs}
+        adapter, skip = settings.get("adapter", False), settings.get("skip", False)
+        for key in ("adapter", "skip"):
+            if not isinstance(settings.get(key, False), bool):
+                raise NexusError.at(dict(kwargs)[key].span, f"`moe`: `{key}` should be true "
+                                    f"or false, got {describe(settings[key])}")
+        x = tensors[0].value
+        label = arg.value.name or "experts"
+        regions = [self.expert_region(m, x.type, adapter, skip, f"{label}.{i}", i, arg, span)
+                   for i, m in enumerate(arg.value.members)]
+        count = Arg(len(regions), None, arg.span)
+        if isinstance(where, int):
+            rest = [count if i == where else a for i, a in enumerate(rest)]
+        else:
+            kwargs = [(k, count if k == where else a) for k, a in kwargs]
+        return rest, kwargs, regions
+
+    def expert_region(self, member, xtype: TensorType, adapter: bool, skip: bool, label: str,
+                      index: int, arg: Arg, span: Span) -> Graph:
+        saved = self.graph, self.namer
+        self.graph, self.namer = Graph(label), Namer()
+        try:
+            frame = Frame(self.root, "")
+            x = self._region_input(xtype, 0, 1, span).value
+            if isinstance(member, OptionCall):
+                out = self._pretrained_expert(member, x, adapter, frame)
+            else:
+                out = self._block_expert(member, x, adapter, frame, index, arg, span)
+            y = self._adapt(out, xtype.axes[-1].size, adapter, "linear_2", span, frame)
+            if skip:
+                side = self._adapter(x, xtype.axes[-1].size, "zero", "linear_3", span, frame)
+                y = self.add_op_node(REGISTRY["add"], [y, side], REGISTRY["add"].Attrs(), {},
+                                     span, None, frame)
+            self.graph.outputs["out"] = y.ref
+            return self.graph
+        finally:
+            self.graph, self.namer = saved
+
+    def _adapter(self, x: Tensor, out: int, start: str, name: str, span: Span, frame: Frame):
+        op = REGISTRY["adapter"]
+        return self.add_op_node(op, [x], op.Attrs(out=out, start=start), {}, span, name, frame)
+
+    def _adapt(self, x: Tensor, width: int, adapter: bool, name: str, span: Span, frame: Frame):
+        if x.type.axes[-1].size == width and not adapter:
+            return x
+        return self._adapter(x, width, "identity", name, span, frame)
+
+    def _block_expert(self, member, x: Tensor, adapter: bool, frame: Frame, index: int,
+                      arg: Arg, span: Span) -> Tensor:
+        if not isinstance(member, Partial):
+            raise NexusError.at(arg.span, f"expert {index} is {describe(member)}, not a block or op")
+        width = _declared_width(member) or x.type.axes[-1].size
+        h = self._adapt(x, width, adapter, "linear_1", span, frame)
+        try:
+            out = self.apply(member, [Arg(h, None, span)], [], span, None, frame)
+        except NexusError as err:
+            note = Note(f"while building expert {index} of {arg.value.name or 'the experts'}",
+                        arg.value.span)
+            raise NexusError([replace(d, notes=d.notes + (note,)) for d in err.diagnostics],
+                             err.sources) from None
+        return _check_adaptable(out, x, index, member.name, span)
+
+    def _pretrained_expert(self, call: OptionCall, x: Tensor, adapter: bool, frame: Frame):
+        from nexusdsl.experts.pretrained import PretrainedError, pretrained_attrs
+
+        if call.name != "pretrained":
+            raise NexusError.at(call.span, f"`{call.name}(...)` is not an expert; experts are "
+                                "blocks, ops or `pretrained(...)`")
+        try:
+            attrs = pretrained_attrs(call.args, call.kwargs, call.span.file)
+        except PretrainedError as err:
+            raise NexusError.at(call.span, str(err)) from None
+        h = self._adapt(x, attrs["width"], adapter, "linear_1", call.span, frame)
+        op = REGISTRY["pretrained_module"]
+        return self.add_op_node(op, [h], op.Attrs(**attrs), {}, call.span, "pretrained", frame)
+
+    # ------------------------------------------------------------------ route
+    def route_expr(self, e: ast.Route, frame: Frame):
+        if e.kwargs or len(e.args) != 1:
+            raise NexusError.at(e.span, "`route` takes one tensor: `route(x) { text -> f; ... }`")
+        x = self.eval(e.args[0], frame)
+        if not isinstance(x, Tensor):
+            raise NexusError.at(e.args[0].span, f"`route` needs a tensor, got {describe(x)}")
+        codes = self._carried_codes(x, e)
+        segments = segments_json(codes)
+        try:
+            check_segments(segments)
+        except OpError as err:
+            raise NexusError.at(e.span, err.message) from None
+        parts, order = [], []
+        for branch in e.branches:
+            code = self._branch_code(branch, x, codes, order, frame)
+            take = REGISTRY["modal_take"]
+            taken = self.add_op_node(take, [x], take.Attrs(code=code, segments=segments), {},
+                                     branch.span, None, frame)
+            func = self.eval(branch.body, frame)
+            parts.append(self.apply(func, [Arg(taken, None, branch.span)], [],
+                                    branch.body.span, None, frame))
+            order.append(code)
+        result = self._merged(parts, order, x, codes, segments, e, frame)
+        if e.alias:
+            frame.env[e.alias] = result
+        return result
+
+    def _carried_codes(self, x: Tensor, e: ast.Route) -> tuple[CodeSegment, ...]:
+        if x.type.codes:
+            return x.type.codes
+        spec = self.modalities.get(x.type.modality) if x.type.modality else None
+        if spec is None or x.type.rank < 2:
+            raise NexusError.at(e.span, f"`route` needs tokens that carry modal codes, got "
+                                f"{x.type}: embed the input, or `tag` the parts before `concat`",
+                                Note("the input was made", x.span))
+        return (CodeSegment(code=spec.code, modality=spec.name, length=x.type.axes[-2]),)
+
+    def _branch_code(self, branch, x: Tensor, codes, seen: list[int], frame: Frame) -> int:
+        value = self.lookup(branch.modality, branch.span, frame)
+        if not isinstance(value, Modality):
+            raise NexusError.at(branch.span, f"a route branch names a modality; "
+                                f"`{branch.modality}` is {describe(value)}")
+        code = value.spec.code
+        carried = sorted({s.modality for s in codes})
+        if code not in {s.code for s in codes}:
+            raise NexusError.at(branch.span, f"route: the input {x.type} carries no "
+                                f"{value.name} tokens (it carries {', '.join(carried)})",
+                                Note("the input was made", x.span))
+        if code in seen:
+            raise NexusError.at(branch.span, f"route: a second branch for {value.name}")
+        self.modalities.setdefault(value.name, value.spec)
+        return code
+
+    def _merged(self, parts, order, x: Tensor, codes, segments, e: ast.Route, frame: Frame):
+        covered = {s.code for s in codes} <= set(order)
+        same = all(isinstance(p, Tensor) for p in parts) and len(
+            {(p.type.rank, p.type.axes[-1].size, p.type.dtype) for p in parts}) == 1
+        if not (covered and same) or x.type.rank < 2:
+            return tuple(parts)
+        merge = REGISTRY["modal_merge"]
+        length = x.type.axes[-2]
+        attrs = merge.Attrs(order=order, segments=segments, length=length.model_dump(),
+                            codes=[c.model_dump(mode="json") for c in codes])
+        return self.add_op_node(merge, parts, attrs, {}, e.span, None, frame)
+
+
+def _declared_width(member: Partial) -> int | None:
+    """A block's fixed input width when its first tensor parameter writes one (`[*, 64]`)."""
+    block = getattr(member.target, "block", None)
+    params = [p for p in block.params if p.type is not None] if block else []
+    if not params or not params[0].type.shape.dims:
+        return None
+    size = params[0].type.shape.dims[-1].size
+    return size.value if isinstance(size, ast.Int) else None
+
+
+def _check_adaptable(out, x: Tensor, index: int, name: str, span: Span) -> Tensor:
+    if not isinstance(out, Tensor):
+        raise NexusError.at(span, f"expert {index} ({name}) gives {describe(out)}; an expert "
+                            "must give one tensor")
+    got, want = out.type, x.type
+    same_lead = got.rank == want.rank and all(
+        a.same_extent(b) for a, b in zip(got.axes[:-1], want.axes[:-1]))
+    if not same_lead or got.axes[-1].size is None:
+        raise NexusError.at(span, f"expert {index} ({name}) turns {want} into {got}, which "
+                            f"cannot be adapted back: an adapter can only change the last axis, "
+                            "to a fixed width")
+    return out

@@ -1,0 +1,383 @@
+"""Experts, adapters and routers (family "routing"): LANGUAGE.md section 8.
+
+    experts ffn = 16 of mlp(mult = 4)
+    y = moe(x, ffn, router = topk(k = 4), balance = 0.01, capacity = 1.25)
+    y = moe(x, pre, router = knn(k = 1, coords = 8))
+    y = route(s) { text -> unembed(tie = tok); image -> generate(image) }
+
+`moe` runs one nested graph (a region) per expert. The elaborator builds each region as the
+MNN adapter around the expert, `linear_2(expert(linear_1(x))) + linear_3(x)`, out of `adapter`
+nodes; a `pretrained(...)` expert is a region holding one `pretrained_module` node. `route`
+elaborates to `modal_take` (the tokens of one modality) per branch and, when the branches agree
+in width, `modal_merge` (the branch results put back in token order).
+
+Torch code lives in `nexusdsl.experts` (routers, dispatch, loading) and is imported only when
+lowering.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from nexusdsl.ir.graph import ParamSpec
+from nexusdsl.ir.types import Axis, CodeSegment, TensorType
+from nexusdsl.ops.attrs import (
+    Bool,
+    Choice,
+    Float,
+    Int,
+    PosInt,
+    fixed_width,
+    normal,
+    numel,
+    operand,
+    require_float,
+    require_rank,
+    uniform,
+)
+from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
+
+NonNegative = Annotated[Float, Field(ge=0.0)]
+
+ROUTERS = {
+    # name: {keyword: default}; positional arguments fill keywords in this order
+    "topk": {"k": 1, "noise": 0.0, "normalize": False},
+    "knn": {"k": 1, "coords": 8, "min_tokens": 0},
+    "hash": {"seed": 0},
+}
+
+
+def _router_error(message: str) -> OpError:
+    return OpError(f"moe: {message}")
+
+
+def normalize_router(raw: Any, experts: int) -> dict[str, Any]:
+    """`topk(k = 4)` as it arrives from the elaborator ({"fn", "args", "kwargs"}) to the full
+    form {"fn": "topk", "args": [], "kwargs": {every keyword}}; idempotent."""
+    if not isinstance(raw, dict) or raw.get("fn") not in ROUTERS:
+        raise _router_error(f"router must be one of {', '.join(n + '(...)' for n in ROUTERS)}, "
+                            f"got {_show(raw)}")
+    name, defaults = raw["fn"], ROUTERS[raw["fn"]]
+    args, kwargs = list(raw.get("args") or []), dict(raw.get("kwargs") or {})
+    if len(args) > len(defaults):
+        raise _router_error(f"{name}(...) takes at most {len(defaults)} positional settings")
+    for key, value in zip(defaults, args):
+        if key in kwargs:
+            raise _router_error(f"{name}(...): `{key}` is given twice")
+        kwargs[key] = value
+    for key in kwargs:
+        if key not in defaults:
+            raise _router_error(f"{name}(...) has no setting `{key}` (it takes "
+                                f"{', '.join(defaults)})")
+    full = {**defaults, **kwargs}
+    _check_router(name, full, experts)
+    return {"fn": name, "args": [], "kwargs": full}
+
+
+def _check_router(name: str, s: dict[str, Any], experts: int) -> None:
+    for key, value in s.items():
+        want = bool if isinstance(ROUTERS[name][key], bool) else (int, float)
+        if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
+            raise _router_error(f"{name}(...): `{key}` should be "
+                                f"{'true or false' if want is bool else 'a number'}, got {value!r}")
+    if "k" in s and (s["k"] != int(s["k"]) or s["k"] < 1):
+        raise _router_error(f"{name}(...): k must be a positive integer, got {s['k']}")
+    if "k" in s and s["k"] > experts:
+        raise _router_error(f"{name}(k = {s['k']}) picks more experts than the {experts} "
+                            "there are")
+    if name == "knn" and (s["coords"] < 1 or s["min_tokens"] < 0):
+        raise _router_error("knn(...): coords must be positive and min_tokens not negative")
+    if name == "topk" and s["noise"] < 0:
+        raise _router_error(f"topk(...): noise must not be negative, got {s['noise']}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict) and "fn" in value:
+        return f"`{value['fn']}(...)`"
+    if isinstance(value, dict) and "op" in value:
+        return f"`{value['op']}`"
+    return repr(value)
+
+
+TOKENWISE_OPS = frozenset("adapter linear add sub mul scale shift identity dropout layernorm "
+                          "rmsnorm input".split())
+
+
+def is_tokenwise(region) -> bool:
+    """Whether a region treats every token on its own (so tokens can be grouped by expert)."""
+    from nexusdsl.ops import REGISTRY
+
+    for node in region.nodes():
+        op = REGISTRY.get(node.op)
+        if node.regions or not (node.op in TOKENWISE_OPS or getattr(op, "family", "") ==
+                                "activations"):
+            return False
+    return True
+
+
+class Moe(Op):
+    """A mixture of experts: `moe(x, ffn, router = topk(k = 4), balance = 0.01,
+    capacity = 1.25)`. [*, d] -> [*, d].
+
+    Every token goes to the experts its router picks and gets the gate-weighted sum of their
+    outputs. Routers: `topk(k, noise = 0, normalize = false)` (softmax gate weight [n, d];
+    the top-k probabilities are the weights, renormalised to sum 1 with `normalize = true`;
+    Gaussian noise of std `noise` on the logits while training), `knn(k, coords,
+    min_tokens = 0)` (MNN: tokens emit coordinates through `router.proj` [coords, d], experts
+    own `router.coords` [n, coords]; the k nearest experts are weighted by 1 - distance /
+    the token's largest distance; `min_tokens = m` also gives every expert its m nearest
+    tokens), `hash(seed = 0)` (a fixed expert per sequence position, weight 1).
+
+    While training, `balance` > 0 sets `aux_loss = balance * n * sum_i f_i * P_i` on the
+    module (Switch Transformer; f_i the share of routing choices that picked expert i, P_i
+    the mean router probability of expert i; knn uses softmax(-distance)).
+    `capacity = c` > 0 lets each expert take at most ceil(c * tokens * k / n) tokens (first
+    choices first, then in token order); the rest are dropped for that expert. `capacity = 0`
+    drops nothing. `adapter` and `skip` shape the expert wrappers (see the module doc)."""
+
+    name = "moe"
+    family = "routing"
+    region_name = "experts"
+
+    class Attrs(OpAttrs):
+        experts: PosInt
+        router: dict[str, Any] = Field(default_factory=lambda: {"fn": "topk", "args": [],
+                                                                "kwargs": {"k": 1}})
+        balance: NonNegative = 0.01
+        capacity: NonNegative = 0.0
+        adapter: Bool = False
+        skip: Bool = False
+        sequence: list[bool] = Field(default_factory=list)  # per expert: runs on whole sequences
+
+    def resolve(self, ctx, inputs, attrs):
+        if len(ctx.regions) != attrs.experts:
+            raise OpError("moe: the second argument must be a set of experts "
+                          "(`experts ffn = 4 of mlp(mult = 2)`), not a number")
+        router = normalize_router(attrs.router, attrs.experts)
+        sequence = [not is_tokenwise(r) for r in ctx.regions]
+        return attrs.model_copy(update={"router": router, "sequence": sequence})
+
+    def infer(self, ctx, inputs, attrs):
+        x = inputs[0]
+        require_float("moe", x)
+        fixed_width("moe", x)
+        if any(attrs.sequence):
+            require_rank("moe (with an expert that mixes tokens)", x, 2, "[*, T, d]")
+        if attrs.router["fn"] == "hash":
+            require_rank("moe with router = hash()", x, 2, "[*, T, d]")
+        return [same_type_as(x)]
+
+    def params(self, ctx, inputs, attrs):
+        d, n, r = inputs[0].axes[-1].size, attrs.experts, attrs.router
+        if r["fn"] == "topk":
+            return {"router.weight": normal((n, d))}
+        if r["fn"] == "knn":
+            c = int(r["kwargs"]["coords"])
+            return {"router.proj": uniform((c, d), d), "router.coords": normal((n, c), 1.0)}
+        return {}
+
+    def flops(self, inputs, outputs, attrs):
+        return 2 * numel(inputs[0]) * attrs.experts  # the router; experts via region_share
+
+    def region_share(self, attrs, count):
+        return attrs.router["kwargs"].get("k", 1) / max(count, 1)
+
+    def lower(self, attrs):
+        from nexusdsl.experts.dispatch import moe_forward
+
+        return moe_forward(attrs)
+
+
+class Adapter(Op):
+    """A linear map of the last axis that can start as the identity: the `linear_1`,
+    `linear_2` and `linear_3` of the MNN expert adapter. `start = identity` sets weight to
+    the identity (bias 0) when in = out (else nn.Linear's init); `start = zero` sets weight
+    and bias to 0 (the skip `linear_3`, so a wrapped expert starts as itself)."""
+
+    name = "adapter"
+    family = "routing"
+
+    class Attrs(OpAttrs):
+        out: PosInt
+        bias: Bool = True
+        start: Choice("identity", "zero", "random") = "identity"
+
+    def infer(self, ctx, inputs, attrs):
+        x = inputs[0]
+        fixed_width("adapter", x)
+        return [same_type_as(x, (*x.axes[:-1], Axis(size=attrs.out)))]
+
+    def params(self, ctx, inputs, attrs):
+        width = inputs[0].axes[-1].size
+        zero = attrs.start == "zero"
+        specs = {"weight": ParamSpec(shape=(attrs.out, width), init="zeros") if zero
+                 else uniform((attrs.out, width), width)}
+        if attrs.bias:
+            specs["bias"] = ParamSpec(shape=(attrs.out,), init="zeros") if zero \
+                else uniform((attrs.out,), width)
+        return specs
+
+    def flops(self, inputs, outputs, attrs):
+        return 2 * numel(inputs[0]) * attrs.out
+
+    def finish(self, module, attrs, node):
+        import torch
+
+        weight = module.weight
+        if attrs.start != "identity" or weight.shape[0] != weight.shape[1]:
+            return
+        if weight.device.type == "meta":
+            return
+        with torch.no_grad():
+            weight.copy_(torch.eye(weight.shape[0], dtype=weight.dtype))
+            if attrs.bias:
+                module.bias.zero_()
+
+    def lower(self, attrs):
+        import torch.nn.functional as F
+
+        return lambda m, x: F.linear(x, m.weight, m.bias if attrs.bias else None)
+
+
+class PretrainedModule(Op):
+    """A module of an open-weight model, loaded with its weights (never written by users:
+    `pretrained(source, module = "encoder.layer.3")` as an expert elaborates to it).
+
+    [*, T, width] -> [*, T, out]. `source` is a local Hugging Face directory; the parameters
+    are the module's own, with shapes read from the safetensors header, frozen unless
+    `frozen = false`. The lowering builds the module with transformers from the local config
+    (no network, no remote code), loads its tensors, and wraps its output (a tuple or model
+    output gives its first tensor). `hash` is the content hash of the loaded tensors: a
+    checkpoint records it instead of the weights."""
+
+    name = "pretrained_module"
+    family = "routing"
+
+    class Attrs(OpAttrs):
+        source: str
+        module: str
+        prefix: str = ""
+        hash: str
+        width: PosInt
+        out: PosInt
+        frozen: Bool = True
+        tensors: dict[str, list[int]] = Field(default_factory=dict)  # parameter -> shape
+
+    def infer(self, ctx, inputs, attrs):
+        x = inputs[0]
+        require_rank("pretrained module", x, 2, "[*, T, width]")
+        if fixed_width("pretrained module", x) != attrs.width:
+            raise OpError(f"pretrained module {attrs.module} takes width {attrs.width}, "
+                          f"got {x}", about=(0,))
+        return [same_type_as(x, (*x.axes[:-1], Axis(size=attrs.out)))]
+
+    def params(self, ctx, inputs, attrs):
+        return {name: ParamSpec(shape=tuple(shape), init="zeros", frozen=attrs.frozen)
+                for name, shape in attrs.tensors.items()}
+
+    def flops(self, inputs, outputs, attrs):
+        per_token = 2 * sum(numel(tuple(s)) for s in attrs.tensors.values() if len(s) == 2)
+        return numel(inputs[0][:-1]) * per_token
+
+    def finish(self, module, attrs, node):
+        from nexusdsl.experts.pretrained import attach_weights
+
+        attach_weights(module, attrs)
+
+    def lower(self, attrs):
+        from nexusdsl.experts.pretrained import pretrained_forward
+
+        return pretrained_forward(attrs)
+
+
+# ---------------------------------------------------------------------------- route
+
+
+def segments_json(codes: tuple[CodeSegment, ...]) -> list[list]:
+    """Code segments as plain data: [[code, fixed length or None, symbolic name], ...]."""
+    return [[s.code, s.length.size, s.length.name] for s in codes]
+
+
+def joined_length(parts: list[Axis]) -> Axis:
+    if len(parts) == 1:
+        return parts[0]
+    if all(p.size is not None for p in parts):
+        return Axis(size=sum(p.size for p in parts))
+    return Axis(name="+".join(operand(p) for p in parts))
+
+
+def check_segments(segments: list[list]) -> None:
+    """Run-time lengths must follow from the total: the symbolic parts share one name."""
+    names = {name for _, size, name in segments if size is None}
+    if len(names) > 1:
+        raise OpError("route: cannot tell the modalities apart at run time: parts of the "
+                      f"sequence have different symbolic lengths ({', '.join(sorted(names))}); "
+                      "give all but one of them a fixed size")
+
+
+class ModalTake(Op):
+    """The tokens of one modal code, in order: `route` makes one per branch.
+    [*, N, d] -> [*, N_code, d]."""
+
+    name = "modal_take"
+    family = "routing"
+
+    class Attrs(OpAttrs):
+        code: Int
+        segments: list[list[Any]]
+
+    def infer(self, ctx, inputs, attrs):
+        x = inputs[0]
+        check_segments(attrs.segments)
+        mine = [s for s in (x.codes or ()) if s.code == attrs.code]
+        if not mine:
+            raise OpError(f"route: the input carries no tokens of code {attrs.code}", about=(0,))
+        axes = (*x.axes[:-2], joined_length([s.length for s in mine]), x.axes[-1])
+        return [x.with_axes(axes, modality=mine[0].modality, codes=tuple(mine))]
+
+    def flops(self, inputs, outputs, attrs):
+        return 0
+
+    def lower(self, attrs):
+        from nexusdsl.experts.dispatch import modal_take
+
+        return modal_take(attrs.code, attrs.segments)
+
+
+class ModalMerge(Op):
+    """Puts the branch results of a `route` back in token order: inputs are one tensor per
+    code (in `order`), each holding that code's tokens. [*, N_c, w]... -> [*, N, w]."""
+
+    name = "modal_merge"
+    family = "routing"
+    inputs = ("parts",)
+    variadic = True
+
+    class Attrs(OpAttrs):
+        order: list[int]
+        segments: list[list[Any]]
+        length: dict[str, Any]  # the merged sequence axis, as Axis fields
+        codes: list[dict[str, Any]]  # the merged tensor's CodeSegments
+
+    def infer(self, ctx, inputs, attrs):
+        first = inputs[0]
+        for x in inputs[1:]:
+            if x.rank != first.rank or x.axes[-1].size != first.axes[-1].size:
+                raise OpError(f"route: the branches give {first} and {x}, which cannot be put "
+                              "back together", about=tuple(range(len(inputs))))
+        axes = (*first.axes[:-2], Axis(**attrs.length), first.axes[-1])
+        codes = tuple(CodeSegment(**c) for c in attrs.codes)
+        modalities = {c.modality for c in codes}
+        modality = modalities.pop() if len(modalities) == 1 else None
+        return [TensorType(dtype=first.dtype, axes=axes, modality=modality, codes=codes)]
+
+    def flops(self, inputs, outputs, attrs):
+        return 0
+
+    def lower(self, attrs):
+        from nexusdsl.experts.dispatch import modal_merge
+
+        return modal_merge(attrs.order, attrs.segments)
+
