@@ -95,6 +95,7 @@ class CallsMixin:
         except ValidationError as err:
             raise self._attr_error(op, err, given, span) from None
         hints = {k: a.plain_name for k, a in given.items() if a.plain_name and not isinstance(a.value, str)}
+        hints.update(_item_hints(given))  # `axes = [i, j]`: names written in a list
         return attrs, hints
 
     def _attr_error(self, op: Op, err: ValidationError, given: dict[str, Arg], span: Span) -> NexusError:
@@ -301,6 +302,13 @@ class CallsMixin:
         if alias:
             frame.env[alias] = result
         return result
+
+
+def _item_hints(given: dict[str, Arg]) -> dict[str, str]:
+    """{"axes.0": "i"} for the plain names written inside a list argument, so that an op can
+    tell an axis written by name from a number even when the name is bound to its size."""
+    return {f"{k}.{i}": item.id for k, a in given.items() if isinstance(a.expr, ast.ListExpr)
+            for i, item in enumerate(a.expr.items) if isinstance(item, ast.Name)}
 
 
 def _is_tensorish(value) -> bool:
