@@ -1,2 +1,18 @@
-"""Experts from elsewhere: routers and dispatch for `moe`, and modules of open-weight models
-loaded as (frozen) experts. Importing this package does not import torch."""
+"""Experts from elsewhere: routers and dispatch for `moe`, modules of open-weight models loaded
+as (frozen) experts, and checkpoints that keep frozen weights by reference.
+
+Importing this package does not import torch; `frozen_sources` and the checkpoint helpers work
+on a compiled model (see `checkpoint.py`)."""
+
+from nexusdsl.experts.checkpoint import (
+    SourceChanged,
+    by_reference,
+    check_sources,
+    checkpoint_state,
+    frozen_sources,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+__all__ = ["SourceChanged", "by_reference", "check_sources", "checkpoint_state",
+           "frozen_sources", "load_checkpoint", "save_checkpoint"]

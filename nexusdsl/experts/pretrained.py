@@ -1,0 +1,342 @@
+"""Modules of open-weight models as experts: `pretrained(source, module = path, frozen = true)`.
+
+`source` is a local Hugging Face directory (`config.json` + `*.safetensors`, possibly sharded
+with `model.safetensors.index.json`). Nothing is ever downloaded and no code shipped with a
+model is run: transformers is called with `local_files_only=True`, `trust_remote_code=False`,
+and weights are read with safetensors only (pickled `*.bin` files are refused).
+
+Checking a file (`pretrained_attrs`) reads the safetensors headers and the config, builds the
+model on the meta device to find the module and its output width, and hashes the module's
+tensors. Lowering (`pretrained_forward`) builds only that module, loads its tensors, and runs
+it with the node's own parameters (`torch.func.functional_call`), so the state_dict, freezing
+and `torch.export` all see ordinary parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+SAFE_INDEX = "model.safetensors.index.json"
+_WIDTH_KEYS = ("hidden_size", "d_model", "n_embd", "dim", "embed_dim", "hidden_dim")
+
+
+class PretrainedError(Exception):
+    """A mistake in a `pretrained(...)` call; the elaborator locates it at the call."""
+
+
+# ---------------------------------------------------------------------------- the call
+
+
+def pretrained_attrs(args: tuple, kwargs: dict[str, Any], nx_file: str | None) -> dict:
+    """The `pretrained_module` attributes for `pretrained(source, module = ..., frozen = ...)`."""
+    settings = dict(kwargs)
+    names = ("source", "module", "frozen")
+    if len(args) > len(names):
+        raise PretrainedError("pretrained(...) takes source, module and frozen")
+    for key, value in zip(names, args):
+        if key in settings:
+            raise PretrainedError(f"pretrained(...): `{key}` is given twice")
+        settings[key] = value
+    unknown = set(settings) - set(names)
+    if unknown:
+        raise PretrainedError(f"pretrained(...) has no setting `{sorted(unknown)[0]}` "
+                              "(it takes source, module, frozen)")
+    source, module = settings.get("source"), settings.get("module", "")
+    frozen = settings.get("frozen", True)
+    if not isinstance(source, str) or not isinstance(module, str) or not isinstance(frozen, bool):
+        raise PretrainedError('pretrained(...) is written `pretrained("dir", module = "a.b", '
+                              "frozen = true)`")
+    path = resolve_source(source, nx_file)
+    info = inspect_module(str(path), module, _stamp(path))
+    return {**info, "frozen": frozen}
+
+
+def resolve_source(source: str, nx_file: str | None) -> Path:
+    path = Path(os.path.expanduser(source))
+    if not path.is_absolute() and nx_file:
+        path = Path(nx_file).resolve().parent / path
+    path = path.resolve()
+    if not path.exists():
+        raise PretrainedError(f"pretrained: there is no model directory at {path} (nothing is "
+                              "downloaded; give a local Hugging Face directory with "
+                              "config.json and *.safetensors)")
+    if not path.is_dir():
+        raise PretrainedError(f"pretrained: {path} is a file; give the model's directory "
+                              "(config.json + *.safetensors)")
+    if not (path / "config.json").is_file():
+        raise PretrainedError(f"pretrained: {path} has no config.json")
+    return path
+
+
+def _stamp(path: Path) -> tuple:
+    """Changes when any file of the model changes (invalidates the caches)."""
+    return tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size)
+                        for f in path.iterdir() if f.is_file()))
+
+
+# ---------------------------------------------------------------------------- safetensors
+
+
+def read_header(file: Path) -> dict[str, dict]:
+    with open(file, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
+def weight_files(path: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file holding it."""
+    index = path / SAFE_INDEX
+    if index.is_file():
+        mapping = json.loads(index.read_text())["weight_map"]
+        return {k: path / v for k, v in mapping.items()}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickled = [f.name for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        extra = f" (it has {', '.join(pickled)}: pickle files are never loaded)" if pickled else ""
+        raise PretrainedError(f"pretrained: {path} has no *.safetensors weights{extra}")
+    return {name: f for f in files for name in read_header(f)}
+
+
+def tensor_hash(files: dict[str, Path], names: list[str]) -> str:
+    """sha256 over the named tensors' names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    headers: dict[Path, tuple[dict, int]] = {}
+    for name in sorted(names):
+        file = files[name]
+        if file not in headers:
+            with open(file, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+            headers[file] = (read_header(file), 8 + size)
+        header, base = headers[file]
+        entry = header[name]
+        start, end = entry["data_offsets"]
+        with open(file, "rb") as f:
+            f.seek(base + start)
+            data = f.read(end - start)
+        digest.update(f"{name}|{entry['dtype']}|{entry['shape']}|".encode())
+        digest.update(data)
+    return digest.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------- transformers
+
+
+def _transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+def load_config(path: str):
+    transformers = _transformers()
+    try:
+        return transformers.AutoConfig.from_pretrained(path, local_files_only=True,
+                                                       trust_remote_code=False)
+    except (ValueError, KeyError, OSError) as err:
+        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        raise PretrainedError(f"pretrained: transformers does not know the architecture "
+                              f"`{model_type}` of {path} (code shipped with a model is never "
+                              f"run): {str(err).splitlines()[0]}") from None
+
+
+def meta_model(config):
+    """The whole model on the meta device: its structure, no memory, no weights."""
+    import torch
+
+    transformers = _transformers()
+    with torch.device("meta"):
+        try:
+            return transformers.AutoModel.from_config(config, trust_remote_code=False)
+        except ValueError as err:
+            raise PretrainedError(f"pretrained: transformers has no model for "
+                                  f"`{config.model_type}`: {str(err).splitlines()[0]}") from None
+
+
+def submodule(model, module: str):
+    try:
+        return model.get_submodule(module) if module else model
+    except AttributeError:
+        children = ", ".join(n for n, _ in model.named_children())
+        raise PretrainedError(f"pretrained: the model has no module `{module}` (its top-level "
+                              f"modules are {children})") from None
+
+
+def first_tensor(out):
+    """The hidden states of a module's output: a tensor, a tuple's first item, or a
+    ModelOutput's first field."""
+    import torch
+
+    while not isinstance(out, torch.Tensor):
+        if isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        elif hasattr(out, "to_tuple"):
+            out = out.to_tuple()[0]
+        else:
+            return None
+    return out
+
+
+def _width(config) -> int:
+    for key in _WIDTH_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    raise PretrainedError(f"pretrained: cannot tell the width of {config.model_type} models "
+                          f"(its config has none of {', '.join(_WIDTH_KEYS)})")
+
+
+def _probe_out(sub, width: int, module: str) -> int:
+    """Run the module on meta tokens to learn its output width."""
+    import torch
+
+    try:
+        out = first_tensor(sub(torch.empty(1, 4, width, device="meta")))
+    except Exception as err:  # noqa: BLE001  (any failure means: not a module over tokens)
+        raise PretrainedError(f"pretrained: module `{module}` cannot be run on tokens of width "
+                              f"{width} ([batch, tokens, {width}]), so it cannot be an expert: "
+                              f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+    if out is None or out.dim() != 3 or tuple(out.shape[:2]) != (1, 4):
+        got = "no tensor" if out is None else f"shape {list(out.shape)}"
+        raise PretrainedError(f"pretrained: module `{module}` gives {got} for tokens "
+                              f"[1, 4, {width}], which cannot be adapted to [batch, tokens, width]")
+    return int(out.shape[-1])
+
+
+def _prefix(files: dict[str, Path], model, module: str, names: list[str]) -> str:
+    """The key prefix of the module's tensors in the files ('' or the base model's prefix)."""
+    for prefix in ("", getattr(model, "base_model_prefix", "") + "."):
+        keys = [f"{prefix}{module}.{n}" if module else f"{prefix}{n}" for n in names]
+        if all(k in files for k in keys):
+            return prefix
+    missing = next(n for n in names if f"{module}.{n}" not in files)
+    raise PretrainedError(f"pretrained: the safetensors files have no weights for "
+                          f"`{module}.{missing}`")
+
+
+@lru_cache(maxsize=16)
+def inspect_module(path: str, module: str, stamp: tuple) -> dict:
+    """Everything the IR records about a pretrained module (cached per file state)."""
+    files = weight_files(Path(path))
+    config = load_config(path)
+    model = meta_model(config)
+    sub = submodule(model, module)
+    params = {n: list(p.shape) for n, p in sub.named_parameters()}
+    if not params:
+        raise PretrainedError(f"pretrained: module `{module}` has no parameters")
+    prefix = _prefix(files, model, module, list(params))
+    full = {n: f"{prefix}{module}.{n}" if module else prefix + n for n in params}
+    for name, key in full.items():
+        shape = _header_shape(files[key], key)
+        if shape != params[name]:
+            raise PretrainedError(f"pretrained: `{key}` has shape {shape} in the weights but "
+                                  f"{params[name]} in the model built from config.json")
+    width = _width(config)
+    out = _probe_out(sub, width, module)
+    return {"source": path, "module": module, "prefix": prefix, "width": width, "out": out,
+            "hash": tensor_hash(files, list(full.values())), "tensors": params}
+
+
+@lru_cache(maxsize=64)
+def _header(file: Path) -> dict:
+    return read_header(file)
+
+
+def _header_shape(file: Path, key: str) -> list[int]:
+    return list(_header(file)[key]["shape"])
+
+
+# ---------------------------------------------------------------------------- lowering
+
+
+def module_keys(attrs, names) -> dict[str, str]:
+    base = f"{attrs.prefix}{attrs.module}." if attrs.module else attrs.prefix
+    return {n: base + n for n in names}
+
+
+def build_module(attrs):
+    """The module with its weights, built from the local config (only this module)."""
+    import torch
+    from safetensors import safe_open
+
+    path = Path(attrs.source)
+    if not path.is_dir():
+        raise FileNotFoundError(f"pretrained model directory {path} is gone")
+    files = weight_files(path)
+    config = load_config(str(path))
+    sub = submodule(meta_model(config), attrs.module)
+    sub = sub.to_empty(device="cpu")
+    state = sub.state_dict()
+    keys = module_keys(attrs, state)
+    digest = tensor_hash(files, [keys[n] for n in attrs.tensors])
+    if digest != attrs.hash:
+        raise ValueError(f"the weights of {attrs.module} in {path} changed since the program "
+                         f"was checked (hash {digest}, expected {attrs.hash})")
+    loaded = {}
+    for name, key in keys.items():
+        with safe_open(files[key], framework="pt") as f:
+            loaded[name] = f.get_tensor(key)
+    sub.load_state_dict(loaded, strict=True)
+    if _has_unsaved_buffers(sub):
+        sub = submodule(_full_model(str(path)), attrs.module)
+    return sub.to(torch.float32)
+
+
+def _has_unsaved_buffers(sub) -> bool:
+    persistent = set(sub.state_dict())
+    return any(n not in persistent for n, _ in sub.named_buffers())
+
+
+def _full_model(path: str):
+    """Fallback for modules with computed buffers: load the whole model with transformers."""
+    transformers = _transformers()
+    return transformers.AutoModel.from_pretrained(path, local_files_only=True,
+                                                  trust_remote_code=False, use_safetensors=True)
+
+
+def pretrained_forward(attrs):
+    import torch
+
+    sub = build_module(attrs)
+    names = list(attrs.tensors)
+    if attrs.frozen:
+        sub.eval()  # a frozen module keeps its inference behaviour (no dropout)
+
+    def pretrained(m, x):  # (*, T, width) -> (*, T, out)
+        if not attrs.frozen:
+            sub.train(m.training)
+        lead = x.shape[:-2]
+        x3 = x.reshape(-1, x.shape[-2], x.shape[-1])  # (batch, T, width)
+        params = {n: m.get_parameter(n) for n in names}
+        out = first_tensor(torch.func.functional_call(sub, params, (x3,)))
+        return out.reshape(*lead, out.shape[-2], out.shape[-1])
+
+    pretrained.hf_module = sub
+    return pretrained
+
+
+def attach_weights(module, attrs) -> None:
+    """Copy the loaded weights into the node's parameters and let the module share them."""
+    import torch
+
+    sub = module._fn.hf_module
+    module.pretrained = {"source": attrs.source, "module": attrs.module, "hash": attrs.hash}
+    for name, param in list(sub.named_parameters()):
+        target = module.get_parameter(name)
+        if target.device.type == "meta":
+            continue
+        with torch.no_grad():
+            target.copy_(param.to(target.dtype))
+        owner, _, leaf = name.rpartition(".")
+        (sub.get_submodule(owner) if owner else sub)._parameters[leaf] = target
