@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,3 +26,35 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_dir(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path):
+    """Build a directory in a temporary sibling and rename it into place only when complete:
+    a crash or kill meanwhile leaves at most a `.NAME.tmp-*` directory, never a partial `path`.
+
+        with atomic_directory("runs/x/step-00000100") as tmp:
+            (tmp / "model.safetensors").write_bytes(...)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            with open(child, "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(tmp)
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
