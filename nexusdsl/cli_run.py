@@ -93,19 +93,27 @@ def _compile_vmfb(program, graph, output, settings: Backend) -> None:
 
     atomic_write_bytes(output, artifact.vmfb)
     t = artifact.seconds
-    out.print(f"wrote {output} ({len(artifact.vmfb):,} bytes): {_target_note(settings)} from "
-              f"{settings.via}; {_shape_note(artifact.mlir)}; export {t['export']:.1f} s, "
+    out.print(f"wrote {output} ({len(artifact.vmfb):,} bytes): {_target_note(settings)}, "
+              f"from {settings.via}; {_shape_note(artifact.mlir)}; export {t['export']:.1f} s, "
               f"IREE {t['iree']:.1f} s", markup=False)
+    if settings.target == "iree-cuda":
+        out.print(_cuda_note(settings.cuda_arch), markup=False)
 
 
 def _target_note(settings: Backend) -> str:
     if settings.target == "iree-cpu":
         return "IREE llvm-cpu for this machine's CPU (host)"
+    return f"IREE cuda for {settings.cuda_arch}"
+
+
+def _cuda_note(arch: str) -> str:
     import torch
 
-    here = "" if torch.cuda.is_available() else "; compile only: no CUDA device here"
-    return (f"IREE cuda for {settings.cuda_arch} (the default is sm_80: IREE 3.13 fails on "
-            f"sm_90; choose with --cuda-arch){here}")
+    default = ("sm_80 is the default (IREE 3.13 fails on sm_90); choose with --cuda-arch"
+               if arch == "sm_80" else f"built for {arch} as asked")
+    here = ("compiled only: this machine has no CUDA device to run it on"
+            if not torch.cuda.is_available() else "run it with `nexus run --backend iree-cuda`")
+    return f"note: {default}; {here}"
 
 
 def _shape_note(mlir: str) -> str:
@@ -170,15 +178,15 @@ def run_cmd(
         tensors = _read_inputs(graph, inputs, settings, device, seed)
         runner = _runner(program, graph, backend.value, settings, device, seed)
         results, first, rest = _timed(runner, tensors, repeat)
+        _show(graph, results, backend.value, first, rest)
+        if output is not None:
+            _write_outputs(graph, results, output)
         if check:
             _check(_lower(graph, device, seed), tensors, results)
     except NexusError as e:
         report(e)
     except BackendError as e:
         fail(f"error: {e}")
-    _show(graph, results, backend.value, first, rest)
-    if output is not None:
-        _write_outputs(graph, results, output)
 
 
 def _load(file, model, sets, opt):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -172,8 +173,10 @@ def import_program(program, dialect: str) -> str:
     """torch-mlir's fx importer on an exported program."""
     fx_importer = _torch_mlir_fx()
     try:
-        mlir = fx_importer.export_and_import(program, output_type=DIALECTS[dialect],
-                                             func_name="main")
+        with warnings.catch_warnings():  # torch-mlir 20261001 uses a deprecated pytree API
+            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+            mlir = fx_importer.export_and_import(program, output_type=DIALECTS[dialect],
+                                                 func_name="main")
     except Exception as err:
         raise BackendError(f"torch-mlir could not lower to {dialect}: "
                            f"{_mlir_errors(str(err))}") from err
