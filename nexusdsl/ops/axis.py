@@ -117,6 +117,15 @@ def canonical_wiring(value: Any) -> dict:
     return {"fn": fn, "args": [], "kwargs": {"density": float(density), "seed": seed}}
 
 
+def written_axis(ctx, x: TensorType, key: str, ref):
+    """An axis argument as the user wrote it: a plain name that names an axis of x is that
+    axis, even where the name is also bound to the axis's size (`x: [B, i=4, d]` binds i = 4)."""
+    hint = ctx.hints.get(key)
+    if hint is not None and not isinstance(ref, str) and x.axis_index(hint) is not None:
+        return hint
+    return ref
+
+
 def _label(x: TensorType, pos: int) -> str:
     """The module name of an axis's parameters: `i.weight` for axis i, `axis2.weight` when
     the axis has no usable name."""
@@ -156,7 +165,7 @@ class Mix(Op):
     # -- normalisation ------------------------------------------------------------------
     def resolve(self, ctx, inputs, attrs):
         x = inputs[0]
-        positions = self._positions(x, attrs)
+        positions = self._positions(ctx, x, attrs)
         wiring = canonical_wiring(attrs.wiring)
         order = _option(attrs.order)
         if order not in ("parallel", "sequential"):
@@ -168,11 +177,14 @@ class Mix(Op):
             "separate": None, "to": to, "labels": [_label(x, p) for p in positions]})
 
     @staticmethod
-    def _positions(x: TensorType, attrs) -> list[int]:
+    def _positions(ctx, x: TensorType, attrs) -> list[int]:
         if (attrs.axis is None) == (attrs.axes is None):
             raise OpError("mix: give the axis to mix along, `axis = i`, or several, "
                           "`axes = [i, j]` (one of the two)")
-        refs = [attrs.axis] if attrs.axis is not None else list(attrs.axes)
+        if attrs.axis is not None:
+            refs = [written_axis(ctx, x, "axis", attrs.axis)]
+        else:
+            refs = [written_axis(ctx, x, f"axes.{n}", r) for n, r in enumerate(attrs.axes)]
         if not refs:
             raise OpError("mix: axes = [] lists no axis")
         positions = [resolve_axis("mix", x, r, "axis" if attrs.axis is not None else "axes")
