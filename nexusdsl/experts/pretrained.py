@@ -53,11 +53,16 @@ def pretrained_attrs(args: tuple, kwargs: dict[str, Any], nx_file: str | None) -
         raise PretrainedError('pretrained(...) is written `pretrained("dir", module = "a.b", '
                               "frozen = true)`")
     path = resolve_source(source, nx_file)
-    info = inspect_module(str(path), module, _stamp(path))
+    info = dict(inspect_module(str(path), module, _stamp(path)))
+    keys = info.pop("keys")  # hashed every time: a file rewritten within the same mtime tick
+    info["hash"] = tensor_hash(weight_files(path), keys)  # must not reuse a stale hash
     return {**info, "frozen": frozen}
 
 
 def resolve_source(source: str, nx_file: str | None) -> Path:
+    if not source:
+        raise PretrainedError("pretrained: give the model's directory: "
+                              'pretrained("path/to/model", module = "encoder.layer.3")')
     path = Path(os.path.expanduser(source))
     if not path.is_absolute() and nx_file:
         path = Path(nx_file).resolve().parent / path
@@ -245,7 +250,7 @@ def inspect_module(path: str, module: str, stamp: tuple) -> dict:
     width = _width(config)
     out = _probe_out(sub, width, module)
     return {"source": path, "module": module, "prefix": prefix, "width": width, "out": out,
-            "hash": tensor_hash(files, list(full.values())), "tensors": params}
+            "keys": list(full.values()), "tensors": params}
 
 
 @lru_cache(maxsize=64)
