@@ -14,7 +14,7 @@ from typing import Any
 from nexusdsl.elaborate.program import Program, load, loads
 from nexusdsl.lang.diagnostics import NexusError
 
-__all__ = ["NexusError", "Program", "compile", "load", "loads"]
+__all__ = ["NexusError", "Program", "compile", "load", "loads", "train"]
 __version__ = "0.1.0"
 
 # "torch.compile", MLIR text and IREE: nexusdsl/compiler/lower/targets.py (docs/backends.md).
@@ -44,3 +44,11 @@ def compile(program_or_path: Program | str | Path, model: str | None = None, *,
         return build(graph, target, device=device, dtype=dtype, seed=seed, options=options,
                      sources=program.sources)
     return lower(graph, device=device, dtype=dtype, seed=seed)
+
+
+def train(program_or_path: Program | str | Path, model: str | None = None, **settings: Any):
+    """Train a model of a `.nx` file as its `train` section says; keyword arguments override
+    it (see `nexusdsl.train.api.train`). Returns a `Result` (`.model`, `.before`, `.after`)."""
+    from nexusdsl.train.api import train as run
+
+    return run(program_or_path, model, **settings)
