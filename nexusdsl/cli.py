@@ -34,7 +34,9 @@ class Emit(str, Enum):
 
 
 def fail(message: str) -> None:
-    err.print(message, markup=False)
+    from nexusdsl.tools.highlight import print_message  # colour on a terminal, plain otherwise
+
+    print_message(err, message)
     raise typer.Exit(1)
 
 
@@ -68,6 +70,7 @@ def report(error: NexusError) -> None:
 def check(files: list[Path] = typer.Argument(..., help=".nx files to check")) -> None:
     """Parse and check files: every mistake is reported with its location."""
     import nexusdsl
+    from nexusdsl.tools.highlight import print_message
 
     failed = False
     for file in files:
@@ -75,7 +78,7 @@ def check(files: list[Path] = typer.Argument(..., help=".nx files to check")) ->
             nexusdsl.load(file)
             out.print(f"{file}: ok", markup=False)
         except NexusError as e:
-            err.print(e.render(), markup=False)
+            print_message(err, e.render())
             failed = True
     if failed:
         raise typer.Exit(1)
