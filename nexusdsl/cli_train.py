@@ -1,0 +1,142 @@
+"""`nexus train`, `nexus eval` and `nexus generate`.
+
+    nexus train examples/tiny_lm.nx --steps 500 --out runs/tiny
+    nexus train examples/tiny_lm.nx --out runs/tiny --resume --steps 1000
+    torchrun --nproc_per_node 2 -m nexusdsl.cli train examples/tiny_lm.nx --out runs/ddp
+    nexus eval examples/tiny_lm.nx --checkpoint runs/tiny
+    nexus generate examples/tiny_lm.nx --checkpoint runs/tiny --prompt "The "
+
+Mistakes (a missing data file, a model that does not fit the objective, a checkpoint of
+another model) print one located error and exit 1; nothing already saved is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nexusdsl.cli import app, fail, out, parse_sets
+from nexusdsl.lang.diagnostics import NexusError
+
+
+def render(error: NexusError) -> str:
+    """Located diagnostics as usual; errors about flags or checkpoints (no source line) as
+    one `error:` line."""
+    parts = []
+    for d in error.diagnostics:
+        if d.span.line:
+            parts.append(NexusError([d], error.sources).render())
+        else:
+            parts.append(f"error: {d.message}")
+    return "\n".join(parts)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+@app.command("train")
+def train_cmd(
+    file: Path = typer.Argument(..., help="the .nx file"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model to train (if several)"),
+    sets: list[str] = typer.Option([], "--set", help="override a setting or hyperparameter: NAME=VALUE"),
+    data: Optional[str] = typer.Option(None, "--data", help="text file or folder (default: the file's `data`)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="optimizer steps"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="examples per step (all processes)"),
+    context: Optional[int] = typer.Option(None, "--context", help="tokens per example"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate"),
+    seconds: Optional[float] = typer.Option(None, "--time", help="stop after this many seconds"),
+    output: Optional[Path] = typer.Option(None, "--out", help="checkpoint directory (default runs/MODEL)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the newest checkpoint in --out"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of weights, data order and sampling"),
+    shard: bool = typer.Option(False, "--shard", help="under torchrun: FSDP instead of DDP"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Train a model on its `train` section's data; flags override the section."""
+    import nexusdsl
+    from nexusdsl.train.api import train
+
+    settings = parse_sets(sets)
+    try:
+        program = nexusdsl.load(file)
+        name = program.model_ast(model).name
+        result = train(program, name, data=data, steps=steps, batch=batch, context=context,
+                       lr=lr, seed=seed, time=seconds, out=output or Path("runs") / name,
+                       resume=resume, shard=shard, device=device, progress=not quiet,
+                       console=out, **settings)
+    except NexusError as e:
+        fail(render(e))
+    if _rank() == 0:
+        _summary(result)
+
+
+def _summary(result) -> None:
+    key = next((k for k in ("bpb", "accuracy", "retrieval_accuracy") if k in result.after), "loss")
+    label = {"bpb": "held-out bits per byte"}.get(key, f"held-out {key.replace('_', ' ')}")
+    out.print(f"{label}: {result.before[key]:.3f} before, {result.after[key]:.3f} after "
+              f"{result.steps} steps", markup=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    file: Path = typer.Argument(..., help="the .nx file the checkpoint was trained from"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="run or step directory"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the checkpoint's)"),
+    data: Optional[str] = typer.Option(None, "--data", help="evaluate on this text instead"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="examples per batch"),
+    context: Optional[int] = typer.Option(None, "--context", help="tokens per example"),
+    batches: Optional[int] = typer.Option(None, "--batches", help="at most this many batches"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+) -> None:
+    """Held-out loss of a checkpoint (bits per byte for byte models)."""
+    from nexusdsl.train.loop import evaluate
+
+    session = _session(file, model, checkpoint, {"data": data, "batch": batch,
+                                                 "context": context, "eval_batches": batches})
+    metrics = evaluate(session)
+    if as_json:
+        out.print(json.dumps({"step": session.step, **metrics}), markup=False)
+    else:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        out.print(f"step {session.step}, {session.data.name}: {shown}", markup=False)
+
+
+@app.command("generate")
+def generate_cmd(
+    file: Path = typer.Argument(..., help="the .nx file the checkpoint was trained from"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="run or step directory"),
+    prompt: str = typer.Option("", "--prompt", "-p", help="text to continue"),
+    max_bytes: int = typer.Option(200, "--max-bytes", min=1, help="bytes to generate"),
+    temperature: float = typer.Option(0.8, "--temperature", min=0.0, help="0: greedy"),
+    top_k: int = typer.Option(0, "--top-k", min=0, help="sample among the k likeliest bytes"),
+    seed: int = typer.Option(0, "--seed", help="sampling seed"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the checkpoint's)"),
+) -> None:
+    """Continue a prompt with a trained byte model."""
+    from nexusdsl.train.generate import check_byte_model, sample
+
+    session = _session(file, model, checkpoint, {})
+    try:
+        output = check_byte_model(session.module.graph)
+    except NexusError as e:
+        fail(render(e))
+    text = sample(session.trainee, output, prompt.encode("utf-8"), max_bytes,
+                  session.config.context, temperature, top_k, seed)
+    out.print(prompt + text.decode("utf-8", errors="replace"), markup=False)
+
+
+def _session(file: Path, model: Optional[str], checkpoint: Path, overrides: dict):
+    import nexusdsl
+    from nexusdsl.train.session import from_checkpoint
+
+    try:
+        return from_checkpoint(nexusdsl.load(file), model, checkpoint, overrides)
+    except NexusError as e:
+        fail(render(e))
+
+

@@ -1,0 +1,207 @@
+"""The training configuration: a model's `train` section, checked, with overrides applied.
+
+Precedence, lowest first: built-in defaults, the `train` section of the `.nx` file, then
+flags (`nexus train --steps 10 --set lr=1e-3`) or keyword arguments of `nexusdsl.train`.
+A field that is not a training setting must name one of the model's hyperparameters
+(`dim = 96` in the section trains a 96-wide model). Mistakes in the file are reported at the
+field; mistakes in flags are one-line errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nexusdsl.lang.diagnostics import NexusError, Span
+
+NO_SPAN = Span("<command line>", 0, 0)
+
+# Setting -> (type check, description) for plain numeric fields.
+_INTS = {"batch": 1, "context": 1, "steps": 1, "prefix": 0, "seed": 0, "eval_every": 0,
+         "eval_batches": 1, "save_every": 0, "log_every": 1}
+_FLOATS = {"clip": 0.0, "time": 0.0}
+SETTINGS = frozenset({"data", "objective", "optimizer", "schedule", "freeze", *_INTS, *_FLOATS})
+
+
+@dataclass
+class Call:
+    """A configuration call such as `adamw(lr = 3e-4)`, checked: its name and keyword values."""
+
+    fn: str
+    kwargs: dict[str, Any]
+    span: Span = NO_SPAN
+    args: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    data: Call = field(default_factory=lambda: Call("default", {}))
+    objective: Call = field(default_factory=lambda: Call("next_token", {}))
+    optimizer: Call = field(default_factory=lambda: Call("adamw", {}))
+    schedule: Call = field(default_factory=lambda: Call("cosine", {}))
+    batch: int = 16
+    context: int = 128
+    steps: int = 1000
+    clip: float = 1.0
+    time: float = 0.0  # a wall-clock budget in seconds (0: none), see loop.schedule_progress
+    freeze: list[str] = field(default_factory=list)
+    prefix: int = 0
+    seed: int = 0
+    eval_every: int = 0  # 0: evaluate before and after only
+    eval_batches: int = 16
+    save_every: int = 1000
+    log_every: int = 10
+    hyper: dict[str, Any] = field(default_factory=dict)
+    spans: dict[str, Span] = field(default_factory=dict)
+
+    def span(self, name: str) -> Span:
+        return self.spans.get(name, NO_SPAN)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain values only (for the checkpoint's JSON), without spans."""
+        data = {k: v for k, v in asdict(self).items() if k != "spans"}
+        for name in ("data", "objective", "optimizer", "schedule"):
+            data[name] = {"fn": data[name]["fn"], "args": data[name]["args"],
+                          "kwargs": data[name]["kwargs"]}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        values = dict(data)
+        for name in ("data", "objective", "optimizer", "schedule"):
+            c = values[name]
+            values[name] = Call(c["fn"], dict(c["kwargs"]), NO_SPAN, list(c["args"]))
+        return cls(**values)
+
+
+# Options each configuration call accepts, with a check for each value.
+def _positive(v):
+    return _number(v) and v > 0
+
+
+def _fraction(v):
+    return _number(v) and 0 <= v < 1
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _nonneg_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _string(v):
+    return isinstance(v, str)
+
+
+CALLS: dict[str, dict[str, dict[str, Any]]] = {
+    "data": {"text": {"path": _string}, "folder": {"path": _string}, "digits": {},
+             "default": {}},
+    "objective": {"next_token": {}, "denoise": {"mask": _fraction, "noise": _fraction},
+                  "contrastive": {"temperature": _positive}, "classify": {}},
+    "optimizer": {"adamw": {"lr": _positive, "weight_decay": _fraction, "beta1": _fraction,
+                            "beta2": _fraction, "eps": _positive},
+                  "sgd": {"lr": _positive, "momentum": _fraction, "weight_decay": _fraction}},
+    "schedule": {"cosine": {"warmup": _nonneg_int, "final": _fraction},
+                 "constant": {"warmup": _nonneg_int}},
+}
+_DESCRIBE = {_positive: "a positive number", _fraction: "a number in [0, 1)",
+             _nonneg_int: "a whole number >= 0", _string: "a string"}
+# `text("corpus.txt")` names its path positionally; the others take keywords only.
+_POSITIONAL = {"text": ["path"], "folder": ["path"], "denoise": ["mask"],
+               "contrastive": ["temperature"]}
+
+
+def build_config(fields: dict[str, tuple[Any, Span]], hyper_names: list[str],
+                 overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Check the section's `fields` ({name: (plain value, span)}) and apply `overrides`
+    (flags: same names, no span). Raises `NexusError` (without sources; the caller adds them)."""
+    config = TrainConfig()
+    for name, (value, span) in fields.items():
+        _set(config, name, value, span, hyper_names)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            _set(config, name, value, NO_SPAN, hyper_names)
+    return config
+
+
+def _set(config: TrainConfig, name: str, value: Any, span: Span, hyper_names: list[str]) -> None:
+    where = _where(span, name)
+    if name == "lr":  # the `--lr` flag: a shortcut into the optimizer call
+        _require(_positive(value), span, f"{where}: lr must be a positive number, got {value!r}")
+        config.optimizer = Call(config.optimizer.fn, {**config.optimizer.kwargs, "lr": value},
+                                config.optimizer.span)
+    elif name in CALLS:
+        setattr(config, name, _call(name, value, span))
+    elif name in _INTS:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= _INTS[name]
+        _require(ok, span, f"{where}: {name} must be a whole number >= {_INTS[name]}, got {value!r}")
+        setattr(config, name, value)
+    elif name in _FLOATS:
+        _require(_number(value) and value >= 0, span,
+                 f"{where}: {name} must be a number >= 0, got {value!r}")
+        setattr(config, name, float(value))
+    elif name == "freeze":
+        items = value if isinstance(value, list) else [value]
+        _require(all(isinstance(i, str) for i in items), span,
+                 f"{where}: freeze lists node names, e.g. `freeze = [tok]`")
+        config.freeze = list(items)
+    elif name in hyper_names:
+        config.hyper[name] = value
+    else:
+        known = ", ".join(sorted(SETTINGS))
+        hypers = ", ".join(hyper_names) or "none"
+        raise NexusError.at(span, f"{where}: unknown training setting `{name}` (settings: {known}; "
+                            f"model hyperparameters: {hypers})")
+    config.spans[name if name != "lr" else "optimizer"] = span
+
+
+def _call(kind: str, value: Any, span: Span) -> Call:
+    """`adamw(lr = 3e-4)` arrives as {"fn", "args", "kwargs"}; a bare `next_token` as a string."""
+    if isinstance(value, str) and kind == "data" and value not in CALLS["data"]:
+        value = {"fn": "text", "args": [value], "kwargs": {}}  # `--data corpus.txt`
+    if isinstance(value, str):
+        value = {"fn": value, "args": [], "kwargs": {}}
+    where = _where(span, kind)
+    choices = ", ".join(CALLS[kind])
+    if not isinstance(value, dict) or "fn" not in value:
+        raise NexusError.at(span, f"{where}: expected one of {choices}, got {value!r}")
+    fn = value["fn"]
+    if fn not in CALLS[kind]:
+        raise NexusError.at(span, f"{where}: unknown {kind} `{fn}` (choose one of {choices})")
+    kwargs = _bind(fn, value, span, where)
+    for key, v in kwargs.items():
+        check = CALLS[kind][fn][key]
+        _require(check(v), span, f"{where}: `{fn}({key} = ...)` must be {_DESCRIBE[check]}, "
+                 f"got {v!r}")
+    return Call(fn, kwargs, span)
+
+
+def _bind(fn: str, value: dict, span: Span, where: str) -> dict[str, Any]:
+    kind_options = next(opts[fn] for opts in CALLS.values() if fn in opts)
+    positional = _POSITIONAL.get(fn, [])
+    args = list(value.get("args", []))
+    if len(args) > len(positional):
+        raise NexusError.at(span, f"{where}: `{fn}` takes at most {len(positional)} positional "
+                            f"argument(s), got {len(args)}")
+    kwargs = dict(zip(positional, args))
+    for key, v in value.get("kwargs", {}).items():
+        if key not in kind_options:
+            options = ", ".join(kind_options) or "no options"
+            raise NexusError.at(span, f"{where}: `{fn}` has no option `{key}` (it takes {options})")
+        if key in kwargs:
+            raise NexusError.at(span, f"{where}: `{fn}` got `{key}` twice")
+        kwargs[key] = v
+    if fn in ("text", "folder") and "path" not in kwargs:
+        raise NexusError.at(span, f"{where}: `{fn}` needs a path, e.g. {fn}(\"corpus.txt\")")
+    return kwargs
+
+
+def _where(span: Span, name: str) -> str:
+    return f"train setting `{name}`" if span.line else f"--{name.replace('_', '-')}"
+
+
+def _require(ok: bool, span: Span, message: str) -> None:
+    if not ok:
+        raise NexusError.at(span, message)

@@ -1,0 +1,52 @@
+"""The progress display of `nexus train`: a rich bar with loss, throughput and ETA, and log
+lines above it (held-out metrics, checkpoints). Silent when `enabled` is false (the Python
+API's default in tests, and every rank but 0)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+class Display:
+    def __init__(self, enabled: bool, console: Console | None = None):
+        self.enabled = enabled
+        self.console = console or Console(stderr=False, highlight=False)
+        self._progress: Progress | None = None
+        self._task = None
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            target = self._progress.console if self._progress else self.console
+            target.print(message, markup=False, highlight=False)
+
+    def start(self, total: int, completed: int, unit: str) -> None:
+        if not self.enabled:
+            return
+        self._progress = Progress(
+            TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} " + unit + "/s"),
+            TextColumn("lr {task.fields[lr]}"), TextColumn("ETA {task.fields[eta]}"),
+            console=self.console, refresh_per_second=4)
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=total, completed=completed,
+                                             loss="-", rate="-", lr="-", eta="-")
+
+    def update(self, step: int, loss: float, rate: float, lr: float, eta: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, loss=f"{loss:.4f}",
+                                  rate=f"{rate:,.0f}", lr=f"{lr:.2e}", eta=format_seconds(eta))
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,181 @@
+"""Everything a run needs, built once: configuration, data, model, objective, optimizer, and
+(when resuming) the checkpoint's state. Shared by `nexus train`, `nexus eval`, `nexus generate`
+and `nexusdsl.train`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nexusdsl.elaborate.program import Program
+from nexusdsl.lang.diagnostics import NexusError
+from nexusdsl.train import checkpoint as ckpt
+from nexusdsl.train.config import NO_SPAN, TrainConfig, build_config
+from nexusdsl.train.data import Dataset, open_data
+from nexusdsl.train.distributed import Dist
+from nexusdsl.train.objectives import Objective, make_objective
+from nexusdsl.train.trainee import Trainee, freeze
+
+
+@dataclass
+class Session:
+    program: Program
+    config: TrainConfig
+    module: Any  # the NexusModule
+    trainee: Trainee
+    data: Dataset
+    objective: Objective
+    dist: Dist
+    out: Path | None = None
+    net: Any = None  # what a training step calls (DDP/FSDP-wrapped trainee)
+    optimizer: Any = None
+    step: int = 0
+    elapsed: float = 0.0
+    tied: dict[str, str] = field(default_factory=dict)
+    resumed: ckpt.Checkpoint | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.module.graph.name
+
+    @property
+    def graph_hash(self) -> str:
+        return self.module.graph.content_hash()
+
+    def metadata(self) -> dict[str, Any]:
+        """What a checkpoint's JSON records besides the step, RNG and optimizer."""
+        return {"model": self.model_name, "hyper": self.config.hyper,
+                "config": self.config.to_json(), "graph_hash": self.graph_hash,
+                "source": {"file": self.program.file,
+                           "sha256": ckpt.source_hash(self.program.source)},
+                "world_size": self.dist.world, "sharded": self.dist.sharded}
+
+
+def load_program(program_or_path) -> Program:
+    import nexusdsl
+
+    return program_or_path if isinstance(program_or_path, Program) else nexusdsl.load(program_or_path)
+
+
+def configure(program: Program, model: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The file's train section with `overrides` applied; mistakes located in the file."""
+    tree = program.model_ast(model)
+    hyper_names = [p.name for p in tree.params if p.type is None]
+    fields = program.train_config(tree.name)
+    try:
+        config = build_config(fields, hyper_names, overrides)
+    except NexusError as err:
+        raise NexusError(err.diagnostics, program.sources) from None
+    path = config.data.kwargs.get("path")
+    if path and config.data.span.line and not Path(path).expanduser().is_absolute():
+        # Paths written in a .nx file are relative to that file (flags: to the working dir).
+        config.data.kwargs["path"] = str(Path(program.file).parent / path)
+    return config
+
+
+def build(program: Program, model: str | None, config: TrainConfig, d: Dist,
+          data: Dataset | None = None) -> Session:
+    """Compile the model, open the data, check the objective fits, apply freeze and prefix."""
+    import nexusdsl
+
+    try:
+        module = nexusdsl.compile(program, model, seed=config.seed, device=d.device,
+                                  **config.hyper)
+        data = data or open_data(config.data)
+        objective = make_objective(config.objective, config.span("objective"), module.graph, data)
+        freeze(module, config.freeze, config.span("freeze"))
+        trainee = Trainee(module, config.prefix, config.span("prefix"), config.seed)
+        _check_sizes(config, data)
+    except NexusError as err:
+        raise NexusError(err.diagnostics, program.sources) from None
+    session = Session(program, config, module, trainee, data, objective, d)
+    session.tied = ckpt.aliases(trainee)
+    return session
+
+
+def _check_sizes(config: TrainConfig, data: Dataset) -> None:
+    if "bytes" not in data.fields or "label" in data.fields:
+        return
+    need = config.context + 1
+    for split, what in ((data.train, "training"), (data.heldout, "held-out")):
+        if len(split) < need:
+            raise NexusError.at(config.data.span, f"{data.name}: its {what} part has "
+                                f"{len(split)} bytes, fewer than context + 1 = {need}; use a "
+                                "larger file or a smaller --context")
+
+
+def dry_run(session: Session) -> None:
+    """One tiny forward pass, so that a model that cannot take this data fails before any
+    training starts, with the reason at the `objective` setting."""
+    obj, config = session.objective, session.config
+    gen = torch.Generator().manual_seed(0)
+    batch = obj.prepare(session.data.train.sample(2, obj.length(config.context), gen), gen)
+    batch = {k: v.to(session.dist.device) for k, v in batch.items()}
+    try:
+        with torch.no_grad():
+            obj.loss(session.trainee, batch)
+    except (RuntimeError, ValueError, IndexError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NexusError(NexusError.at(
+            config.span("objective"), f"{session.model_name} cannot be trained with "
+            f"{config.objective.fn} on {session.data.name} (batch of 2, context "
+            f"{config.context}): {reason}").diagnostics, session.program.sources) from None
+    finally:
+        collect_aux(session.trainee)
+
+
+def collect_aux(module: torch.nn.Module) -> torch.Tensor | None:
+    """Sum and clear the auxiliary losses op modules set during the last forward pass (MoE
+    balance losses): every module may set a tensor attribute `aux_loss`; see
+    docs/decisions.md, "Training"."""
+    total = None
+    for m in module.modules():
+        aux = getattr(m, "aux_loss", None)
+        if aux is not None:
+            total = aux if total is None else total + aux
+            m.aux_loss = None
+    return total
+
+
+def restore(session: Session, checkpoint: ckpt.Checkpoint) -> None:
+    """Weights (before wrapping), step and elapsed time of a checkpoint."""
+    ckpt.check_compatible(checkpoint, session.model_name, session.graph_hash,
+                          session.program.file)
+    ckpt.load_weights(session.trainee, checkpoint.model)
+    session.step = checkpoint.step
+    session.elapsed = float(checkpoint.state.get("elapsed", 0.0))
+    session.resumed = checkpoint
+
+
+def from_checkpoint(program: Program, model: str | None, path: Path,
+                    overrides: dict[str, Any] | None = None) -> Session:
+    """A session rebuilt from a checkpoint's recorded configuration (for eval and generate):
+    the same hyperparameters and prefix; `overrides` may change data, batch or context."""
+    checkpoint = ckpt.load(path)
+    saved = TrainConfig.from_json(checkpoint.state["config"])
+    name = model or checkpoint.state["model"]
+    if name not in program.models:
+        raise ckpt.CheckpointError(
+            f"checkpoint {checkpoint.path} was saved from model {checkpoint.state['model']} of "
+            f"{checkpoint.state['source']['file']}; {program.file} has no model of that name "
+            f"(it has {', '.join(program.models) or 'none'})")
+    config = build_config({}, list(saved.hyper), {})
+    config.hyper, config.prefix, config.objective = saved.hyper, saved.prefix, saved.objective
+    config.data, config.context, config.batch = saved.data, saved.context, saved.batch
+    config.eval_batches, config.seed = saved.eval_batches, saved.seed
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            config = _override(config, key, value)
+    session = build(program, name, config, Dist())
+    restore(session, checkpoint)
+    return session
+
+
+def _override(config: TrainConfig, key: str, value: Any) -> TrainConfig:
+    patched = build_config({}, list(config.hyper), {key: value})
+    setattr(config, key, getattr(patched, key))
+    config.spans[key] = NO_SPAN
+    return config
