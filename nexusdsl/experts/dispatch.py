@@ -101,15 +101,19 @@ def _as_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 def _tokenwise(m, plan: Plan, flat, y, sequence, rank: int):
-    gathered = flat.index_select(0, plan.token)  # (A, d) tokens in expert order
-    if plan.capacity is None:  # exact blocks (eager, dropless)
-        sizes = plan.counts.tolist()
-        blocks = gathered.split(sizes)
-        outs = [_run(m.experts[e], b, rank) if not sequence[e] and b.shape[0] else
-                torch.zeros_like(b) for e, b in enumerate(blocks)]
-        out = torch.cat(outs)  # (A, d)
-        return y.index_add(0, plan.token, out * plan.kept_weight[:, None])
-    return _slotted(m, plan, flat, y, sequence, rank)
+    if plan.capacity is not None:
+        return _slotted(m, plan, flat, y, sequence, rank)
+    # exact blocks (eager, dropless): gather each expert's tokens and add its output back in
+    # place, so no (A, d) intermediate is split, concatenated or copied
+    y = y.clone()
+    start = 0
+    for e, count in enumerate(plan.counts.tolist()):
+        if count and not sequence[e]:
+            token = plan.token.narrow(0, start, count)
+            out = _run(m.experts[e], flat.index_select(0, token), rank)  # (count, d)
+            y.index_add_(0, token, out * plan.kept_weight.narrow(0, start, count)[:, None])
+        start += count
+    return y
 
 
 def _slotted(m, plan: Plan, flat, y, sequence, rank: int):
