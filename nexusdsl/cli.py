@@ -169,6 +169,7 @@ def summary_text(info: dict) -> str:
 
 
 import nexusdsl.cli_run  # noqa: E402,F401  (registers `nexus run`)
+import nexusdsl.cli_tools  # noqa: E402,F401  (registers `nexus fmt`, `viz`, `lsp`, `summary`)
 import nexusdsl.cli_train  # noqa: E402,F401  (registers `nexus train`, `eval`, `generate`)
 
 
