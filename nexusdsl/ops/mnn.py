@@ -128,6 +128,27 @@ class FastWeights(Op):
 
         return fast_weights
 
+    def lower_portable(self, attrs):
+        """For MLIR (torch-mlir has no triangular solve): G is strictly lower triangular, so
+        (I - G)^-1 = I + G + ... + G^(T-1) = (I + G)(I + G^2)(I + G^4)..., log2(T) matmuls."""
+        import torch
+        import torch.nn.functional as F
+
+        def fast_weights(m, x):
+            z = F.linear(x, m.weight, m.bias if attrs.bias else None)  # (*, T, out)
+            T = x.shape[-2]
+            t = torch.arange(T, device=x.device)
+            lag = (t[:, None] - 1 - t[None, :]).clamp_min(0).to(x.dtype)  # t-1-s
+            strict = (t[None, :] < t[:, None]).to(x.dtype)
+            power = attrs.rate * (x @ x.transpose(-1, -2)) * attrs.decay ** lag * strict
+            y, span = z, 1
+            while span < T:  # y = (I + G + ... + G^(2 span - 1)) z
+                y = y + power @ y
+                power, span = power @ power, 2 * span
+            return y
+
+        return fast_weights
+
 
 # ---------------------------------------------------------------------------- knn_attention
 
