@@ -120,6 +120,9 @@ class ExpertsMixin:
         if call.name != "pretrained":
             raise NexusError.at(call.span, f"`{call.name}(...)` is not an expert; experts are "
                                 "blocks, ops or `pretrained(...)`")
+        source = call.args[0] if call.args else call.kwargs.get("source")
+        if isinstance(source, str) and source.endswith(".safetensors"):
+            return self._file_expert(call, x, adapter, frame)
         try:
             attrs = pretrained_attrs(call.args, call.kwargs, call.span.file)
         except PretrainedError as err:
@@ -127,6 +130,38 @@ class ExpertsMixin:
         h = self._adapt(x, attrs["width"], adapter, "linear_1", call.span, frame)
         op = REGISTRY["pretrained_module"]
         return self.add_op_node(op, [h], op.Attrs(**attrs), {}, call.span, "pretrained", frame)
+
+    def _file_expert(self, call: OptionCall, x: Tensor, adapter: bool, frame: Frame) -> Tensor:
+        """`pretrained("w.safetensors", mlp(mult = 2), module = "prefix")`: the block (or op)
+        with its parameters read from the file (frozen unless `frozen = false`)."""
+        from nexusdsl.experts.pretrained import PretrainedError, file_settings, file_tensors
+
+        try:
+            path, block, prefix, frozen = file_settings(call.args, call.kwargs, call.span.file)
+        except PretrainedError as err:
+            raise NexusError.at(call.span, str(err)) from None
+        if not isinstance(block, Partial):
+            raise NexusError.at(call.span, f"pretrained(...): the expert paired with a file "
+                                f"must be a block or op, got {describe(block)}")
+        h = self._adapt(x, _declared_width(block) or x.type.axes[-1].size, adapter, "linear_1",
+                        call.span, frame)
+        before = {n.id for n in self.graph.nodes()}
+        out = _check_adaptable(self.apply(block, [Arg(h, None, call.span)], [], call.span, None,
+                                          frame), h, 0, block.name, call.span)
+        made = [n for n in self.graph.nodes() if n.id not in before and n.params]
+        names = {f"{n.name}.{k}": f"{n.name.partition('.')[2] or n.name}.{k}"
+                 for n in made for k in n.params}
+        wanted = {f"{n.name}.{k}": spec.shape for n in made for k, spec in n.params.items()}
+        try:
+            keys, digest = file_tensors(path, prefix, names, wanted)
+        except PretrainedError as err:
+            raise NexusError.at(call.span, str(err)) from None
+        for n in made:
+            params = {k: v.model_copy(update={"frozen": frozen}) for k, v in n.params.items()}
+            self.graph.replace(n, n.model_copy(update={"params": params}))
+        self.graph.hyper["pretrained"] = {"source": str(path), "module": prefix, "hash": digest,
+                                          "params": keys}
+        return out
 
     # ------------------------------------------------------------------ route
     def route_expr(self, e: ast.Route, frame: Frame):

@@ -28,8 +28,10 @@ def frozen_sources(model) -> list[dict]:
     for name, sub in model.named_modules():
         info = getattr(sub, "pretrained", None)
         if isinstance(info, dict):
-            params = [f"{name}.{p}" if name else p for p, _ in sub.named_parameters()]
-            frozen = all(not p.requires_grad for p in sub.parameters())
+            own = info.get("params") or [p for p, _ in sub.named_parameters()]
+            params = [f"{name}.{p}" if name else p for p in own]
+            frozen = all(not sub.get_parameter(p).requires_grad for p in own)
+            info = {k: v for k, v in info.items() if k != "params"}
             found.append({**info, "frozen": frozen, "params": params})
     return found
 

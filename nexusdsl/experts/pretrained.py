@@ -85,6 +85,75 @@ def _stamp(path: Path) -> tuple:
                         for f in path.iterdir() if f.is_file()))
 
 
+# ---------------------------------------------------------------------------- a file + a block
+
+
+def file_settings(args: tuple, kwargs: dict[str, Any], nx_file: str | None):
+    """(path, block, key prefix, frozen) of `pretrained("w.safetensors", mlp(mult = 2))`."""
+    settings = dict(kwargs)
+    for key, value in zip(("source", "expert"), args):
+        settings.setdefault(key, value)
+    unknown = set(settings) - {"source", "expert", "module", "frozen"}
+    if unknown or len(args) > 2 or "expert" not in settings:
+        raise PretrainedError("pretrained(...) with a file is written "
+                              '`pretrained("w.safetensors", mlp(mult = 2), module = "prefix", '
+                              "frozen = true)`: the block or op whose parameters the file holds")
+    source, prefix = settings.get("source"), settings.get("module", "")
+    frozen = settings.get("frozen", True)
+    if not isinstance(source, str) or not isinstance(prefix, str) or not isinstance(frozen, bool):
+        raise PretrainedError('pretrained(...): source and module are strings, frozen is '
+                              "true or false")
+    path = Path(os.path.expanduser(source))
+    if not path.is_absolute() and nx_file:
+        path = Path(nx_file).resolve().parent / path
+    if path.suffix != ".safetensors":
+        raise PretrainedError(f"pretrained(file, block) reads a .safetensors file, got {path}")
+    if not path.is_file():
+        raise PretrainedError(f"pretrained: there is no file {path.resolve()} (nothing is "
+                              "downloaded)")
+    return path.resolve(), settings["expert"], prefix, frozen
+
+
+def file_tensors(path: Path, prefix: str, names: dict[str, str], shapes: dict[str, tuple]):
+    """Check that the file holds every parameter of the block with the right shape:
+    ({region parameter: file key}, content hash)."""
+    header = read_header(path)
+    keys = {}
+    for name, relative in names.items():
+        key = f"{prefix}.{relative}" if prefix else relative
+        if key not in header:
+            have = ", ".join(sorted(header)[:6])
+            raise PretrainedError(f"pretrained: {path.name} has no tensor `{key}` for the "
+                                  f"block's parameter {relative} (it has {have}, ...)")
+        if tuple(header[key]["shape"]) != tuple(shapes[name]):
+            raise PretrainedError(f"pretrained: `{key}` in {path.name} has shape "
+                                  f"{header[key]['shape']}, but the block's {relative} has "
+                                  f"{list(shapes[name])}")
+        keys[name] = key
+    return keys, tensor_hash({k: path for k in keys.values()}, list(keys.values()))
+
+
+def load_file_expert(region_module) -> None:
+    """Load a `pretrained(file, block = ...)` region's parameters from its file."""
+    import torch
+    from safetensors import safe_open
+
+    info = region_module.graph.hyper.get("pretrained")
+    if not info:
+        return
+    path = Path(info["source"])
+    digest = tensor_hash({k: path for k in info["params"].values()}, list(info["params"].values()))
+    if digest != info["hash"]:
+        raise ValueError(f"the weights in {path} changed since the program was checked")
+    with safe_open(str(path), framework="pt") as f, torch.no_grad():
+        for name, key in info["params"].items():
+            target = region_module.get_parameter(name)
+            if target.device.type != "meta":
+                target.copy_(f.get_tensor(key).to(target.dtype))
+    region_module.pretrained = {"source": info["source"], "module": info["module"],
+                                "hash": info["hash"], "params": list(info["params"])}
+
+
 # ---------------------------------------------------------------------------- safetensors
 
 

@@ -184,6 +184,12 @@ class Moe(Op):
     def region_share(self, attrs, count):
         return attrs.router["kwargs"].get("k", 1) / max(count, 1)
 
+    def finish(self, module, attrs, node):
+        from nexusdsl.experts.pretrained import load_file_expert
+
+        for region in getattr(module, self.region_name):
+            load_file_expert(region)
+
     def lower(self, attrs):
         from nexusdsl.experts.dispatch import moe_forward
 

@@ -156,3 +156,37 @@ def test_pickle_weights_and_unknown_modules_are_refused(tmp_path):
     assert "has no *.safetensors weights (it has pytorch_model.bin: pickle files are never loaded)" in text
     text = error_of(PLUG.replace("encoder.layer.3", "encoder.layer.9"), src=str(MODEL_DIR))
     assert "p.nx:4:18" in text and "has no module `encoder.layer.9`" in text
+
+
+FILE = """import std.nn
+model F(dim = 8, mult = 2) {
+  input x: float[B, T, dim]
+  experts e = [pretrained("w.safetensors", mlp(mult = mult), module = "ffn"),
+               mlp(mult = 2)]
+  output y = moe(x, e, router = topk(k = 1), skip = true)
+}
+"""
+
+
+def test_safetensors_file_paired_with_a_block(tmp_path):
+    from safetensors.torch import save_file
+
+    weights = {"ffn.linear.weight": torch.randn(16, 8), "ffn.linear.bias": torch.randn(16),
+               "ffn.linear_1.weight": torch.randn(8, 16), "ffn.linear_1.bias": torch.randn(8)}
+    save_file(weights, tmp_path / "w.safetensors")
+    nx = tmp_path / "f.nx"
+    nx.write_text(FILE)
+    model = nexusdsl.compile(str(nx))
+    expert = model.moe.experts[0]
+    for key, value in weights.items():
+        param = expert.get_parameter("mlp." + key.removeprefix("ffn."))
+        assert torch.equal(param, value) and not param.requires_grad
+    assert expert.linear_3.weight.requires_grad, "the adapter around the block trains"
+    (source,) = frozen_sources(model)
+    assert sorted(source["params"]) == sorted(
+        "moe.experts.0.mlp." + k.removeprefix("ffn.") for k in weights)
+    nx.write_text(FILE.replace("mult = 2) {", "mult = 3) {"))
+    with pytest.raises(NexusError, match=r"f.nx:4:16: error: pretrained: `ffn.linear.weight` "
+                                         r"in w.safetensors has shape \[16, 8\], but the "
+                                         r"block's linear.weight has \[24, 8\]"):
+        nexusdsl.load(str(nx))
