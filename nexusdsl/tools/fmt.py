@@ -45,7 +45,7 @@ def _ends_operand(tok: Tok | None) -> bool:
 
 def _space_between(prev: Tok, tok: Tok, prev_prefix: bool) -> bool:
     """Whether one space separates two significant tokens written on the same line."""
-    if tok.text in _NO_SPACE_BEFORE or prev.text == ".":
+    if tok.text in _NO_SPACE_BEFORE or prev.text == "." or prev_prefix:
         return False
     if prev.text in ("(", "[") or tok.text in (")", "]"):
         return False
@@ -55,7 +55,7 @@ def _space_between(prev: Tok, tok: Tok, prev_prefix: bool) -> bool:
         return not (prev.kind == "NAME" or prev.text in _CALLABLE_END)
     if tok.text == "[":
         return prev.kind != "NAME"
-    return not prev_prefix
+    return True
 
 
 class _Formatter:
