@@ -23,6 +23,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check nexusdsl tests benchmarks
+	$(BIN)/nexus fmt --check . --exclude tests/golden/diagnostics/syntax.nx  # a deliberate syntax error
 	$(BIN)/python -m pytest -x -q tests
 
 lint: install
