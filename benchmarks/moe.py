@@ -6,8 +6,9 @@ Times the compiled `.nx` moe (sorted dispatch) against, in the same run and with
 weights:
   - naive: a masked loop, every token through every expert, weighted by its gate (0 for
     experts it did not pick): 16/4 = 4x the useful FLOPs. Target: dispatch >= 3x faster.
-  - ideal: one batched matmul MLP over 16 equal groups of 8192*4/16 tokens, the same useful
-    FLOPs with no routing at all. Target: dispatch within 1.5x.
+  - ideal: one batched matmul MLP (baddbmm, the experts' own weights and biases) over 16
+    equal groups of 8192*4/16 tokens: the same useful FLOPs with no routing at all.
+    Target: dispatch within 1.5x.
 Forward alone and forward + backward are reported separately (medians).
 """
 
@@ -50,16 +51,19 @@ def naive(model, x):
 
 
 def ideal_weights(model):
-    def stacked(name):
-        return torch.stack([getattr(ex.mlp, name).weight.detach().t() for ex in model.moe.experts])
+    """The experts' weights stacked (E, in, out) and biases (E, 1, out), as leaves."""
+    def stacked(name, what):
+        parts = [getattr(getattr(ex.mlp, name), what).detach() for ex in model.moe.experts]
+        return (torch.stack([p.t() for p in parts]) if what == "weight" else
+                torch.stack(parts)[:, None, :]).requires_grad_()
 
-    w1, w2 = stacked("linear").requires_grad_(), stacked("linear_1").requires_grad_()
-    return w1, w2
+    return [stacked(layer, what) for layer in ("linear", "linear_1") for what in ("weight", "bias")]
 
 
-def ideal(w1, w2, groups):
+def ideal(weights, groups):
     """The same useful FLOPs as one batched matmul MLP over equal groups (no routing)."""
-    return torch.bmm(F.gelu(torch.bmm(groups, w1)), w2)
+    w1, b1, w2, b2 = weights
+    return torch.baddbmm(b2, F.gelu(torch.baddbmm(b1, groups, w1)), w2)
 
 
 def timed(fn, backward: bool) -> float:
@@ -82,9 +86,9 @@ def main() -> None:
     model.train()
     x = torch.randn(8, a.tokens // 8, a.width)
     groups = torch.randn(16, a.tokens * 4 // 16, a.width, requires_grad=True)
-    w1, w2 = ideal_weights(model)
+    weights = ideal_weights(model)
     cases = {"dispatch": lambda: model(x), "naive": lambda: naive(model, x),
-             "ideal": lambda: ideal(w1, w2, groups)}
+             "ideal": lambda: ideal(weights, groups)}
     with torch.no_grad():
         torch.testing.assert_close(model(x), naive(model, x), atol=1e-4, rtol=1e-4)
     results = {}

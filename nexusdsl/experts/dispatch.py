@@ -1,7 +1,7 @@
 """Dispatch: the torch implementation of `moe` and of `route`'s modal_take / modal_merge.
 
-Token-wise experts see only their own tokens: assignments are sorted by expert (a stable
-argsort, so priority order is kept inside each expert), gathered with index_select, run one
+Token-wise experts see only their own tokens: assignments are grouped by expert (priority
+order kept inside each expert, see `Plan`), gathered with index_select, run one
 expert at a time on a contiguous block (one large matmul per expert layer), and added back
 with gate weights by index_add_. With `capacity` > 0 every expert has a static number of slots
 C = ceil(capacity * N * k / E); assignments beyond C are dropped. With `capacity = 0` nothing
@@ -46,23 +46,49 @@ def capacity_of(attrs, tokens: int, assignments: int, chosen: int) -> int:
 
 
 class Plan:
-    """Where every assignment goes: sorted order, its slot inside its expert, and whether it
-    fits (static shapes throughout)."""
+    """Where every assignment goes, with static shapes: its rank inside its expert, its place
+    in expert-sorted order, and whether it fits the capacity.
+
+    The order is computed without a sort (torch-mlir's TOSA path has none, and no backend has
+    a stable one): the rank is a cumulative count over a one-hot (A, E) matrix, the sorted
+    position is the expert's start plus the rank, and `order` inverts the positions."""
 
     def __init__(self, r: Routing, experts: int, capacity: int | None):
-        self.order = torch.argsort(r.expert, stable=True)  # (A,)
-        self.expert = r.expert[self.order]
-        self.token = r.token[self.order]
-        self.weight = r.weight[self.order]
-        ones = torch.ones_like(r.expert)
-        self.counts = torch.zeros(experts, dtype=torch.long, device=r.expert.device)
-        self.counts = self.counts.scatter_add(0, r.expert, ones)  # (E,)
+        onehot = torch.nn.functional.one_hot(r.expert, experts)  # (A, E)
+        self.counts = onehot.sum(0)  # (E,)
         self.starts = torch.cumsum(self.counts, 0) - self.counts  # (E,)
-        rank = torch.arange(r.expert.numel(), device=r.expert.device) - self.starts[self.expert]
-        self.rank = rank  # position of each sorted assignment inside its expert
+        self.rank = (torch.cumsum(onehot, 0) * onehot).sum(1) - 1  # (A,) rank in its expert
+        self.position = self.starts[r.expert] + self.rank  # (A,) place in sorted order
+        arange = torch.arange(r.expert.numel(), device=r.expert.device)
+        self.order = torch.zeros_like(self.position).scatter(0, self.position, arange)
         self.capacity = capacity
-        self.kept = rank < capacity if capacity is not None else torch.ones_like(rank, dtype=torch.bool)
-        self.kept_weight = torch.where(self.kept, self.weight, torch.zeros_like(self.weight))
+        self.kept = self.rank < capacity if capacity is not None else torch.ones_like(
+            self.rank, dtype=torch.bool)
+        self.weight = torch.where(self.kept, r.weight, torch.zeros_like(r.weight))  # (A,)
+        self.routing = r
+
+
+class _Gather(torch.autograd.Function):
+    """`src[index]` whose backward gathers (`grad[inverse]`) instead of scattering: CPU
+    scatter-add is slow, and here every source row has at most one reader that matters."""
+
+    @staticmethod
+    def forward(ctx, src, index, inverse, valid):
+        ctx.save_for_backward(inverse, valid)
+        return src.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse, valid = ctx.saved_tensors
+        return grad.index_select(0, inverse) * valid[:, None].to(grad.dtype), None, None, None
+
+
+def gather_rows(src, index, inverse, valid):
+    """src[index] where source row i is read by output row inverse[i] (if valid[i]) and by no
+    other output row whose gradient can be nonzero."""
+    if _tracing() or not torch.is_grad_enabled():
+        return src.index_select(0, index)
+    return _Gather.apply(src, index, inverse, valid)
 
 
 def moe_forward(attrs):
@@ -79,7 +105,7 @@ def moe_forward(attrs):
         plan = Plan(r, attrs.experts, cap)
         y = torch.zeros_like(flat)
         if not all(sequence):
-            y = _tokenwise(m, plan, flat, y, sequence, x.dim())
+            y = _tokenwise(m, plan, flat, sequence, x.dim())
         if any(sequence):
             y = _sequencewise(m, plan, x, y, sequence)
         _set_aux(m, attrs, r)
@@ -100,39 +126,55 @@ def _as_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
     return t.reshape(*([1] * (rank - 2)), *t.shape) if rank > 2 else t
 
 
-def _tokenwise(m, plan: Plan, flat, y, sequence, rank: int):
-    if plan.capacity is not None:
-        return _slotted(m, plan, flat, y, sequence, rank)
-    # exact blocks (eager, dropless): gather each expert's tokens and add its output back in
-    # place, so no (A, d) intermediate is split, concatenated or copied
-    y = y.clone()
-    start = 0
-    for e, count in enumerate(plan.counts.tolist()):
-        if count and not sequence[e]:
-            token = plan.token.narrow(0, start, count)
-            out = _run(m.experts[e], flat.index_select(0, token), rank)  # (count, d)
-            y.index_add_(0, token, out * plan.kept_weight.narrow(0, start, count)[:, None])
-        start += count
+def _expanded(flat, r: Routing):
+    """Every assignment's input row, in routing order (A, d): the first N*k are the tokens
+    repeated k times (slot-major), then the forced ones."""
+    n = flat.shape[0]
+    rows = flat.repeat(r.chosen // n, 1)
+    if r.token.numel() > r.chosen:
+        rows = torch.cat([rows, flat.index_select(0, r.token[r.chosen:])])
+    return rows
+
+
+def _combined(out, plan: Plan, n: int):
+    """y[t] = sum of token t's assignments' outputs times their (kept) gate weights."""
+    r, w = plan.routing, plan.weight[:, None].to(out.dtype)
+    k = r.chosen // n
+    y = (out[: r.chosen] * w[: r.chosen]).reshape(k, n, -1).sum(0)
+    if out.shape[0] > r.chosen:  # forced assignments (knn min_tokens): few, so scatter them
+        y = y.index_add(0, r.token[r.chosen:], out[r.chosen:] * w[r.chosen:])
     return y
 
 
-def _slotted(m, plan: Plan, flat, y, sequence, rank: int):
-    """Static layout: expert e owns slots [e*C, (e+1)*C); slot c holds its c-th assignment."""
+def _tokenwise(m, plan: Plan, flat, sequence, rank: int):
+    rows = _expanded(flat, plan.routing)  # (A, d)
+    if plan.capacity is not None:
+        return _slotted(m, plan, rows, flat.shape[0], sequence, rank)
+    # exact blocks (eager, dropless): one contiguous block per expert in sorted order
+    ones = torch.ones_like(plan.order, dtype=torch.bool)
+    ordered = gather_rows(rows, plan.order, plan.position, ones)  # (A, d) sorted by expert
+    blocks = ordered.split(plan.counts.tolist())
+    outs = [_run(m.experts[e], b, rank) if b.shape[0] and not sequence[e] else
+            b.new_zeros(b.shape[0], flat.shape[1]) for e, b in enumerate(blocks)]
+    out = gather_rows(torch.cat(outs), plan.position, plan.order, ones)  # routing order
+    return _combined(out, plan, flat.shape[0])
+
+
+def _slotted(m, plan: Plan, rows, n: int, sequence, rank: int):
+    """Static layout: expert e owns slots [e*C, (e+1)*C); slot c holds its c-th assignment;
+    assignments ranked C or later are dropped."""
     e_count, cap = plan.counts.shape[0], plan.capacity
-    slot = torch.arange(cap, device=flat.device)
-    source = plan.starts[:, None] + slot[None, :]  # (E, C) sorted positions
-    valid = slot[None, :] < plan.counts[:, None]
-    source = torch.where(valid, source, torch.zeros_like(source)).clamp_max(
-        plan.token.numel() - 1)
-    tokens = plan.token[source.reshape(-1)]  # (E*C,)
-    buf = flat.index_select(0, tokens).reshape(e_count, cap, -1)  # (E, C, d)
-    outs = [_run(m.experts[e], buf[e], rank) if not sequence[e] else torch.zeros_like(buf[e])
-            for e in range(e_count)]
-    out = torch.stack(outs).reshape(e_count * cap, -1)  # (E*C, d)
-    # weight of each slot: its assignment's (0 for empty slots); dropped ones have no slot
-    w = torch.where(valid.reshape(-1), plan.weight[source.reshape(-1)],
-                    torch.zeros_like(plan.weight[source.reshape(-1)]))
-    return y.index_add(0, tokens, out * w[:, None])
+    slot = torch.arange(cap, device=rows.device)
+    filled = (slot[None, :] < plan.counts[:, None]).reshape(-1)  # (E*C,)
+    sorted_at = (plan.starts[:, None] + slot[None, :]).reshape(-1).clamp_max(rows.shape[0] - 1)
+    owner = plan.order[sorted_at]  # (E*C,) the assignment in each slot (if filled)
+    expert = plan.routing.expert
+    slot_of = (expert * cap + plan.rank).clamp_max(e_count * cap - 1)  # (A,) if kept
+    buf = gather_rows(rows, owner, slot_of, plan.kept).reshape(e_count, cap, -1)  # (E, C, d)
+    outs = [_run(m.experts[e], buf[e], rank) if not sequence[e] else
+            buf.new_zeros(cap, rows.shape[1]) for e in range(e_count)]
+    out = gather_rows(torch.cat(outs), slot_of, owner, filled)  # (A, d); dropped get weight 0
+    return _combined(out, plan, n)
 
 
 def _run(region, tokens: torch.Tensor, rank: int) -> torch.Tensor:
@@ -144,7 +186,8 @@ def _sequencewise(m, plan: Plan, x, y, sequence):
     """Experts that mix tokens run on the whole input, weighted per token."""
     n, e_count = y.shape[0], len(sequence)
     dense = torch.zeros(n * e_count, dtype=y.dtype, device=y.device)
-    dense = dense.index_add(0, plan.token * e_count + plan.expert, plan.kept_weight)
+    r = plan.routing
+    dense = dense.index_add(0, r.token * e_count + r.expert, plan.weight.to(y.dtype))
     dense = dense.reshape(n, e_count)  # (N, E) gate weight after dropping
     for e, whole in enumerate(sequence):
         if whole:

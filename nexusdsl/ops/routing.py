@@ -37,7 +37,7 @@ from nexusdsl.ops.attrs import (
     require_rank,
     uniform,
 )
-from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
+from nexusdsl.ops.base import ALL_BACKENDS, Op, OpAttrs, OpError, same_type_as
 
 NonNegative = Annotated[Float, Field(ge=0.0)]
 
@@ -140,6 +140,8 @@ class Moe(Op):
     name = "moe"
     family = "routing"
     region_name = "experts"
+    # TOSA has no scatter-add (index_add_), which combining the experts' outputs needs
+    backends = tuple(b for b in ALL_BACKENDS if b != "mlir-tosa")
 
     class Attrs(OpAttrs):
         experts: PosInt

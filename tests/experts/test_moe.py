@@ -173,3 +173,11 @@ def test_hash_router_is_fixed_per_position_and_balanced():
         chosen.append(match[0])
     counts = [chosen.count(e) for e in range(4)]
     assert min(counts) >= 8, counts
+
+
+@pytest.mark.parametrize("cap", [0.0, 1.25])
+def test_moe_lowers_through_torch_mlir(cap):
+    from nexusdsl.compiler.lower.mlir import to_mlir
+
+    text = to_mlir(build(k=2, cap=cap), "mlir-linalg", sizes={"B": 2, "T": 5})
+    assert "linalg" in text and "func.func @main" in text
