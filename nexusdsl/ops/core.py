@@ -589,8 +589,13 @@ class Position(Op):
 
         return learned
 
+    def lower_portable(self, attrs):
+        if attrs.kind != "sinusoidal":
+            return self.lower(attrs)
+        return _sinusoidal_positions(attrs.max, portable=True)
 
-def _sinusoidal_positions(limit: int):
+
+def _sinusoidal_positions(limit: int, portable: bool = False):
     import torch
 
     def sinusoidal(m, x):
@@ -598,6 +603,11 @@ def _sinusoidal_positions(limit: int):
         if T > limit:
             raise ValueError(f"position: the sequence has {T} positions, but max = {limit}")
         t = torch.arange(T, device=x.device, dtype=torch.float32)[:, None]  # (T, 1)
+        if portable:  # torch-mlir's StableHLO runs out of memory on strided writes: select
+            i = torch.arange(d, device=x.device)
+            angle = t * torch.exp((i - i % 2) * (-math.log(10000.0) / d))  # (T, d)
+            table = torch.where(i % 2 == 0, torch.sin(angle), torch.cos(angle))
+            return table.to(x.dtype) if x.dtype.is_floating_point else table
         rates = torch.exp(torch.arange(0, d, 2, device=x.device) * (-math.log(10000.0) / d))
         table = torch.zeros(T, d, device=x.device)
         table[:, 0::2] = torch.sin(t * rates)

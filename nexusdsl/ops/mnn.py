@@ -217,10 +217,16 @@ class KnnAttention(Op):
     def lower(self, attrs):
         return _knn_attention(attrs, self.EPS, self.CHUNK)
 
+    def lower_portable(self, attrs):
+        return _knn_attention(attrs, self.EPS, self.CHUNK, portable=True)
 
-def _knn_attention(attrs, eps: float, chunk: int):
+
+def _knn_attention(attrs, eps: float, chunk: int, portable: bool = False):
     import torch
     import torch.nn.functional as F
+
+    def l1(q, k):  # torch-mlir has no cdist: broadcast to (N, C, T, c) instead
+        return (q[:, :, None, :] - k[:, None, :, :]).abs().sum(-1)
 
     def project(m, name, x):
         layer = getattr(m, name)
@@ -228,7 +234,7 @@ def _knn_attention(attrs, eps: float, chunk: int):
 
     def neighbours(q, k, v, start):
         # q: (N, C, c) a chunk of queries starting at `start`; k: (N, T, c); v: (N, T, d)
-        dist = torch.cdist(q, k, p=1)  # (N, C, T)
+        dist = l1(q, k) if portable else torch.cdist(q, k, p=1)  # (N, C, T)
         T = k.shape[1]
         if attrs.causal:
             rows = torch.arange(start, start + q.shape[1], device=q.device)[:, None]

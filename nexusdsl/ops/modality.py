@@ -170,6 +170,22 @@ class Embed(Op):
 
         return embed
 
+    def lower_portable(self, attrs):
+        if attrs.kind != "frames":
+            return self.lower(attrs)
+        import torch
+        import torch.nn.functional as F
+
+        window, hop = attrs.options["window"], attrs.options["hop"]
+
+        def embed(m, x):  # torch-mlir's StableHLO has no unfold: gather the windows
+            count = (x.shape[-1] - window) // hop + 1
+            at = torch.arange(count, device=x.device)[:, None] * hop  # (N, 1)
+            frames = x[..., at + torch.arange(window, device=x.device)]  # (*, N, window)
+            return F.linear(frames, m.proj.weight, m.proj.bias)
+
+        return embed
+
 
 def _tokenizer(kind: str, o: dict[str, int]):
     """x -> (*, N, values per token), in the layout `plan_tokens` describes."""

@@ -148,6 +148,8 @@ def export_program(module, shapes: list[InputShape], inputs: list | None = None)
                for s in shapes}
     spec = dynamic if any(dynamic.values()) else None
     with portable_forms(module):
+        with torch.no_grad():  # one eager call first: ops that build constants lazily (a
+            module.fx(*inputs)  # random wiring's mask) must not trace their generators
         try:
             return torch.export.export(module.fx, tuple(inputs), dynamic_shapes=spec,
                                        strict=False)
@@ -170,17 +172,36 @@ def to_mlir(module, dialect: str, sizes: dict[str, int] | None = None,
 
 
 def import_program(program, dialect: str) -> str:
-    """torch-mlir's fx importer on an exported program."""
-    fx_importer = _torch_mlir_fx()
+    """torch-mlir's fx importer on an exported program. MLIR's diagnostics are collected
+    (not printed to stderr) and the failing ops named in the error."""
+    fx_importer, diagnostics = _importer()
     try:
         with warnings.catch_warnings():  # torch-mlir 20261001 uses a deprecated pytree API
             warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
-            mlir = fx_importer.export_and_import(program, output_type=DIALECTS[dialect],
-                                                 func_name="main")
+            mlir = _torch_mlir_fx().export_and_import(program, output_type=DIALECTS[dialect],
+                                                      func_name="main", fx_importer=fx_importer)
     except Exception as err:
         raise BackendError(f"torch-mlir could not lower to {dialect}: "
-                           f"{_mlir_errors(str(err))}") from err
+                           f"{_mlir_errors(diagnostics, str(err))}") from err
     return str(mlir)
+
+
+def _importer():
+    """An FxImporter whose MLIR context keeps its diagnostics in a list."""
+    _torch_mlir_fx()
+    from torch_mlir import ir
+    from torch_mlir.dialects import torch as torch_d
+    from torch_mlir.extras.fx_importer import FxImporter
+
+    context, diagnostics = ir.Context(), []
+    torch_d.register_dialect(context)
+
+    def keep(diagnostic) -> bool:
+        diagnostics.append(str(diagnostic.message))
+        return True  # handled: nothing is printed
+
+    context.attach_diagnostic_handler(keep)
+    return FxImporter(context=context), diagnostics
 
 
 def _torch_mlir_fx():
@@ -201,8 +222,13 @@ def _first_lines(message: str, count: int = 6) -> str:
     return "\n".join(lines[:count])
 
 
-def _mlir_errors(message: str) -> str:
-    """The `error:` lines of an MLIR pass failure (the op that failed to legalise), not the
-    whole reproducer dump."""
-    errors = [m.group(0).strip() for m in re.finditer(r"error: .*", message)]
-    return "\n".join(dict.fromkeys(errors)) if errors else _first_lines(message)
+def _mlir_errors(diagnostics: list[str], message: str) -> str:
+    """The ops MLIR failed on (`torch.aten.sort.stable`), else its first diagnostics."""
+    ops = [m.group(1) for d in diagnostics
+           for m in [re.search(r"name = \"(torch\.aten\.[\w.]+)\"", d)
+                     or re.search(r"operation '([\w.]+)'", d)] if m]
+    if ops:
+        listing = ", ".join(dict.fromkeys(ops))
+        return f"no lowering for {listing} (from an op's torch implementation)"
+    lines = [line[:300] for line in diagnostics[:3]]
+    return "\n".join(lines) if lines else _first_lines(message)
