@@ -42,9 +42,16 @@ def topk_route(m, x: torch.Tensor, s: dict, training: bool) -> Routing:
     return Routing(token, expert, weight, probs, token.numel())
 
 
+def _euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.cdist, written out while exporting to MLIR (torch-mlir has no cdist)."""
+    if torch.compiler.is_exporting():
+        return (a[:, None, :] - b[None, :, :]).pow(2).sum(-1).sqrt()
+    return torch.cdist(a, b)
+
+
 def knn_route(m, x: torch.Tensor, s: dict, training: bool) -> Routing:
     q = x @ m.router.proj.t()  # (N, coords): the token's coordinates
-    dist = torch.cdist(q.float(), m.router.coords.float())  # (N, E)
+    dist = _euclidean(q.float(), m.router.coords.float())  # (N, E)
     scale = dist.amax(dim=-1, keepdim=True).clamp_min(1e-12)
     closeness = 1.0 - dist / scale  # 1 at the token's own place, 0 for its farthest expert
     near_d, near_idx = torch.topk(dist, int(s["k"]), dim=-1, largest=False)  # (N, k)
