@@ -9,8 +9,8 @@
 - completion: keyword arguments of the call around the cursor (an op's attributes, a block's
   hyperparameters), op names, the file's and its imports' definitions, keywords.
 
-The answers come from `tools/analysis.py`; this module converts positions (LSP's are 0-based)
-and speaks the protocol.
+The answers come from `tools/analysis.py` and `tools/completion.py`; this module converts
+positions (LSP's are 0-based) and speaks the protocol.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def create_server() -> NexusServer:
         pos = params.position
         items = [types.CompletionItem(label=c.label, kind=_KINDS.get(c.kind), detail=c.detail or None,
                                       insert_text=c.insert, sort_text=f"{i:04d}")
-                 for i, c in enumerate(analysis.completions(result, text, pos.line + 1,
+                 for i, c in enumerate(completion.completions(result, text, pos.line + 1,
                                                             pos.character + 1))]
         return types.CompletionList(is_incomplete=False, items=items)
 
