@@ -52,6 +52,7 @@ def train_cmd(
     seconds: Optional[float] = typer.Option(None, "--time", help="stop after this many seconds"),
     output: Optional[Path] = typer.Option(None, "--out", help="checkpoint directory (default runs/MODEL)"),
     resume: bool = typer.Option(False, "--resume", help="continue the newest checkpoint in --out"),
+    until: Optional[int] = typer.Option(None, "--until", help="stop at this step (schedule unchanged)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of weights, data order and sampling"),
     shard: bool = typer.Option(False, "--shard", help="under torchrun: FSDP instead of DDP"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
@@ -67,7 +68,7 @@ def train_cmd(
         name = program.model_ast(model).name
         result = train(program, name, data=data, steps=steps, batch=batch, context=context,
                        lr=lr, seed=seed, time=seconds, out=output or Path("runs") / name,
-                       resume=resume, shard=shard, device=device, progress=not quiet,
+                       resume=resume, until=until, shard=shard, device=device, progress=not quiet,
                        console=out, **settings)
     except NexusError as e:
         fail(render(e))

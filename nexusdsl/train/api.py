@@ -20,7 +20,8 @@ from nexusdsl.train.session import Session, build, configure, dry_run, load_prog
 def train(program_or_path, model: str | None = None, *, data: str | None = None,
           steps: int | None = None, batch: int | None = None, context: int | None = None,
           lr: float | None = None, seed: int | None = None, time: float | None = None,
-          out: str | Path | None = None, resume: bool = False, shard: bool = False,
+          out: str | Path | None = None, resume: bool = False, until: int | None = None,
+          shard: bool = False,
           device: str = "cpu", progress: bool = False, console=None, **settings: Any) -> Result:
     """Train a model of a `.nx` file as its `train` section says, with overrides.
 
@@ -30,12 +31,14 @@ def train(program_or_path, model: str | None = None, *, data: str | None = None,
 
     `settings` override any other training setting or model hyperparameter (`prefix=8`,
     `dim=64`, `objective="denoise"`). With `out`, checkpoints are written there; `resume`
-    continues the newest one. Under torchrun, runs on every process (`shard`: FSDP)."""
+    continues the newest one; `until` stops at that step (the schedule still spans `steps`),
+    to run a long schedule in pieces. Under torchrun, runs on every process (`shard`: FSDP)."""
     d = distributed.setup(shard, device)
     overrides = {"data": data, "steps": steps, "batch": batch, "context": context, "lr": lr,
                  "seed": seed, "time": time, **settings}
     try:
-        result = _train(d, program_or_path, model, out, resume, progress, console, overrides)
+        result = _train(d, program_or_path, model, out, resume, until, progress, console,
+                        overrides)
     except BaseException:
         distributed.teardown(d, clean=False)
         raise
@@ -43,13 +46,15 @@ def train(program_or_path, model: str | None = None, *, data: str | None = None,
     return result
 
 
-def _train(d, program_or_path, model, out, resume, progress, console, overrides) -> Result:
+def _train(d, program_or_path, model, out, resume, until, progress, console,
+           overrides) -> Result:
     program = load_program(program_or_path)
     config = configure(program, model, overrides)
     if config.batch % d.world:
         raise NexusError.at(NO_SPAN, f"batch {config.batch} does not divide evenly over "
                             f"{d.world} processes")
     session = build(program, model, config, d)
+    session.until = until
     dry_run(session)
     display = Display(progress and d.main, console)
     if out is not None:

@@ -184,10 +184,11 @@ def check_compatible(ckpt: Checkpoint, model_name: str, graph_hash: str, file: s
     """A checkpoint loads only into the graph it was saved from (same IR content hash)."""
     saved = ckpt.state
     if saved["model"] != model_name or saved["graph_hash"] != graph_hash:
+        hyper = ", ".join(f"{k}={v}" for k, v in saved.get("hyper", {}).items()) or "defaults"
         raise CheckpointError(
             f"checkpoint {ckpt.path} was saved from model {saved['model']} of "
-            f"{saved['source']['file']} (graph {saved['graph_hash']}), not from model "
-            f"{model_name} of {file} (graph {graph_hash})")
+            f"{saved['source']['file']} ({hyper}; graph {saved['graph_hash']}), which differs "
+            f"from model {model_name} of {file} here (graph {graph_hash})")
 
 
 def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:

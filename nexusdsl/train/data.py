@@ -80,7 +80,8 @@ class ByteSplit:
         """Non-overlapping windows covering the split (up to `limit` batches). Consecutive
         windows share one byte so that, for next-token prediction, every byte is a target once."""
         stride = max(length - 1, 1)
-        starts = list(range(0, len(self) - length + 1, stride))[: n * limit]
+        count = min(n * limit, (len(self) - length) // stride + 1)
+        starts = [i * stride for i in range(max(count, 0))]
         for i in range(0, len(starts), n):
             yield {"bytes": self.windows(starts[i: i + n], length)}
 

@@ -64,8 +64,10 @@ def wrap(trainee: nn.Module, d: Dist) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [d.local_rank] if d.device.startswith("cuda") else None
-    # Ops may leave parameters unused in a step (routed experts), so DDP must look for them.
-    return DDP(trainee, device_ids=ids, find_unused_parameters=True)
+    # Ops with nested graphs (routed experts) may leave parameters unused in a step; DDP must
+    # then look for them after every backward pass, which costs time, so only then.
+    routed = any(node.regions for node in trainee.model.graph.nodes())
+    return DDP(trainee, device_ids=ids, find_unused_parameters=routed)
 
 
 def _fully_shard(trainee: nn.Module, d: Dist) -> None:

@@ -161,7 +161,7 @@ def _loop(s: Session, display: Display) -> list[dict[str, float]]:
     display.start(config.steps, s.step, s.objective.unit)
     start, start_elapsed, start_step, units = time.perf_counter(), s.elapsed, s.step, 0
     try:
-        while s.step < config.steps and not (config.time and s.elapsed >= config.time):
+        while s.step < s.end and not (config.time and s.elapsed >= config.time):
             lr = base_lr(config) * lr_factor(config, s.step, progress_of(s, s.step, s.elapsed))
             loss, n = train_step(s, s.step, lr)
             s.step, units = s.step + 1, units + n
@@ -173,17 +173,17 @@ def _loop(s: Session, display: Display) -> list[dict[str, float]]:
         display.stop()
     took = s.elapsed - start_elapsed
     display.log(f"trained {s.step - start_step} steps in {format_seconds(took)}"
-                + (" (time budget reached)" if s.step < config.steps else ""))
+                + (" (time budget reached)" if s.step < s.end else ""))
     return history
 
 
 def _report(s: Session, display: Display, loss: float, lr: float, units: int,
             start_step: int, start_elapsed: float) -> None:
-    if s.step % s.config.log_every and s.step != s.config.steps:
+    if s.step % s.config.log_every and s.step != s.end:
         return
     spent = max(s.elapsed - start_elapsed, 1e-9)
     per_step = spent / max(s.step - start_step, 1)
-    eta = (s.config.steps - s.step) * per_step
+    eta = (s.end - s.step) * per_step
     if s.config.time:
         eta = min(eta, s.config.time - s.elapsed)
     display.update(s.step, loss, units / spent, lr, eta)
@@ -191,7 +191,7 @@ def _report(s: Session, display: Display, loss: float, lr: float, units: int,
 
 def _periodic(s: Session, display: Display) -> None:
     config = s.config
-    if config.eval_every and s.step % config.eval_every == 0 and s.step < config.steps:
+    if config.eval_every and s.step % config.eval_every == 0 and s.step < s.end:
         display.log(f"held-out at step {s.step}: {format_metrics(evaluate(s))}")
     if s.out is not None and config.save_every and s.step % config.save_every == 0:
         save(s)

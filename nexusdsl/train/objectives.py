@@ -95,8 +95,9 @@ class Objective:
             if field:
                 self._check_image(port)
         if field is None:
+            hint = "; for images use `data = digits()` or --data digits" if port.kind == "patches" else ""
             self.fail(f"{self.data.name} has nothing to feed input {port} (it gives "
-                      f"{', '.join(fields)})")
+                      f"{', '.join(fields)}){hint}")
         return field
 
     def _check_image(self, port: Port) -> None:

@@ -36,6 +36,11 @@ class Session:
     elapsed: float = 0.0
     tied: dict[str, str] = field(default_factory=dict)
     resumed: ckpt.Checkpoint | None = None
+    until: int | None = None  # stop at this step (a checkpoint), the schedule still spanning `steps`
+
+    @property
+    def end(self) -> int:
+        return min(self.config.steps, self.until or self.config.steps)
 
     @property
     def model_name(self) -> str:
