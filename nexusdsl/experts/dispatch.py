@@ -53,7 +53,7 @@ class Plan:
     a stable one): the rank is a cumulative count over a one-hot (A, E) matrix, the sorted
     position is the expert's start plus the rank, and `order` inverts the positions."""
 
-    def __init__(self, r: Routing, experts: int, capacity: int | None):
+    def __init__(self, r: Routing, experts: int, capacity: int | None, tokens: int):
         onehot = torch.nn.functional.one_hot(r.expert, experts)  # (A, E)
         self.counts = onehot.sum(0)  # (E,)
         self.starts = torch.cumsum(self.counts, 0) - self.counts  # (E,)
@@ -66,6 +66,7 @@ class Plan:
             self.rank, dtype=torch.bool)
         self.weight = torch.where(self.kept, r.weight, torch.zeros_like(r.weight))  # (A,)
         self.routing = r
+        self.tokens = tokens
 
 
 class _Gather(torch.autograd.Function):
@@ -102,7 +103,7 @@ def moe_forward(attrs):
         r = route_tokens(m, attrs, flat, seq)
         dynamic = attrs.capacity == 0 and not _tracing()
         cap = None if dynamic else capacity_of(attrs, flat.shape[0], r.expert.numel(), r.chosen)
-        plan = Plan(r, attrs.experts, cap)
+        plan = Plan(r, attrs.experts, cap, flat.shape[0])
         y = torch.zeros_like(flat)
         if not all(sequence):
             y = _tokenwise(m, plan, flat, sequence, x.dim())
@@ -126,33 +127,55 @@ def _as_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
     return t.reshape(*([1] * (rank - 2)), *t.shape) if rank > 2 else t
 
 
-def _expanded(flat, r: Routing):
-    """Every assignment's input row, in routing order (A, d): the first N*k are the tokens
-    repeated k times (slot-major), then the forced ones."""
-    n = flat.shape[0]
-    rows = flat.repeat(r.chosen // n, 1)
-    if r.token.numel() > r.chosen:
-        rows = torch.cat([rows, flat.index_select(0, r.token[r.chosen:])])
-    return rows
+class _TokenGather(torch.autograd.Function):
+    """Rows of the tokens for a list of assignments: `flat[tokens]`. Its backward reads each
+    assignment's gradient (`grad[inverse]`, routing order) and sums a token's k assignments,
+    so neither direction scatters or copies the tokens k times."""
+
+    @staticmethod
+    def forward(ctx, flat, tokens, inverse, valid, plan):
+        ctx.save_for_backward(inverse, valid)
+        ctx.plan = plan
+        return flat.index_select(0, tokens)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse, valid = ctx.saved_tensors
+        per_assignment = grad.index_select(0, inverse) * valid[:, None].to(grad.dtype)
+        ones = torch.ones_like(ctx.plan.weight, dtype=grad.dtype)
+        n = ctx.plan.tokens
+        return _fold(per_assignment, ctx.plan.routing, ones, n), None, None, None, None
+
+
+def gather_tokens(flat, plan: Plan, assignments, inverse, valid):
+    """The input rows of `assignments` (indices in routing order)."""
+    tokens = plan.routing.token[assignments]
+    if _tracing() or not torch.is_grad_enabled():
+        return flat.index_select(0, tokens)
+    return _TokenGather.apply(flat, tokens, inverse, valid, plan)
+
+
+def _fold(rows, r: Routing, weight, n: int):
+    """sum over each token's assignments of weight * row (rows in routing order)."""
+    w = weight[:, None].to(rows.dtype)
+    k = r.chosen // n
+    y = (rows[: r.chosen] * w[: r.chosen]).reshape(k, n, -1).sum(0)
+    if rows.shape[0] > r.chosen:  # forced assignments (knn min_tokens): few, so scatter them
+        y = y.index_add(0, r.token[r.chosen:], rows[r.chosen:] * w[r.chosen:])
+    return y
 
 
 def _combined(out, plan: Plan, n: int):
     """y[t] = sum of token t's assignments' outputs times their (kept) gate weights."""
-    r, w = plan.routing, plan.weight[:, None].to(out.dtype)
-    k = r.chosen // n
-    y = (out[: r.chosen] * w[: r.chosen]).reshape(k, n, -1).sum(0)
-    if out.shape[0] > r.chosen:  # forced assignments (knn min_tokens): few, so scatter them
-        y = y.index_add(0, r.token[r.chosen:], out[r.chosen:] * w[r.chosen:])
-    return y
+    return _fold(out, plan.routing, plan.weight, n)
 
 
 def _tokenwise(m, plan: Plan, flat, sequence, rank: int):
-    rows = _expanded(flat, plan.routing)  # (A, d)
     if plan.capacity is not None:
-        return _slotted(m, plan, rows, flat.shape[0], sequence, rank)
+        return _slotted(m, plan, flat, sequence, rank)
     # exact blocks (eager, dropless): one contiguous block per expert in sorted order
     ones = torch.ones_like(plan.order, dtype=torch.bool)
-    ordered = gather_rows(rows, plan.order, plan.position, ones)  # (A, d) sorted by expert
+    ordered = gather_tokens(flat, plan, plan.order, plan.position, ones)  # (A, d) by expert
     blocks = ordered.split(plan.counts.tolist())
     outs = [_run(m.experts[e], b, rank) if b.shape[0] and not sequence[e] else
             b.new_zeros(b.shape[0], flat.shape[1]) for e, b in enumerate(blocks)]
@@ -160,21 +183,22 @@ def _tokenwise(m, plan: Plan, flat, sequence, rank: int):
     return _combined(out, plan, flat.shape[0])
 
 
-def _slotted(m, plan: Plan, rows, n: int, sequence, rank: int):
+def _slotted(m, plan: Plan, flat, sequence, rank: int):
     """Static layout: expert e owns slots [e*C, (e+1)*C); slot c holds its c-th assignment;
     assignments ranked C or later are dropped."""
     e_count, cap = plan.counts.shape[0], plan.capacity
-    slot = torch.arange(cap, device=rows.device)
+    slot = torch.arange(cap, device=flat.device)
     filled = (slot[None, :] < plan.counts[:, None]).reshape(-1)  # (E*C,)
-    sorted_at = (plan.starts[:, None] + slot[None, :]).reshape(-1).clamp_max(rows.shape[0] - 1)
+    last = plan.order.numel() - 1
+    sorted_at = (plan.starts[:, None] + slot[None, :]).reshape(-1).clamp_max(last)
     owner = plan.order[sorted_at]  # (E*C,) the assignment in each slot (if filled)
     expert = plan.routing.expert
     slot_of = (expert * cap + plan.rank).clamp_max(e_count * cap - 1)  # (A,) if kept
-    buf = gather_rows(rows, owner, slot_of, plan.kept).reshape(e_count, cap, -1)  # (E, C, d)
+    buf = gather_tokens(flat, plan, owner, slot_of, plan.kept).reshape(e_count, cap, -1)
     outs = [_run(m.experts[e], buf[e], rank) if not sequence[e] else
-            buf.new_zeros(cap, rows.shape[1]) for e in range(e_count)]
+            buf.new_zeros(cap, flat.shape[1]) for e in range(e_count)]
     out = gather_rows(torch.cat(outs), slot_of, owner, filled)  # (A, d); dropped get weight 0
-    return _combined(out, plan, n)
+    return _combined(out, plan, flat.shape[0])
 
 
 def _run(region, tokens: torch.Tensor, rank: int) -> torch.Tensor:

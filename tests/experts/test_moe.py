@@ -40,7 +40,7 @@ def expert_fn(state, e: int):
 
 
 def reference(model, x, k: int, capacity: float):
-    state = model.state_dict()
+    state = dict(model.named_parameters())  # the live parameters: gradients flow into them
     n_exp = sum(1 for key in state if key.endswith("mlp.linear.weight"))
     flat = x.reshape(-1, x.shape[-1])
     n = flat.shape[0]
@@ -109,6 +109,24 @@ def test_balance_loss_hand_computed():
     assert model.moe.aux_loss is None, "no balance loss outside training"
 
 
+@pytest.mark.parametrize("cap", [0.0, 0.5])
+def test_gradients_equal_the_reference(cap):
+    model = build(k=2, cap=cap)
+    x = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    target = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(6))
+
+    def grads(fn):
+        model.zero_grad()
+        x.grad = None
+        ((fn() - target) ** 2).sum().backward()
+        return [x.grad.clone()] + [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                   for p in model.parameters()]
+
+    ours, theirs = grads(lambda: model(x)), grads(lambda: reference(model, x, 2, cap)[0])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_gradients_reach_gates_and_experts():
     model = build(k=2).train()
     x = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(5))
@@ -131,7 +149,7 @@ model K(dim = 8, m = 0) {
 
 
 def knn_reference(model, x, k: int, m: int):
-    state = model.state_dict()
+    state = dict(model.named_parameters())
     flat = x.reshape(-1, x.shape[-1])
     q = flat @ state["moe.router.proj"].t()
     coords = state["moe.router.coords"]
@@ -153,7 +171,14 @@ def test_knn_router_matches_reference(m):
     model = nexusdsl.compile(nexusdsl.loads(KNN, "knn.nx"), seed=2, m=m)
     x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(model(x), knn_reference(model, x, 2, m), atol=1e-5, rtol=1e-5)
-    model(x).sum().backward()
+    grads = []
+    for fn in (model, lambda x: knn_reference(model, x, 2, m)):
+        model.zero_grad()
+        fn(x).pow(2).sum().backward()
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                      for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert model.moe.router.coords.grad.abs().sum() > 0
     assert model.moe.router.proj.grad.abs().sum() > 0
 
