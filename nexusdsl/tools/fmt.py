@@ -7,7 +7,8 @@ same, and `fmt(fmt(x)) == fmt(x)`. The layout:
 - two spaces of indentation per `{ }` body; `}` lines up with the line that opened it;
 - one space around binary operators, `=`, `->`, `|>`, `of`, `as`, after `,` `;` `:`; none
   inside `( )` and `[ ]`, before `(` of a call, before `[` of a shape (`text[B, T]`), around `.`,
-  after a prefix `-`/`+`, or after the `*` of a shape (`[*, d]`);
+  after a prefix `-`/`+`, after the `*` of a shape (`[*, d]`), or around the `=` of a named axis
+  (`[B, T=1024]`, the way types are printed);
 - line breaks are the author's: a statement is never split or joined. A line continued inside
   `( )` or `[ ]` is aligned one column after the open bracket, or, when the bracket ends its
   line, indented four spaces past the line that opened it;
@@ -130,12 +131,15 @@ class _Formatter:
         self._start_line_if_needed(tok)
         if tok.text in CLOSE and self.frames:
             self.frames.pop()
-        if not self._fresh() and self.prev is not None and _space_between(self.prev, tok, self.prev_prefix):
+        # `=` inside `[ ]` names an axis of a shape: written tight, `[B, T=1024]`, as types print
+        named_axis = tok.text == "=" and bool(self.frames) and self.frames[-1].char == "["
+        spaced = self.prev is not None and _space_between(self.prev, tok, self.prev_prefix)
+        if not self._fresh() and spaced and not named_axis:
             self.cur += " "
         self.cur += tok.text
         if tok.text in OPEN:
             self._open(tok, index)
-        self.prev_prefix = tok.text in ("-", "+", "*") and not _ends_operand(self.prev)
+        self.prev_prefix = named_axis or (tok.text in ("-", "+", "*") and not _ends_operand(self.prev))
         self.prev = tok
         self.after_open_brace = tok.text == "{"
 
