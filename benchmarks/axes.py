@@ -57,7 +57,7 @@ def by_hand(name: str, model):
     def axial(x):
         g = x.reshape(x.shape[0], *sizes, 64)
         y = 0
-        for a, c in enumerate(letters):
+        for c in letters:
             out = letters.replace(c, "z")
             y = y + torch.einsum(f"b{letters}d,z{c}->b{out}d", g, w[f"{c}.weight"])
         return y.reshape(x.shape)

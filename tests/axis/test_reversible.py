@@ -39,7 +39,7 @@ def orthogonalise(model) -> None:
     rounding, so the comparison tests the algorithm, not the conditioning."""
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 q, _ = torch.linalg.qr(torch.randn(p.shape, generator=gen, dtype=p.dtype))
                 p.copy_(q)
@@ -197,3 +197,15 @@ def test_relative_error_stays_small_over_256_steps():
         "blocks.body.0.", "blocks.0.")) for n, _ in rev.named_parameters()])
     assert max(relative(a, b) for a, b in zip(got, want)) < 1e-4
     assert not math.isnan(got[0].sum().item())
+
+
+def test_the_recur_node_survives_the_json_round_trip():
+    from nexusdsl.compiler.lower.fx import lower
+    from nexusdsl.ir.graph import Graph
+
+    graph = nexusdsl.loads(source(20, True), "rev.nx").elaborate()
+    again = Graph.from_json(graph.to_json())
+    assert again.content_hash() == graph.content_hash()
+    a, b = lower(graph, dtype="f64"), lower(again, dtype="f64")
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    torch.testing.assert_close(a(x), b(x))
