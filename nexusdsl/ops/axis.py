@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Any, ClassVar
+from typing import Any
 
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.ir.types import Axis, TensorType
@@ -286,8 +286,6 @@ class MixPlan:
     """What a resolved mix computes, independent of torch: its matrices, their shapes and
     parameter names, fan-ins and FLOPs. `sizes` are the input's sizes (None if symbolic)."""
 
-    kind: ClassVar[str] = ""
-
     def __init__(self, sizes, attrs):
         self.sizes = tuple(sizes)
         self.attrs = attrs
@@ -298,8 +296,6 @@ class MixPlan:
 
 
 class AxialPlan(MixPlan):
-    kind = "axial"
-
     def matrix_key(self, i: int) -> str:
         """The parameter module of the i-th listed axis: `i` for one matrix per axis or per
         row, the shared `` for share = all."""
@@ -308,11 +304,6 @@ class AxialPlan(MixPlan):
     def others(self, i: int) -> list[int]:
         """Grid axes other than the i-th listed one, in position order: the rows of share=none."""
         return [p for p in self.grid if p != self.axes[i]]
-
-    def in_sizes(self) -> list[int]:
-        """The size each axis has when its matrix is applied (sequential order sees earlier
-        resizes)."""
-        return list(self.n)
 
     def weight_shape(self, i: int) -> tuple[int, ...]:
         rows = self._row_sizes(i) if self.attrs.share[i] == "none" else ()
@@ -360,8 +351,6 @@ class AxialPlan(MixPlan):
 
 
 class FullPlan(MixPlan):
-    kind = "full"
-
     @property
     def cells(self) -> int:
         return math.prod(self.sizes[p] for p in self.grid)
@@ -384,8 +373,6 @@ class FullPlan(MixPlan):
 
 
 class LocalPlan(MixPlan):
-    kind = "local"
-
     @property
     def k(self) -> int:
         return self.attrs.wiring["kwargs"]["k"]

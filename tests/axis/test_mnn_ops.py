@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nexusdsl.ops import REGISTRY
 from tests.axis.helpers import compiled, params_of
 from tests.ops.test_mixers import CausalSelfAttention, load_reference
 
@@ -28,7 +29,9 @@ def knn_reference(x, p, k, causal, eps=1e-6):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_knn_attention_equals_brute_force(causal):
+@pytest.mark.parametrize("chunk", [1024, 4])
+def test_knn_attention_equals_brute_force(causal, chunk, monkeypatch):
+    monkeypatch.setattr(REGISTRY["knn_attention"], "CHUNK", chunk)  # queries in blocks of 4
     model = compiled(f"  y = knn_attention(x, k = 3, dim_qk = 4, causal = {str(causal).lower()})",
                      "x: float[B, T, d=6]")
     p = params_of(model, "knn_attention")
