@@ -1,6 +1,6 @@
 """Axis wiring and reversible recursion, measured in one run.
 
-    python benchmarks/axes.py            # add --quick for a smoke run
+    python benchmarks/axes.py            # --quick: a smoke run; --threads N: torch threads
 
 1. Token mixing of 4096 tokens of width 64: `full` (one 4096 x 4096 matrix) against `axial`
    over a [16, 16, 16] and a [64, 64] grid. Parameters and FLOPs come from the IR (the op
@@ -27,6 +27,8 @@ import nexusdsl  # noqa: E402
 from nexusdsl.compiler.summary import count_params, total_flops  # noqa: E402
 
 QUICK = "--quick" in sys.argv
+if "--threads" in sys.argv:
+    torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]))
 BATCH = 2 if QUICK else 4
 ROUNDS = 2 if QUICK else 5
 
