@@ -9,7 +9,9 @@ activations and inverse weights, the MNN paper's proposal), keeping an exact che
 `checkpoint_every` steps so that rounding errors cannot grow over more steps than that.
 
 Invertible bodies are chains of: square `linear`, square `mix` (one axis, `order = sequential`
-or `full`), `leaky_relu` / `elu` (alpha > 0), `partial` of those, `identity`, `scale`, `shift`.
+or `full`), `leaky_relu` (alpha > 0), `partial` of it, `identity`, `scale`, `shift`. Saturating
+activations (elu, tanh, sigmoid) are invertible on paper but not in floating point: far below
+zero elu(x) rounds to -alpha and the input is lost, so they are refused.
 `check_reversible` says which node breaks that, at elaboration.
 """
 
@@ -22,7 +24,7 @@ from pydantic import Field
 from nexusdsl.ops.attrs import Bool, Int, PosInt
 from nexusdsl.ops.base import REGISTRY, Op, OpAttrs, OpError
 
-ALLOWED = ("square linear and mix maps, leaky_relu and elu (alpha > 0), partial of those, "
+ALLOWED = ("square linear and mix maps, leaky_relu (alpha > 0), partial of it, "
            "identity, scale and shift")
 
 
@@ -78,12 +80,14 @@ def why_not_invertible(op: str, attrs, x, y) -> str | None:
         from nexusdsl.ops.axis import invertible_mix
 
         return invertible_mix(x, attrs)
-    if op in ("leaky_relu", "elu"):
+    if op == "leaky_relu":
         return None if attrs.alpha > 0 else f"alpha = {attrs.alpha} is not positive"
+    if op in ("elu", "tanh", "sigmoid", "hardtanh"):
+        return "it saturates, so its inverse loses the input in floating point; use leaky_relu"
     if op == "partial":
         act = attrs.act["op"]
         inner = REGISTRY[act].Attrs.model_validate(attrs.act["attrs"])
-        if act not in ("leaky_relu", "elu", "identity"):
+        if act not in ("leaky_relu", "identity"):
             return f"its activation {act} is not invertible"
         return why_not_invertible(act, inner, x, y)
     return "it is not invertible"
@@ -153,8 +157,6 @@ def _inverse_fn(op: str, attrs):
         return mix_inverse(attrs)
     if op == "leaky_relu":
         return lambda m, y: torch.where(y >= 0, y, y / attrs.alpha)
-    if op == "elu":
-        return lambda m, y: torch.where(y > 0, y, torch.log1p(y / attrs.alpha))
     if op == "partial":
         from nexusdsl.ops.activations import active_channels
 

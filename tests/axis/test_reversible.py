@@ -14,7 +14,7 @@ from tests.axis.helpers import error_text
 BODY = """
     g = mix(g, axes = [i, d], order = sequential, bias = true) |> leaky_relu(alpha = 0.5)
     g = 1.25 * linear(g, d) - 0.1
-    g = step(g) |> partial(elu, fraction = 0.5)
+    g = step(g) |> partial(leaky_relu(alpha = 0.3), fraction = 0.5)
 """
 
 
@@ -156,6 +156,7 @@ def reversible_error(body: str, inputs: str = "x: float[B, i=4, d=6]", keyword="
     ("    g = g + mix(g, axis = i)", "5:9", "`add` combines or branches tensors"),
     ("    g = mix(g, axes = [i, d], wiring = local(3))", "5:9",
      "`mix` cannot be inverted in a reversible repeat: a local wiring is not invertible"),
+    ("    g = elu(g)", "5:9", "`elu` cannot be inverted in a reversible repeat: it saturates"),
     ("    g = leaky_relu(g, alpha = 0.0)", "5:9",
      "`leaky_relu` cannot be inverted in a reversible repeat: alpha = 0.0 is not positive"),
     ("    g = mix(g, axis = i, to = 3)", "5:9",
@@ -209,3 +210,24 @@ def test_the_recur_node_survives_the_json_round_trip():
     a, b = lower(graph, dtype="f64"), lower(again, dtype="f64")
     x = torch.randn(2, 4, 6, dtype=torch.float64)
     torch.testing.assert_close(a(x), b(x))
+
+
+@pytest.mark.parametrize("body", [
+    "    g = mix(g, axes = [i, d], wiring = full, bias = true) |> leaky_relu(alpha = 0.5)\n",
+    "    g = mix(g, axes = [i, d], order = sequential, share = none) |> leaky_relu\n",
+    "    g = mix(g, axes = [d, i], order = sequential, causal = true) + 0.5\n",
+])
+def test_other_invertible_mixes(body):
+    rev = nexusdsl.compile(nexusdsl.loads(source(20, True, body), "rev.nx"), dtype="f64")
+    plain = nexusdsl.compile(nexusdsl.loads(source(20, False, body), "plain.nx"), dtype="f64")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in rev.named_parameters():
+            eye = torch.eye(p.shape[-1], dtype=p.dtype) if p.shape[-1] == p.shape[-2] else 0
+            p.copy_(eye + 0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            plain.get_parameter(name.replace("blocks.body.0.", "blocks.0.")).copy_(p)
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+    got = torch.autograd.grad(rev(x).square().sum(), list(rev.parameters()))
+    want = torch.autograd.grad(plain(x).square().sum(), [plain.get_parameter(n.replace(
+        "blocks.body.0.", "blocks.0.")) for n, _ in rev.named_parameters()])
+    assert max(relative(a, b) for a, b in zip(got, want)) < 1e-4
