@@ -24,7 +24,7 @@ from pygls.uris import from_fs_path, to_fs_path
 
 from nexusdsl import __version__
 from nexusdsl.lang.diagnostics import Diagnostic, Span
-from nexusdsl.tools import analysis
+from nexusdsl.tools import analysis, completion
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def create_server() -> NexusServer:
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION,
                     types.CompletionOptions(trigger_characters=["(", ",", "."]))
-    def completion(ls: NexusServer, params: types.CompletionParams) -> types.CompletionList:
+    def complete(ls: NexusServer, params: types.CompletionParams) -> types.CompletionList:
         uri = params.text_document.uri
         text = ls.workspace.get_text_document(uri).source
         result = ls.analyses.get(uri) or analysis.Analysis(uri, text)
