@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from nexusdsl.elaborate.frame import Frame, Namer
-from nexusdsl.elaborate.values import Poison, Skip, Tensor, describe
+from nexusdsl.elaborate.values import POISON, Poison, Skip, Tensor, describe
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.types import TensorType
 from nexusdsl.lang import ast
@@ -150,15 +150,24 @@ def build_recurrence(builder, stmt: ast.Repeat, frame: Frame, count: int) -> Non
                             f"other, but its body uses {names} (drop `reversible` to repeat it "
                             "with stored activations)")
     name = builder.namer.fresh(frame, "blocks")
-    region = build_body(builder, stmt, frame, carried, free, name)
     try:
+        region = build_body(builder, stmt, frame, carried, free, name)
         check_reversible(region)
     except NodeError as err:
+        _poison(frame, carried)
         raise NexusError.at(err.node.span if err.node else stmt.span, err.message,
                             Note("in this reversible repeat", stmt.span)) from None
+    except (NexusError, Skip):
+        _poison(frame, carried)  # later uses of the carried names are not reported again
+        raise
     attrs = {"count": count, "carried": len(carried), "reversible": True,
              "checkpoint_every": CHECKPOINT_EVERY}
     _add_recur(builder, stmt, frame, name, region, attrs, carried)
+
+
+def _poison(frame: Frame, names: list[str]) -> None:
+    for n in names:
+        frame.env[n] = POISON
 
 
 def _add_recur(builder, stmt, frame: Frame, name: str, region: Graph, attrs: dict,

@@ -231,3 +231,9 @@ def test_other_invertible_mixes(body):
     want = torch.autograd.grad(plain(x).square().sum(), [plain.get_parameter(n.replace(
         "blocks.body.0.", "blocks.0.")) for n, _ in rev.named_parameters()])
     assert max(relative(a, b) for a, b in zip(got, want)) < 1e-4
+
+
+def test_a_failed_body_poisons_the_carried_names_so_one_mistake_is_reported_once():
+    text = error_text("  g = x\n  repeat 3 shared reversible {\n    g = relu(g)\n  }\n"
+                      "  y = linear(g, 3) + x", "x: float[B, i=4, d=6]")
+    assert text.count("error:") == 1 and "`relu` cannot be inverted" in text
