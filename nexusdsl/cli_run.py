@@ -173,6 +173,7 @@ def run_cmd(
     from nexusdsl.compiler.lower.backends import BackendError
 
     settings = Backend(backend.value, via, parse_sets(sizes), (), compile_mode)
+    _check_device(device)
     try:
         program, graph = _load(file, model, sets, opt)
         tensors = _read_inputs(graph, inputs, settings, device, seed)
@@ -313,13 +314,19 @@ def _sizes(settings: Backend) -> dict[str, int]:
 
 
 def _lower(graph, device: str, seed: int = 0):
-    import torch
-
     from nexusdsl.compiler.lower.fx import lower
 
+    _check_device(device)
+    return lower(graph, device=device, seed=seed)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device not in ("cpu", "cuda"):
+        fail(f"error: --device {device}: choose cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
         fail("error: --device cuda was asked for, but no CUDA device is available")
-    return lower(graph, device=device, seed=seed)
 
 
 def _eval(module, inputs, call=None):

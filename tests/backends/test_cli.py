@@ -99,3 +99,12 @@ def test_run_rejects_inputs_of_the_wrong_shape(tmp_path):
     assert run.returncode == 1
     assert ("error: input `pixels` in " in run.stderr
             and "has shape (2, 1, 7, 8), but the model declares image[B, 1, 8, 8]" in run.stderr)
+
+
+def test_run_on_cuda_needs_a_gpu():
+    run = nexus("run", CONV, "--set", "depth=1", "--device", "cuda", "--repeat", "1")
+    if torch.cuda.is_available():
+        assert run.returncode == 0, run.stderr
+    else:
+        assert run.returncode == 1
+        assert "error: --device cuda was asked for, but no CUDA device is available" in run.stderr

@@ -137,7 +137,7 @@ def test_iree_cuda_compiles_a_vmfb_without_a_gpu(program, tmp_path):
     data = (tmp_path / "lm.vmfb").read_bytes()
     assert len(data) > 10_000 and b"cuda" in data
     if not torch.cuda.is_available():
-        with pytest.raises(BackendError, match="no a CUDA GPU|no CUDA|CUDA GPU"):
+        with pytest.raises(BackendError, match="cannot run the vmfb here: no CUDA GPU"):
             iree(tokens(1, 4))
 
 

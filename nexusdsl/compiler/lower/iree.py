@@ -83,7 +83,7 @@ def _runtime_config(driver: str):
     try:
         return rt.Config(driver)
     except (RuntimeError, ValueError) as err:
-        what = "a CUDA GPU" if driver == "cuda" else f"the IREE {driver} driver"
+        what = "CUDA GPU" if driver == "cuda" else f"IREE {driver} driver"
         raise BackendError(f"cannot run the vmfb here: no {what} is available ({err})") from err
 
 
