@@ -110,14 +110,18 @@ class Objective:
             self.fail(f"needs a model with one output; {self._signature()}")
         return self.outputs[0]
 
-    def check_logits(self) -> Port:
-        """next_token and denoise: one discrete input, one output [B, T, vocab]."""
-        if len(self.inputs) != 1 or not self.inputs[0].discrete:
+    def check_logits(self, conditioned: bool = False) -> Port:
+        """next_token and denoise: one token input, one output [B, N, vocab]. With
+        `conditioned`, other inputs (an image to caption) may come first: the token input's
+        predictions are then the output's last positions."""
+        tokens = [p for p in self.inputs if p.discrete]
+        if len(tokens) != 1 or (len(self.inputs) > 1 and not conditioned):
             self.fail(f"needs a model with one token input; {self._signature()}")
-        if "bytes" not in self.data.fields:
+        self.text = tokens[0]
+        if self.sources[self.text.name] == "caption" and len(self.inputs) == 1:
             self.fail(f"needs a byte stream (text files, a folder, or the default corpus), "
                       f"but {self.data.name} gives {', '.join(self.data.fields)}")
-        out, vocab = self.one_output(), self.inputs[0].vocab or 256
+        out, vocab = self.one_output(), self.text.vocab or 256
         last = out.type.axes[-1].size if out.type.rank else None
         if out.type.rank != 3 or last != vocab:
             self.fail(f"needs logits [B, T, {vocab}] over the input's vocabulary, but output "
@@ -147,17 +151,21 @@ class Objective:
 
 
 class NextToken(Objective):
-    """Predict every next byte (token) of a window: cross-entropy, reported in bits per byte."""
+    """Predict every next byte (token) of a window: cross-entropy, reported in bits per byte.
+    A model with further inputs (Captioner: an image, then its caption) is conditioned on
+    them and predicts the caption, whose logits are the output's last positions."""
 
     def check(self):
-        self.out = self.check_logits()
+        self.out = self.check_logits(conditioned=True)
 
     def length(self, context):
         return context + 1
 
     def _ce(self, model, batch, reduction):
-        x = batch["bytes"]  # (n, T + 1)
-        logits = first_output(model(x[:, :-1]), self.out.name)  # (n, T, V)
+        x = batch[self.sources[self.text.name]]  # (n, T + 1)
+        feeds = [x[:, :-1] if p is self.text else t for p, t in zip(self.inputs, self.feed(batch))]
+        logits = first_output(model(*feeds), self.out.name)  # (n, [prefix +] T, V)
+        logits = logits[:, logits.shape[1] - (x.shape[1] - 1):]  # (n, T, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten(),
                                reduction=reduction)
 
@@ -165,14 +173,14 @@ class NextToken(Objective):
         return self._ce(model, batch, "mean")
 
     def count(self, batch):
-        return batch["bytes"][:, 1:].numel()
+        return batch[self.sources[self.text.name]][:, 1:].numel()
 
     def eval_sums(self, model, batch):
         return {"loss": self._ce(model, batch, "sum").item(), "count": self.count(batch)}
 
     def summarize(self, sums):
         loss = sums["loss"] / max(sums["count"], 1)
-        unit = "bpb" if self.inputs[0].kind in ("bytes", None) else "bits_per_token"
+        unit = "bpb" if self.text.kind in ("bytes", None) else "bits_per_token"
         return {"loss": loss, unit: loss / LN2}
 
 
