@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch first, pinned: the CPU build on this disk. A bare `torch` would pull a CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,mlir]'
 	touch $(STAMP)
 
 install: $(STAMP)
