@@ -3,8 +3,18 @@
 Torch is imported only inside the ops' `lower` methods, so checking a file never imports it.
 """
 
-from nexusdsl.ops import activations, axis, core, mixers, mnn, modality, recur, routing  # noqa: F401
-from nexusdsl.ops import hyena  # noqa: F401  (the seeds' operators)
+from nexusdsl.ops import (  # noqa: F401
+    activations,
+    axis,
+    core,
+    hyena,
+    mixers,
+    mnn,
+    modality,
+    recur,
+    routing,
+    tokenize,
+)
 from nexusdsl.ops.base import REGISTRY, InferContext, Op, OpAttrs, OpError, get_op
 
 __all__ = ["REGISTRY", "InferContext", "Op", "OpAttrs", "OpError", "get_op"]

@@ -50,10 +50,10 @@ def implicit_filters(m, T: int, attrs, like: torch.Tensor) -> torch.Tensor:
 
 def causal_conv_fft(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """y[..., c, t] = sum_{s <= t} h[c, t - s] v[..., c, s], by FFT of 2T points (no wrap)."""
-    T = v.shape[-1]
-    dtype = v.dtype
-    vf = torch.fft.rfft(v.float(), n=2 * T)
-    hf = torch.fft.rfft(h.float(), n=2 * T)
+    T, dtype = v.shape[-1], v.dtype
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # no half FFTs
+    vf = torch.fft.rfft(v.to(work), n=2 * T)
+    hf = torch.fft.rfft(h.to(work), n=2 * T)
     return torch.fft.irfft(vf * hf, n=2 * T)[..., :T].to(dtype)
 
 
