@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from nexusdsl.elaborate.agents import agent_args
 from nexusdsl.elaborate.frame import Frame
 from nexusdsl.elaborate.shapes import AxisBindings, unify
 from nexusdsl.elaborate.values import (
@@ -65,7 +66,8 @@ class CallsMixin:
         if len(tensors) < wanted:
             raise NexusError.at(span, f"`{op.name}` takes {wanted} tensor inputs "
                                 f"({', '.join(op.inputs)}), got {len(tensors)}")
-        rest, kwargs, regions = self.expert_args(op, tensors, rest, kwargs, span)  # experts.py
+        agents = agent_args(self, op, tensors, rest, kwargs, span)  # agents.py (swarm)
+        rest, kwargs, regions = agents or self.expert_args(op, tensors, rest, kwargs, span)
         attrs, hints = self._op_attrs(op, rest, [(k, v) for k, v in kwargs if k not in op.inputs], span)
         labels = [self._label(a.expr) for a in tensors]
         return self.add_op_node(op, [a.value for a in tensors], attrs, hints, span, alias, frame, labels,

@@ -13,6 +13,7 @@ from nexusdsl.ops import (  # noqa: F401
     modality,
     recur,
     routing,
+    swarm,
     tokenize,
 )
 from nexusdsl.ops.base import REGISTRY, InferContext, Op, OpAttrs, OpError, get_op
