@@ -6,7 +6,8 @@ touches only the pages of its windows. Every random choice takes an explicit
 `torch.Generator`, so a batch is a function of (seed, step) and resuming needs no data state.
 
 A batch is a dict of tensors: `bytes` [n, L] int64, `image` [n, 1, 8, 8] float, `label` [n]
-int64, `caption` [n, L] int64 (the digit's name, for two-modality models).
+int64, `caption` [n, L] int64 (the digit's name, for two-modality models), `audio` [n, 512]
+float (the digit's DTMF telephone tone, generated: train/waves.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from nexusdsl.lang.diagnostics import NexusError, Span
 from nexusdsl.train.config import Call
+from nexusdsl.train.waves import dtmf
 
 HELDOUT = 0.1  # the last 10% of a corpus (or of each class) is held out
 
@@ -170,9 +172,12 @@ class Labelled:
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def _digit_images(images: list[np.ndarray], length: int) -> dict[str, torch.Tensor]:
+def _digit_images(examples: list[tuple[np.ndarray, np.ndarray]],
+                  length: int) -> dict[str, torch.Tensor]:
+    images, waves = zip(*examples)
     pixels = torch.from_numpy(np.stack(images).astype(np.float32) / 16.0)  # 0..16 -> 0..1
-    return {"image": pixels.unsqueeze(1)}  # (n, 1, 8, 8)
+    return {"image": pixels.unsqueeze(1),  # (n, 1, 8, 8)
+            "audio": torch.from_numpy(np.stack(waves))}  # (n, 512): the digit's DTMF tone
 
 
 def digits_dataset() -> Dataset:
@@ -186,10 +191,11 @@ def digits_dataset() -> Dataset:
     cut = len(labels) - int(len(labels) * HELDOUT)
     width = max(len(n) for n in DIGIT_NAMES)
     captions = np.array([np.frombuffer(n.ljust(width).encode(), np.uint8) for n in DIGIT_NAMES])
-    splits = [Labelled(list(images[a:b]), labels[a:b], _digit_images, captions)
+    waves = dtmf(labels)  # a third modality: the digit's telephone tone (train/waves.py)
+    splits = [Labelled(list(zip(images[a:b], waves[a:b])), labels[a:b], _digit_images, captions)
               for a, b in ((0, cut), (cut, None))]
-    return Dataset("digits (scikit-learn, 1797 images)", ("image", "label", "caption"), *splits,
-                   classes=10)
+    return Dataset("digits (scikit-learn, 1797 images)", ("image", "label", "caption", "audio"),
+                   *splits, classes=10)
 
 
 def _crop(docs: list[np.ndarray], length: int) -> dict[str, torch.Tensor]:

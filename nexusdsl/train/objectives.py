@@ -20,6 +20,7 @@ from nexusdsl.ir.types import TensorType
 from nexusdsl.lang.diagnostics import NexusError, Span
 from nexusdsl.train.config import Call
 from nexusdsl.train.data import Dataset
+from nexusdsl.train.waves import SAMPLES
 
 LN2 = math.log(2.0)
 DIGIT_SHAPE = (1, 8, 8)
@@ -94,6 +95,9 @@ class Objective:
             field = "image" if "image" in fields and port.kind == "patches" else None
             if field:
                 self._check_image(port)
+            elif "audio" in fields and port.kind in ("frames", "signal"):
+                field = "audio"  # the digits' DTMF tones (train/waves.py)
+                self._check_audio(port)
         if field is None:
             hint = "; for images use `data = digits()` or --data digits" if port.kind == "patches" else ""
             self.fail(f"{self.data.name} has nothing to feed input {port} (it gives "
@@ -104,6 +108,11 @@ class Objective:
         sizes = port.type.sizes[1:]
         if len(sizes) != 3 or any(s is not None and s != d for s, d in zip(sizes, DIGIT_SHAPE)):
             self.fail(f"input {port} cannot take the digits' [B, 1, 8, 8] images")
+
+    def _check_audio(self, port: Port) -> None:
+        sizes = port.type.sizes[1:]
+        if len(sizes) != 1 or sizes[0] not in (None, SAMPLES):
+            self.fail(f"input {port} cannot take the digits' [B, {SAMPLES}] tones")
 
     def one_output(self) -> Port:
         if len(self.outputs) != 1:
@@ -121,7 +130,10 @@ class Objective:
         if self.sources[self.text.name] == "caption" and len(self.inputs) == 1:
             self.fail(f"needs a byte stream (text files, a folder, or the default corpus), "
                       f"but {self.data.name} gives {', '.join(self.data.fields)}")
-        out, vocab = self.one_output(), self.text.vocab or 256
+        vocab = self.text.vocab or 256
+        fits = [o for o in self.outputs if o.type.rank == 3 and o.type.axes[-1].size == vocab]
+        # a model that also generates other modalities: its one output of logits is trained
+        out = fits[0] if len(self.outputs) > 1 and len(fits) == 1 else self.one_output()
         last = out.type.axes[-1].size if out.type.rank else None
         if out.type.rank != 3 or last != vocab:
             self.fail(f"needs logits [B, T, {vocab}] over the input's vocabulary, but output "
