@@ -2,6 +2,7 @@
 
     python benchmarks/backends.py            # tiny_lm and an MLP-heavy block
     python benchmarks/backends.py --quick    # fewer timed calls
+    python benchmarks/backends.py --threads 1  # one thread each (steadier on a busy machine)
 
 For each model: eager, torch.compile (Inductor, default mode) and IREE llvm-cpu (torch-dialect
 MLIR, compiled for this CPU), timed interleaved in one run on the same inputs (inference,
@@ -13,6 +14,7 @@ iree-compile. Each backend's output is also compared with eager's.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -20,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Cold compilations: Inductor's on-disk caches would make a second run's compile time ~0.
+os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 
 import torch  # noqa: E402
 
@@ -113,8 +117,15 @@ def _copy(module):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed calls")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for PyTorch and IREE alike (default: all)")
     args = parser.parse_args()
     rounds, calls = (3, 3) if args.quick else (5, 10)
+    if args.threads:
+        import iree.runtime
+
+        torch.set_num_threads(args.threads)
+        iree.runtime.flags.parse_flags(f"--task_topology_max_group_count={args.threads}")
     print(f"backends on {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
           f"forward medians of {rounds * calls} calls")
     for label, eager, inputs in models():
