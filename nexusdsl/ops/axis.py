@@ -66,8 +66,10 @@ def _wiring_call(value: Any) -> tuple[str, list, dict]:
     value = _option(value)
     if isinstance(value, str):
         return value, [], {}
-    if isinstance(value, dict) and "fn" in value:
+    if isinstance(value, dict) and "fn" in value and set(value) <= {"fn", "args", "kwargs"}:
         return value["fn"], list(value.get("args") or []), dict(value.get("kwargs") or {})
+    if isinstance(value, dict) and "fn" in value:  # the canonical form, {"fn": "local", "k": 3}
+        return value["fn"], [], {k: v for k, v in value.items() if k != "fn"}
     raise OpError(f"mix: wiring = {value!r} is not a wiring (use axial, full, local(k) or "
                   "random(density, seed))")
 
@@ -90,9 +92,9 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def canonical_wiring(value: Any) -> dict:
-    """`axial`, `full`, `local(3)`, `random(0.1, seed = 0)` as {"fn": name, "args": [],
-    "kwargs": {every setting by name}}, validated."""
+def canonical_wiring(value: Any) -> str | dict:
+    """`axial`, `full`, `local(3)`, `random(0.1, seed = 0)` validated, as the IR keeps them:
+    "axial", "full", {"fn": "local", "k": 3}, {"fn": "random", "density": 0.1, "seed": 0}."""
     fn, args, kwargs = _wiring_call(value)
     if fn not in WIRINGS:
         raise OpError(f"mix: unknown wiring `{fn}` (use axial, full, local(k) or "
@@ -100,21 +102,26 @@ def canonical_wiring(value: Any) -> dict:
     if fn in ("axial", "full"):
         if args or kwargs:
             raise OpError(f"mix: wiring {fn} takes no settings")
-        return {"fn": fn, "args": [], "kwargs": {}}
+        return fn
     if fn == "local":
         bound = _bind_call(fn, args, kwargs, ("k",))
         k = bound.get("k")
         if not _is_int(k) or k < 1:
             raise OpError(f"mix: local(k) needs a positive integer neighbourhood size k, got "
                           f"{k if k is not None else 'none'}: write local(3)")
-        return {"fn": fn, "args": [], "kwargs": {"k": k}}
+        return {"fn": fn, "k": k}
     bound = _bind_call(fn, args, kwargs, ("density", "seed"))
     density, seed = bound.get("density"), bound.get("seed", 0)
     if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
         raise OpError(f"mix: random(density, seed) needs a density in (0, 1], got {density}")
     if not _is_int(seed):
         raise OpError(f"mix: random(density, seed) needs an integer seed, got {seed!r}")
-    return {"fn": fn, "args": [], "kwargs": {"density": float(density), "seed": seed}}
+    return {"fn": fn, "density": float(density), "seed": seed}
+
+
+def wiring_fn(wiring: str | dict) -> str:
+    """The name of a canonical wiring: axial, full, local or random."""
+    return wiring if isinstance(wiring, str) else wiring["fn"]
 
 
 def written_axis(ctx, x: TensorType, key: str, ref):
@@ -170,8 +177,8 @@ class Mix(Op):
         order = _option(attrs.order)
         if order not in ("parallel", "sequential"):
             raise OpError(f"mix: order = {order} is not parallel or sequential")
-        share = self._share(attrs, wiring["fn"], len(positions))
-        to = self._to(x, attrs, positions, wiring["fn"], order)
+        share = self._share(attrs, wiring_fn(wiring), len(positions))
+        to = self._to(x, attrs, positions, wiring_fn(wiring), order)
         return attrs.model_copy(update={
             "axis": None, "axes": positions, "wiring": wiring, "order": order, "share": share,
             "separate": None, "to": to, "labels": [_label(x, p) for p in positions]})
@@ -356,8 +363,8 @@ class FullPlan(MixPlan):
         return math.prod(self.sizes[p] for p in self.grid)
 
     def fan_in(self) -> int:
-        if self.attrs.wiring["fn"] == "random":
-            return max(1, round(self.attrs.wiring["kwargs"]["density"] * self.cells))
+        if wiring_fn(self.attrs.wiring) == "random":
+            return max(1, round(self.attrs.wiring["density"] * self.cells))
         return self.cells
 
     def specs(self) -> dict[str, ParamSpec]:
@@ -375,7 +382,7 @@ class FullPlan(MixPlan):
 class LocalPlan(MixPlan):
     @property
     def k(self) -> int:
-        return self.attrs.wiring["kwargs"]["k"]
+        return self.attrs.wiring["k"]
 
     @property
     def separate(self) -> bool:
@@ -395,7 +402,7 @@ class LocalPlan(MixPlan):
 
 
 def plan(sizes, attrs) -> MixPlan:
-    fn = attrs.wiring["fn"]
+    fn = wiring_fn(attrs.wiring)
     if fn == "axial":
         return AxialPlan(sizes, attrs)
     if fn == "local":
@@ -422,7 +429,7 @@ LETTERS = string.ascii_letters
 def invertible_mix(x: TensorType, attrs) -> str | None:
     """Why a resolved mix cannot be inverted in closed form (for reversible recursion), or
     None when it can: square axial maps applied one axis at a time, or a square full map."""
-    fn = attrs.wiring["fn"]
+    fn = wiring_fn(attrs.wiring)
     if fn in ("local", "random"):
         return f"a {fn} wiring is not invertible in general"
     for p, t in zip(attrs.axes, attrs.to):

@@ -12,7 +12,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from nexusdsl.ops.axis import LETTERS, random_mask_count
+from nexusdsl.ops.axis import LETTERS, random_mask_count, wiring_fn
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -114,12 +114,12 @@ class Full:
     def __init__(self, attrs):
         self.attrs = attrs
         self.grid = sorted(attrs.axes)
-        self.random = attrs.wiring["fn"] == "random"
+        self.random = wiring_fn(attrs.wiring) == "random"
         self._mask: torch.Tensor | None = None
 
     def mask(self, cells: int, device) -> torch.Tensor:
         if self._mask is None or self._mask.device != device:
-            kw = self.attrs.wiring["kwargs"]
+            kw = self.attrs.wiring
             self._mask = random_mask(cells, kw["density"], kw["seed"], self.attrs.causal).to(device)
         return self._mask
 
@@ -165,7 +165,7 @@ class Local:
     def __init__(self, attrs):
         self.attrs = attrs
         self.grid = sorted(attrs.axes)
-        self.k = attrs.wiring["kwargs"]["k"]
+        self.k = attrs.wiring["k"]
         self.separate = "none" in attrs.share
         self._mask: torch.Tensor | None = None
 
@@ -204,7 +204,7 @@ class Local:
 
 
 def lower_mix(attrs):
-    kind = attrs.wiring["fn"]
+    kind = wiring_fn(attrs.wiring)
     impl = Axial(attrs) if kind == "axial" else Local(attrs) if kind == "local" else Full(attrs)
     return impl
 
