@@ -3,6 +3,7 @@ FLOP estimate per token. Computed on the IR alone, so it never allocates weights
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from nexusdsl.ir.graph import Graph
@@ -62,13 +63,16 @@ def total_flops(graph: Graph, context: int = 256) -> tuple[int, int]:
         if node.regions:
             share = op.region_share(attrs, len(node.regions))
             flops += int(share * sum(total_flops(g, context)[0] for g in node.regions))
-    first = graph.inputs()[0].type if graph.inputs() else None
-    tokens = 1
-    if first is not None:
-        for axis in first.axes[1:]:
-            if axis.size is None:
-                tokens *= bindings.get(axis.name or "", context)
-    return flops, tokens
+    return flops, _tokens(graph, bindings, context)
+
+
+def _tokens(graph: Graph, bindings: dict[str, int], context: int) -> int:
+    """Positions in one example: every axis after the batch of the first id input (a byte
+    sequence [B, T] has T tokens, fixed or not); 1 per example for float-only models."""
+    ids = [n.type for n in graph.inputs() if n.type.dtype == "i64"]
+    if not ids:
+        return 1
+    return max(1, math.prod(_sizes(ids[0], bindings, context)[1:]))
 
 
 def summarize(graph: Graph, context: int = 256) -> dict[str, Any]:
