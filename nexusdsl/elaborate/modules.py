@@ -4,6 +4,7 @@ builtins, then imported modules in import order."""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,10 @@ class Loader:
                                 "standard modules are named std.NAME, files are imported as \"path.nx\"")
         path = stdlib_path(item.module)
         if not path.is_file():
-            known = ", ".join(sorted(f"std.{p.stem}" for p in path.parent.glob("*.nx")))
-            raise NexusError.at(item.span, f"unknown module `{item.module}`; the standard library has {known}")
+            known = [f"std.{p.stem}" for p in path.parent.glob("*.nx")]
+            close = difflib.get_close_matches(item.module, known, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else " in the standard library"
+            raise NexusError.at(item.span, f"unknown module `{item.module}`{hint}")
         return path, item.alias or parts[-1]
 
     def _load_path(self, path: Path, key: str, span: Span) -> FileScope:
