@@ -43,7 +43,7 @@ class LearnedTokenizer(Op):
     [*, T, w_1 + ... + w_n] must have the input width d back; then `y = h + attention(h)`
     (`heads` heads, parameters `attention.qkv`, `attention.out` as in `attention`, causal with
     `causal = true`) and dropout. `widths` defaults to d // n channels per convolution, as the
-    original design did; give it explicitly when n does not divide d."""
+    original design did (also when `widths = []`); give it explicitly when n does not divide d."""
 
     name = "learned_tokenizer"
     family = "mixers"
@@ -62,7 +62,7 @@ class LearnedTokenizer(Op):
         require_float("learned_tokenizer", x)
         if not attrs.kernels:
             raise OpError("learned_tokenizer: kernels must list at least one convolution width")
-        if attrs.widths is None:
+        if not attrs.widths:  # none given (or `widths = []` from a block's default)
             d = fixed_width("learned_tokenizer", x)
             widths = [d // len(attrs.kernels)] * len(attrs.kernels)
             return attrs.model_copy(update={"widths": widths})
