@@ -6,6 +6,7 @@ import torch
 
 import nexusdsl
 from nexusdsl.train.objectives import ports
+from nexusdsl.train.session import configure
 from tests.conftest import EXAMPLES
 
 
@@ -27,7 +28,9 @@ def test_every_example_trains(path):
         small = {"steps": 2, "batch": 2, "eval_batches": 1, "save_every": 0}
         if "context" not in fields:
             small["context"] = 16
-        before = {k: v.clone() for k, v in nexusdsl.compile(program, model).state_dict().items()}
+        hyper = configure(program, model, {}).hyper  # the section's sizes (THANN's default is huge)
+        initial = nexusdsl.compile(program, model, **hyper)
+        before = {k: v.clone() for k, v in initial.state_dict().items()}
         r = nexusdsl.train(program, model, **small, **settings_for(program, model))
         assert r.steps == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in r.history)
         after = r.model.state_dict()
