@@ -15,6 +15,7 @@ from nexusdsl.train.config import NO_SPAN
 from nexusdsl.train.loop import Result, prepare_optimizer, run
 from nexusdsl.train.progress import Display
 from nexusdsl.train.session import Session, build, configure, dry_run, load_program, restore
+from nexusdsl.train.threads import threads_for
 
 
 def train(program_or_path, model: str | None = None, *, data: str | None = None,
@@ -60,7 +61,8 @@ def _train(d, program_or_path, model, out, resume, until, progress, console,
     if out is not None:
         _attach_output(session, Path(out), resume, display)
     prepare_optimizer(session)
-    result = run(session, display)
+    with threads_for(config.threads, d, display):
+        result = run(session, display)
     if out is not None:
         write_rank_report(session, result)
     return result

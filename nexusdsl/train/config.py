@@ -17,7 +17,7 @@ from nexusdsl.lang.diagnostics import NexusError, Span
 NO_SPAN = Span("<command line>", 0, 0)
 
 # Setting -> (type check, description) for plain numeric fields.
-_INTS = {"batch": 1, "context": 1, "steps": 1, "prefix": 0, "seed": 0, "eval_every": 0,
+_INTS = {"batch": 1, "context": 1, "steps": 1, "prefix": 0, "seed": 0, "eval_every": 0, "threads": 0,
          "eval_batches": 1, "save_every": 0, "log_every": 1}
 _FLOATS = {"clip": 0.0, "time": 0.0}
 SETTINGS = frozenset({"data", "objective", "optimizer", "schedule", "freeze", *_INTS, *_FLOATS})
@@ -51,6 +51,7 @@ class TrainConfig:
     eval_batches: int = 16
     save_every: int = 1000
     log_every: int = 10
+    threads: int = 0  # torch threads; 0: automatic (see train/threads.py)
     hyper: dict[str, Any] = field(default_factory=dict)
     spans: dict[str, Span] = field(default_factory=dict)
 
