@@ -70,6 +70,8 @@ def _train(d, program_or_path, model, out, resume, until, progress, console,
 
 def _attach_output(session: Session, out: Path, resume: bool, display: Display) -> None:
     session.out = out
+    if out.exists() and not out.is_dir():
+        raise ckpt.CheckpointError(f"--out {out} is a file, not a directory")
     existing = ckpt.find(out)
     if existing is None:
         if resume:

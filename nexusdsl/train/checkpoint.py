@@ -127,11 +127,15 @@ def save(out: Path, step: int, model: dict[str, torch.Tensor], tied: dict[str, s
                if file_name(k) not in tied}
     optim_tensors, optim_meta = pack_optimizer(optim)
     meta = {"format": FORMAT, **state, "step": step, "aliases": tied, "optimizer": optim_meta}
-    with atomic_directory(out / name) as tmp:
-        save_file(weights, str(tmp / MODEL), metadata={"format": FORMAT})
-        save_file(optim_tensors, str(tmp / OPTIMIZER), metadata={"format": FORMAT})
-        (tmp / STATE).write_text(json.dumps(meta, indent=1) + "\n")
-    atomic_write_text(out / POINTER, name + "\n")
+    try:
+        with atomic_directory(out / name) as tmp:
+            save_file(weights, str(tmp / MODEL), metadata={"format": FORMAT})
+            save_file(optim_tensors, str(tmp / OPTIMIZER), metadata={"format": FORMAT})
+            (tmp / STATE).write_text(json.dumps(meta, indent=1) + "\n")
+        atomic_write_text(out / POINTER, name + "\n")
+    except OSError as err:  # disk full, no permission: the previous checkpoint is intact
+        raise CheckpointError(f"cannot write checkpoint {out / name}: "
+                              f"{err.strerror or err}") from None
     _prune(out, keep=name)
     return out / name
 

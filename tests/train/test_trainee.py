@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 import nexusdsl
 from nexusdsl.train import distributed
-from nexusdsl.train.loop import local_batch, prepare_optimizer, train_step
-from nexusdsl.train.session import build, configure
+from nexusdsl.train.generate import sample
+from nexusdsl.train.loop import evaluate, local_batch, prepare_optimizer, train_step
+from nexusdsl.train.session import build, configure, from_checkpoint
 from tests.train.models import FAST, TINY, write
 
 
@@ -33,6 +34,12 @@ def test_prompt_tuning_changes_only_the_prefix(tmp_path):
                                                         {"prefix": 4, **FAST}), distributed.Dist())
     assert not torch.equal(session.trainee.prefix.detach(), saved["@prefix"])  # it trained
     assert r.after["loss"] < r.before["loss"]
+    # eval and generate rebuild the prefix from the checkpoint
+    restored = from_checkpoint(nexusdsl.load(path), None, tmp_path / "run")
+    assert torch.equal(restored.trainee.prefix.detach(), saved["@prefix"])
+    assert evaluate(restored) == pytest.approx(r.after)
+    text = sample(restored.trainee, "logits", b"The ", 8, restored.config.context, seed=1)
+    assert len(text) == 8
 
 
 def test_the_prefix_enters_after_the_embedding_and_leaves_the_outputs(tmp_path):
