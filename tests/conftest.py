@@ -16,8 +16,9 @@ def _run_from_repo_root(monkeypatch):
 
 def check_golden(path: Path, actual: str) -> None:
     """Compare with a golden file; `UPDATE_GOLDEN=1 pytest` rewrites them after a reviewed change."""
-    if UPDATE_GOLDEN or not path.exists():
+    if UPDATE_GOLDEN:
         path.write_text(actual)
+    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1, review it and commit it"
     assert actual == path.read_text(), f"{path.name} differs from its golden file"
 
 
