@@ -67,7 +67,7 @@ def _members(op, arg: Arg, count: tuple[int, Span] | None) -> tuple[list, str]:
     if isinstance(value, ExpertSet):
         if count is not None and count[0] != len(value.members):
             raise NexusError.at(count[1], f"`{op.name}`: count = {count[0]}, but the agents "
-                                f"given are {len(value.members)}", Note("they are", arg.span))
+                                f"given are {len(value.members)}", Note("the agents are given", arg.span))
         return list(value.members), value.name or "agents"
     if isinstance(value, Partial):
         if count is None:
