@@ -114,6 +114,9 @@ class Graph:
     def __len__(self) -> int:
         return self._g.number_of_nodes()
 
+    def __contains__(self, node_id: int) -> bool:
+        return node_id in self._g
+
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes())
 

@@ -7,6 +7,7 @@ from nexusdsl.ops import (  # noqa: F401
     activations,
     axis,
     core,
+    fused,
     hyena,
     mixers,
     mnn,

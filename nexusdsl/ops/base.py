@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -95,6 +96,11 @@ class Op:
         for s in outputs[0] if outputs else ():
             n *= s
         return n
+
+    def bytes(self, inputs: list[tuple[int, ...]], outputs: list[tuple[int, ...]], attrs) -> int:
+        """Bytes of activations read and written for concrete sizes (f32: every input and
+        output element once). The cost model adds the parameters."""
+        return 4 * sum(math.prod(s) for s in (*inputs, *outputs))
 
     def region_share(self, attrs, count: int) -> float:
         """The fraction of tokens each nested graph sees (top-k of n experts: k / n)."""

@@ -1,18 +1,189 @@
-"""The pass interface: a pass is a pure `Graph -> Graph` function with a kebab-case name and a
-docstring saying what it requires, what it guarantees and the invariant it keeps."""
+"""The pass interface and the rewrite-pattern driver.
+
+A pass is a pure `Graph -> Graph` function with a kebab-case name and a docstring saying what
+it requires, what it guarantees and the invariant it keeps. Most passes are a list of small
+named rewrite patterns (xDSL's `RewritePattern`, tinygrad's `PatternMatcher`): each pattern
+looks at one node and either rewrites around it or leaves the graph alone; the pass body only
+orchestrates, running its patterns to a fixed point. A pass counts what it changed (per
+pattern) and keeps notes on the choices it made, for `--emit passes` and `--explain`.
+
+Passes speak to the `Graph` API only (`users`, `replace_all_uses_with`, `replace`, `erase`,
+`insert`, `by_name`); the helpers below are built on it.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from nexusdsl.ir.graph import Graph
+from nexusdsl.ir.graph import Graph, Node, ValueRef
+from nexusdsl.ir.types import TensorType
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """Settings a pipeline hands to its passes.
+
+    `sparsity`: the fraction of activations `--sparsity s` zeroes per input (0: off).
+    `measure`: let passes that choose between kernels time them on this machine (else the
+    cost model decides). `context`: the length given to symbolic sequence axes by the cost
+    model (batch axes count 1), as in `nexus compile`'s summary."""
+
+    sparsity: float = 0.0
+    measure: bool = False
+    context: int = 256
 
 
 class Pass:
     name: ClassVar[str]
+
+    def __init__(self, options: PassOptions | None = None):
+        self.options = options or PassOptions()
+        self.changes: Counter[str] = Counter()
+        self.notes: list[str] = []
 
     def run(self, graph: Graph) -> Graph:
         raise NotImplementedError
 
     def __call__(self, graph: Graph) -> Graph:
         return self.run(graph)
+
+    def record(self, what: str, note: str | None = None) -> None:
+        self.changes[what] += 1
+        if note:
+            self.notes.append(note)
+
+    def explain(self, note: str) -> None:
+        """A choice worth telling the user about (`--explain`) that changed nothing."""
+        self.notes.append(note)
+
+
+class RewritePattern:
+    """One rewrite: `apply` looks at `node` and rewrites the graph around it if it matches."""
+
+    name: ClassVar[str]
+
+    def apply(self, graph: Graph, node: Node, p: Pass) -> bool:
+        """Rewrite at `node` if it matches; True if the graph changed."""
+        raise NotImplementedError
+
+
+class PatternPass(Pass):
+    """Runs its patterns over every node until none matches (at most `max_rounds` sweeps)."""
+
+    patterns: ClassVar[tuple[type[RewritePattern], ...]] = ()
+    max_rounds: ClassVar[int] = 50
+
+    def run(self, graph: Graph) -> Graph:
+        patterns = [cls() for cls in self.patterns]
+        for _ in range(self.max_rounds):
+            if not self._sweep(graph, patterns):
+                break
+        return graph
+
+    def _sweep(self, graph: Graph, patterns: list[RewritePattern]) -> bool:
+        changed = False
+        for node in graph.nodes():
+            if node.id not in graph or graph.node(node.id) is not node:
+                continue  # erased or rewritten earlier in this sweep
+            for pattern in patterns:
+                if pattern.apply(graph, node, self):
+                    self.record(pattern.name)
+                    changed = True
+                    break
+        return changed
+
+
+# ---------------------------------------------------------------------------- graph helpers
+
+
+def is_output(graph: Graph, node: Node) -> bool:
+    return any(ref.node == node.id for ref in graph.outputs.values())
+
+
+def sole_user(graph: Graph, node: Node) -> Node | None:
+    """The one node that uses `node`'s results, if there is exactly one and no graph output
+    reads them (so a rewrite may swallow `node`)."""
+    users = graph.users(node)
+    if len(users) != 1 or is_output(graph, node):
+        return None
+    return users[0]
+
+
+def private_params(graph: Graph, node: Node) -> bool:
+    """Whether `node` owns its parameters alone: it shares no other node's, no node shares
+    or ties to its, and none of its own is tied. Only such nodes may change op or shape."""
+    if node.shares or any(spec.tied_to for spec in node.params.values()):
+        return False
+    return not _referenced(graph, node)
+
+
+def _referenced(graph: Graph, node: Node) -> bool:
+    prefix = node.name + "."
+    for other in graph.nodes():
+        if other.shares == node.name:
+            return True
+        if any(s.tied_to and s.tied_to.startswith(prefix) for s in other.params.values()):
+            return True
+    return False
+
+
+def op_attrs(node: Node) -> Any:
+    """A node's attributes as its op's validated model."""
+    from nexusdsl.ops import REGISTRY
+
+    return REGISTRY[node.op].Attrs.model_validate(node.attrs)
+
+
+def input_types(graph: Graph, node: Node) -> list[TensorType]:
+    return [graph.type_of(r) for r in node.inputs]
+
+
+def build_node(graph: Graph, op: str, name: str, inputs: list[ValueRef], attrs: dict[str, Any],
+               *, node_id: int | None = None, params: dict | None = None, span=None,
+               outputs: list[TensorType] | None = None) -> Node:
+    """A node of `op` whose attributes are validated and whose output types come from the op's
+    own shape rule (or are given, where the rule cannot know them, e.g. axis names). Not yet
+    in the graph: `graph.insert` or `graph.replace` it."""
+    from nexusdsl.ops import REGISTRY, InferContext
+
+    impl = REGISTRY[op]
+    model = impl.Attrs.model_validate(attrs)
+    if outputs is None:
+        outputs = impl.infer(InferContext(), [graph.type_of(r) for r in inputs], model)
+    return Node(id=graph.fresh_id() if node_id is None else node_id, op=op, name=name,
+                attrs=model.model_dump(mode="json"), inputs=list(inputs), outputs=list(outputs),
+                params=dict(params or {}), span=span)
+
+
+def fresh_name(graph: Graph, base: str) -> str:
+    """`base`, or `base_1`, `base_2`, ... if taken."""
+    if graph.by_name(base) is None:
+        return base
+    i = 1
+    while graph.by_name(f"{base}_{i}") is not None:
+        i += 1
+    return f"{base}_{i}"
+
+
+def forward(graph: Graph, old: Node, new: ValueRef) -> None:
+    """Every use of `old`'s (single) result now reads `new`; `old` is erased if unused."""
+    graph.replace_all_uses_with(old.ref(), new)
+    if not graph.users(old) and not is_output(graph, old):
+        graph.erase(old)
+
+
+@dataclass
+class Changes:
+    """What one pass did to a graph, for `--emit passes`."""
+
+    name: str
+    changes: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    nodes_before: int = 0
+    nodes_after: int = 0
+    seconds: float = 0.0
+    cost_before: Any = None
+    cost_after: Any = None
+    skipped: bool = False

@@ -1,0 +1,53 @@
+"""linear-fusion: a `linear` followed by its activation becomes one `linear_act` module
+(matmul, bias and activation in one op: one fewer node to dispatch, one fewer stored
+intermediate to look up).
+
+Requires: a verified graph. Guarantees: no activation reads a linear whose only reader it is.
+Keeps: values exactly (the same kernels run in the same order), the linear's parameters
+(same node id, name and specs: state_dict keys and initial values), and linears whose
+parameters are shared, tied or read by others, which stay as they are.
+"""
+
+from __future__ import annotations
+
+from nexusdsl.compiler.passes.base import (
+    PatternPass,
+    RewritePattern,
+    private_params,
+    sole_user,
+)
+from nexusdsl.ir.graph import Graph, Node
+
+
+def is_activation(node: Node) -> bool:
+    from nexusdsl.ops import REGISTRY
+    from nexusdsl.ops.activations import Activation
+
+    return isinstance(REGISTRY.get(node.op), Activation)
+
+
+class LinearBiasAct(RewritePattern):
+    """act(linear(x)) -> linear_act(x) {act = act}"""
+
+    name = "linear-bias-act"
+
+    def apply(self, graph: Graph, node: Node, p) -> bool:
+        if not is_activation(node) or len(node.inputs) != 1:
+            return False
+        linear = graph.node(node.inputs[0].node)
+        if linear.op != "linear" or sole_user(graph, linear) is not node:
+            return False
+        if not private_params(graph, linear):
+            return False
+        act = {"op": node.op, "attrs": dict(node.attrs)}
+        fused = linear.model_copy(update={"op": "linear_act", "attrs": {**linear.attrs, "act": act},
+                                          "outputs": list(node.outputs)})
+        graph.replace(linear, fused)
+        graph.replace_all_uses_with(node.ref(), fused.ref())
+        graph.erase(node)
+        return True
+
+
+class LinearFusion(PatternPass):
+    name = "linear-fusion"
+    patterns = (LinearBiasAct,)

@@ -1,0 +1,300 @@
+"""The torch implementations of the fused ops (ops/fused.py), imported only when lowering.
+
+Every mode-n product here is a batched matmul on a *view* of the input: for the axis at
+position p of x, x.view(lead, n, rest) with lead = prod(sizes before p) and rest = prod(sizes
+after p), and the matrix multiplies from the left. No permute copies in either direction,
+which is where einsum loses its time on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+
+from nexusdsl.ops.axis_torch import Axial, random_mask
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _param(m, key: str, leaf: str) -> torch.Tensor:
+    return m.get_parameter(f"{key}.{leaf}" if key else leaf)
+
+
+def mode_product(x: torch.Tensor, p: int, w: torch.Tensor,
+                 b: torch.Tensor | None = None) -> torch.Tensor:
+    """w [to, n] applied along axis p of x (the mode-p product), plus a bias b [to]."""
+    shape = x.shape
+    lead, n, rest = math.prod(shape[:p]), shape[p], math.prod(shape[p + 1:])
+    if p == x.dim() - 1:
+        return F.linear(x, w, b)  # the last axis: one GEMM over every row
+    xv = x.reshape(lead, n, rest)
+    if b is not None:
+        y = torch.baddbmm(b.view(1, -1, 1).expand(lead, -1, rest), w.expand(lead, *w.shape), xv)
+    else:
+        y = torch.bmm(w.expand(lead, *w.shape), xv)
+    return y.view(*shape[:p], w.shape[0], *shape[p + 1:])
+
+
+# ---------------------------------------------------------------------------- linear_act
+
+
+def linear_act(attrs):
+    fn = _activation(attrs.act)
+
+    def linear_act(m, x):
+        return fn(m, F.linear(x, m.weight, m.bias if attrs.bias else None))
+
+    return linear_act
+
+
+# ---------------------------------------------------------------------------- axial_mix
+
+
+class AxialMix:
+    """The `products` and `dense` strategies of `axial_mix` (see ops/fused.py)."""
+
+    def __init__(self, attrs):
+        from nexusdsl.ops.fused import _mix_like
+
+        self.attrs = attrs
+        self.einsum = Axial(_mix_like(attrs))  # rows of share = none keep einsum's indexing
+
+    def weight(self, m, i: int) -> torch.Tensor:
+        return self.einsum.weight(m, i)
+
+    def bias(self, m, i: int) -> torch.Tensor | None:
+        return _param(m, self.einsum.key(i), "bias") if self.attrs.bias else None
+
+    def product(self, m, x: torch.Tensor, i: int) -> torch.Tensor:
+        if self.attrs.share[i] == "none":
+            return self.einsum.product(m, x, i)
+        return mode_product(x, self.attrs.axes[i], self.weight(m, i), self.bias(m, i))
+
+    def products(self, m, x: torch.Tensor) -> torch.Tensor:
+        if self.attrs.order == "sequential":
+            for i in range(len(self.attrs.axes)):
+                x = self.product(m, x, i)
+            return x
+        y = self.product(m, x, 0)
+        for i in range(1, len(self.attrs.axes)):
+            y = y.add_(self.product(m, x, i))  # bmm keeps its inputs, not its output
+        return y
+
+    def dense(self, m, x: torch.Tensor) -> torch.Tensor:
+        grid = sorted(self.attrs.axes)
+        order = [self.attrs.axes.index(p) for p in grid]
+        mats = [self.weight(m, i) for i in order]
+        if self.attrs.order == "sequential":
+            matrix = mats[0]
+            for w in mats[1:]:
+                matrix = torch.kron(matrix, w)
+        else:
+            matrix = kron_sum(mats)
+        first, last = grid[0], grid[-1]
+        shape = x.shape
+        lead, rest = math.prod(shape[:first]), math.prod(shape[last + 1:])
+        xv = x.reshape(lead, matrix.shape[1], rest)
+        y = torch.bmm(matrix.expand(lead, *matrix.shape), xv)
+        sizes = [self.attrs.to[i] for i in order]
+        return y.view(*shape[:first], *sizes, *shape[last + 1:])
+
+    def __call__(self, m, x: torch.Tensor) -> torch.Tensor:
+        pre, post = self.attrs.pre, self.attrs.post
+        if pre is not None:
+            x = x.reshape(_view_shape(x, pre))
+        y = self.dense(m, x) if self.attrs.strategy == "dense" else self.products(m, x)
+        if post is not None:
+            y = y.reshape(_view_shape(y, post))
+        return y
+
+
+def _view_shape(x: torch.Tensor, view: dict) -> list[int]:
+    """The shape of a folded layout: fixed sizes, `-1` for the one symbolic axis, or the
+    size of input axis k written as {"axis": k}."""
+    return [x.shape[s["axis"]] if isinstance(s, dict) else s for s in view["shape"]]
+
+
+def kron_sum(mats: list[torch.Tensor]) -> torch.Tensor:
+    """sum_a I (x) .. (x) W_a (x) .. (x) I: the matrix of a parallel axial mix over the
+    flattened grid (row-major, the first grid axis the slowest)."""
+    sizes = [w.shape[0] for w in mats]
+    total = None
+    for a, w in enumerate(mats):
+        before, after = math.prod(sizes[:a]), math.prod(sizes[a + 1:])
+        term = torch.kron(torch.kron(_eye(before, w), w), _eye(after, w))
+        total = term if total is None else total + term
+    return total
+
+
+def _eye(n: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.eye(n, dtype=like.dtype, device=like.device)
+
+
+def axial_mix(attrs):
+    return AxialMix(attrs)
+
+
+# ---------------------------------------------------------------------------- mix_chain
+
+
+def mix_chain(attrs):
+    last = len(attrs.steps) - 1
+
+    def chain(m, x, *absorbed):
+        it = iter(absorbed)
+        w_total, b_total = None, None
+        for k, step in enumerate(attrs.steps):
+            if k < last:
+                w, b = next(it), (next(it) if step["bias"] else None)
+            else:
+                w = _param(m, attrs.key, "weight")
+                b = _param(m, attrs.key, "bias") if step["bias"] else None
+            w = w.tril() if step["causal"] else w
+            if w_total is not None:
+                b_total = None if b_total is None else w @ b_total
+                w_total = w @ w_total
+            else:
+                w_total = w
+            if b is not None:
+                b_total = b if b_total is None else b_total + b
+        return mode_product(x, attrs.axis, w_total, b_total)
+
+    return chain
+
+
+# ---------------------------------------------------------------------------- sparse_mix
+
+
+@cache
+def sparse_structure(cells: int, density: float, seed: int, causal: bool):
+    """The mask's connections in row-major order: (rows, cols, crow) as int64 tensors, and
+    the permutation listing them column-major (the transposed matrix's CSR order)."""
+    mask = random_mask(cells, density, seed, causal)
+    rows, cols = mask.nonzero(as_tuple=True)
+    crow = torch.zeros(cells + 1, dtype=torch.int64)
+    crow[1:] = torch.bincount(rows, minlength=cells).cumsum(0)
+    by_col = torch.argsort(cols * cells + rows)
+    ccol = torch.zeros(cells + 1, dtype=torch.int64)
+    ccol[1:] = torch.bincount(cols, minlength=cells).cumsum(0)
+    return rows, cols, crow, by_col, ccol
+
+
+def _csr(crow, col, values, cells):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, col, values, (cells, cells), check_invariants=False)
+
+
+class CsrMatmul(torch.autograd.Function):
+    """y = A x for a sparse A (CSR, fixed structure, trainable values) and dense x [cells, N].
+    Backward: dx = A^T dy (the transpose's CSR, precomputed), dvalues = (dy x^T) sampled at
+    A's connections (sampled_addmm): no dense cells x cells matrix in either direction."""
+
+    @staticmethod
+    def forward(ctx, values, x, structure, cells):
+        rows, cols, crow, by_col, ccol = structure
+        ctx.save_for_backward(values, x)
+        ctx.structure, ctx.cells = structure, cells
+        return _csr(crow, cols, values, cells) @ x
+
+    @staticmethod
+    def backward(ctx, dy):
+        values, x = ctx.saved_tensors
+        rows, cols, crow, by_col, ccol = ctx.structure
+        cells = ctx.cells
+        dx = dvalues = None
+        if ctx.needs_input_grad[1]:
+            dx = _csr(ccol, rows[by_col], values[by_col], cells) @ dy
+        if ctx.needs_input_grad[0]:
+            pattern = _csr(crow, cols, torch.zeros_like(values), cells)
+            dvalues = torch.sparse.sampled_addmm(pattern, dy.contiguous(), x.t().contiguous(),
+                                                 beta=0.0).values()
+        return dvalues, dx, None, None
+
+
+class SparseMix:
+    def __init__(self, attrs):
+        self.attrs = attrs
+        self.grid = sorted(attrs.axes)
+
+    def structure(self, cells: int, device):
+        s = sparse_structure(cells, self.attrs.density, self.attrs.seed, self.attrs.causal)
+        return tuple(t.to(device) for t in s)
+
+    def __call__(self, m, x: torch.Tensor) -> torch.Tensor:
+        first, last = self.grid[0], self.grid[-1]
+        shape = x.shape
+        cells = math.prod(shape[first:last + 1])
+        lead, rest = math.prod(shape[:first]), math.prod(shape[last + 1:])
+        xc = x.reshape(lead, cells, rest).transpose(0, 1).reshape(cells, lead * rest)
+        if self.attrs.kernel == "gather":
+            y = gather_matmul(m.weight, xc, self.structure(cells, x.device), cells)
+        else:
+            y = CsrMatmul.apply(m.weight, xc, self.structure(cells, x.device), cells)
+        y = y.reshape(cells, lead, rest).transpose(0, 1)
+        if self.attrs.bias:
+            y = y + m.bias.reshape(1, cells, 1)
+        return y.reshape(shape)
+
+
+def gather_matmul(values, xc, structure, cells):
+    """The index-gather kernel: each output node's inputs gathered into rows padded to the
+    longest row (padding reads node 0 with weight 0), then one batched dot product."""
+    rows, cols, crow, _, _ = structure
+    counts = crow[1:] - crow[:-1]
+    width = int(counts.max())
+    slot = torch.arange(rows.numel(), device=rows.device) - crow[rows]
+    index = torch.zeros(cells, width, dtype=torch.int64, device=rows.device)
+    index[rows, slot] = cols
+    weights = values.new_zeros(cells, width).index_put((rows, slot), values)
+    gathered = xc[index]  # (cells, width, N)
+    return torch.einsum("cw,cwn->cn", weights, gathered)
+
+
+def sparse_mix(attrs):
+    for p, q in zip(sorted(attrs.axes), sorted(attrs.axes)[1:]):
+        assert q == p + 1, "sparse_mix needs adjacent grid axes"
+    return SparseMix(attrs)
+
+
+def accept_dense_weight(module, attrs) -> None:
+    """Let a dense `weight` [cells, cells] (an opt-0 checkpoint of the `random` mix) load into
+    the compact one: its values at the mask's connections are taken."""
+
+    def hook(state_dict, prefix, *args):
+        key = prefix + "weight"
+        dense = state_dict.get(key)
+        if dense is None or dense.dim() != 2:
+            return
+        cells = dense.shape[0]
+        rows, cols, *_ = sparse_structure(cells, attrs.density, attrs.seed, attrs.causal)
+        state_dict[key] = dense[rows, cols]
+
+    module._register_load_state_dict_pre_hook(hook)
+
+
+# ---------------------------------------------------------------------------- topk_mask
+
+
+def topk_mask(attrs):
+    act = _activation(attrs.act) if attrs.act else None
+
+    def mask(m, x):
+        if act is not None:
+            x = act(m, x)
+        keep = x.abs().topk(attrs.keep, dim=-1).indices
+        return torch.zeros_like(x).scatter(-1, keep, x.gather(-1, keep))
+
+    return mask
+
+
+def _activation(value: dict):
+    """An activation given as an op value {op, attrs}: its lowered fn(m, x)."""
+    from nexusdsl.ops import REGISTRY
+
+    op = REGISTRY[value["op"]]
+    return op.lower(op.Attrs.model_validate(value.get("attrs") or {}))
