@@ -1,10 +1,12 @@
 """The models every backend is checked on, discovered rather than listed, so that what lands
 later is covered (or fails loudly):
 
-- every model of every `examples/*.nx` (one layer deep: `depth = 1` where it has a depth);
+- every model of every `examples/*.nx`, at its train section's configuration where it has one,
+  one layer deep (`depth = 1` where it has a depth);
 - every block of every `stdlib/**/*.nx`, wrapped in a generated model with concrete sizes
   (`*` becomes the batch B, the last axis of each tensor parameter 16, other named axes stay
-  symbolic; hyperparameters without a default get 4 unless `STDLIB_ARGS` says otherwise);
+  symbolic; hyperparameters without a default get 4, a `depth` 1, unless `STDLIB_OVERRIDES`
+  says otherwise);
 - every model of `tests/backends/zoo.nx`, small models for the ops the first two leave out.
 
 Symbolic axes take `SIZES` (B = 2, others 8) when run.
@@ -23,6 +25,9 @@ ZOO = Path(__file__).with_name("zoo.nx")
 WIDTH = 16  # the last axis of a wrapped block's tensor parameters
 REQUIRED = 4  # a wrapped block's hyperparameters that have no default
 SIZES = {"B": 2}
+# Examples whose defaults would make slow IREE compilations (agents unrolled round by round).
+EXAMPLE_HYPER: dict[str, dict] = {"RingSchool": {"agents": 3, "rounds": 1},
+                                  "TreeSchool": {"agents": 3, "rounds": 1}}
 SYMBOLIC = 8
 # Blocks the generic wrapper cannot size (a grid input, a context of side^3 tokens, token
 # ids): input types, arguments (both as .nx text) and lines to put before the model. Small
@@ -35,6 +40,13 @@ STDLIB_OVERRIDES: dict[str, dict] = {
                "prelude": ["modality text = bytes(code = 0)"]},
     "moe_block": {"args": {"n": "3", "heads": "2", "mult": "1"}},
     "knn_moe_block": {"args": {"n": "3", "heads": "2", "mult": "1", "coords": "2"}},
+    "ring_school": {"args": {"n": "3", "rounds": "1"}},
+    "tree_school": {"args": {"n": "3", "rounds": "1"}},
+    "hyena_block": {"args": {"filter": "16"}},
+    "hyena_stack": {"args": {"filter": "16"}},
+    "thann_layer": {"args": {"n": "3", "k": "2", "heads": "2", "mult": "1"}},
+    "thann_encoder": {"args": {"widths": "[6, 5, 5]", "depth": "1", "n": "3", "k": "2",
+                               "heads": "2", "mult": "1"}},
 }
 
 
@@ -55,12 +67,20 @@ class Case:
 
 
 def example_cases() -> list[Case]:
-    """Every model of every example, one layer deep (a `depth` hyperparameter set to 1)."""
+    """Every model of every example, at its train section's configuration where it has one
+    (an example may default to a design's full size, as THANN does) and one layer deep (a
+    `depth` hyperparameter set to 1)."""
+    import nexusdsl
+
     cases = []
     for path in sorted((ROOT / "examples").glob("*.nx")):
-        for model in _models(path):
-            hyper = {"depth": 1} if "depth" in [p.name for p in model.params] else {}
-            cases.append(Case(f"example:{path.stem}.{model.name}", path, None, model.name, hyper))
+        program = nexusdsl.load(path.relative_to(ROOT))
+        for name in program.models:
+            hypers = {p.name for p in program.model_ast(name).params}
+            hyper = {k: v for k, (v, _) in program.train_config(name).items() if k in hypers}
+            hyper |= {"depth": 1} if "depth" in hypers else {}
+            hyper |= EXAMPLE_HYPER.get(name, {})
+            cases.append(Case(f"example:{path.stem}.{name}", path, None, name, hyper))
     return cases
 
 
@@ -95,7 +115,9 @@ def _models(path: Path) -> list[ast.Model]:
 def wrap_block(module: str, block: ast.Block, source: str) -> str:
     """A model that applies `block` to fresh inputs of concrete width."""
     override = STDLIB_OVERRIDES.get(block.name, {})
-    types, given = override.get("inputs", {}), override.get("args", {})
+    types, given = override.get("inputs", {}), dict(override.get("args", {}))
+    if any(p.name == "depth" and p.type is None for p in block.params):
+        given.setdefault("depth", "1")  # one layer deep, as for the examples
     tensors = [p for p in block.params if p.type is not None]
     hyper = [p.name for p in block.params
              if p.type is None and (p.default is None or p.name in given)]

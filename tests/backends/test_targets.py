@@ -100,6 +100,8 @@ def test_unknown_options_and_axes_are_clear_errors(program):
         nexusdsl.compile(program, target="mlir-torch", options={"sizes": {"C": 3}})
     with pytest.raises(BackendError, match="cannot parse torch-mlir's TOSA"):
         nexusdsl.compile(program, target="iree-cpu", options={"route": "mlir-tosa"})
+    with pytest.raises(BackendError, match="fails on torch-mlir's StableHLO for topk"):
+        nexusdsl.compile(program, target="iree-cpu", options={"route": "mlir-stablehlo"})
 
 
 def test_unsupported_op_is_a_located_error_before_any_mlir_work(program, monkeypatch):
@@ -188,3 +190,23 @@ def test_eager_on_cuda_matches_cpu(program):
     with torch.no_grad():
         got = {k: v.cpu() for k, v in gpu(x.cuda()).items()}
         close(got, cpu(x))
+
+
+def test_torch_compile_compiles_every_model_not_just_the_first_eight():
+    # Every NexusModule shares one `forward`: compiled as such, dynamo would stop compiling
+    # after its recompile limit (8 models) and silently run eager.
+    from nexusdsl.compiler.lower.compile import compile_module
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    for width in range(1, 13):
+        source = (f"nexus 0.1\nmodel S{width}() {{\n  input x: float[B, 8]\n"
+                  f"  output y = linear(x, {width}) |> relu\n}}\n")
+        model = compile_module(nexusdsl.compile(nexusdsl.loads(source)), backend=counting_backend)
+        assert model(torch.randn(2, 8)).shape == (2, width)
+        assert len(graphs) == width, f"model {width} was not compiled"
+        assert list(model.state_dict()) == ["linear.weight", "linear.bias"]

@@ -27,7 +27,7 @@ DESCRIPTIONS = {
 
 # The MLIR route IREE is fed by default: the most robust one (see docs/backends.md).
 DEFAULT_ROUTE = "mlir-torch"
-IREE_ROUTES = ("mlir-torch", "mlir-linalg", "mlir-stablehlo")
+IREE_ROUTES = ("mlir-torch", "mlir-linalg")  # the two every backend test runs
 
 
 class BackendError(Exception):

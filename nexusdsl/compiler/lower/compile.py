@@ -1,10 +1,13 @@
 """`torch.compile` of a lowered module (the `torch.compile` target, `nexus run --backend
 compile`).
 
-The module is compiled in place (`nn.Module.compile`), so it keeps its type, its `.graph`
-and its state_dict keys. Inductor on the CPU needs a C++ compiler: without one it would fail
-at the first call with a deep traceback, so `compile_module` looks for one first and says
-plainly what is missing.
+The module is compiled in place, so it keeps its type, its `.graph` and its state_dict keys.
+What gets compiled is the module's generated fx `forward`, not `NexusModule.forward`: the
+latter is one code object shared by every model, so dynamo would recompile that one frame for
+each new model and, past its recompile limit (8), silently run the rest in eager mode.
+
+Inductor on the CPU needs a C++ compiler: without one it would fail at the first call with a
+deep traceback, so `compile_module` looks for one first and says plainly what is missing.
 """
 
 from __future__ import annotations
@@ -34,10 +37,14 @@ def compile_module(module, mode: str | None = None, backend: str = "inductor",
         raise BackendError(f"unknown compile mode {mode!r}; choose one of {', '.join(MODES)}")
     if backend == "inductor" and _on_cpu(module):
         cpp_compiler()
+    import torch
+
     options = {"backend": backend, "fullgraph": fullgraph}
     if mode not in (None, "default"):
         options["mode"] = mode
-    module.compile(**options)
+    # NexusModule.forward calls `_forward`, the fx GraphModule's generated forward (one code
+    # object per model); compiling it keeps dynamo's caches per model.
+    module.__dict__["_forward"] = torch.compile(module._forward, **options)
     return module
 
 

@@ -5,8 +5,9 @@
 
 Measured with torch-mlir 20261001 and iree-base-compiler 3.13: torch-dialect MLIR fed with
 `input_type="torch"` is the most robust route (the default); linalg output contains
-`tm_tensor` ops and needs `input_type="tm_tensor"`; StableHLO works for most models; TOSA
-output does not parse in this IREE (`tosa.const_shape`), so it is no IREE route. The CUDA
+`tm_tensor` ops and needs `input_type="tm_tensor"`. StableHLO and TOSA are no IREE routes:
+IREE fails on torch-mlir's StableHLO for `topk` (`chlo.top_k` wants i32 indices) and for uint8
+constants, and cannot parse its TOSA (`tosa.const_shape`). The CUDA
 target compiles for sm_80 (pre-Hopper names work; sm_90 fails inside IREE), so `iree-cuda`
 emits sm_80 code unless told otherwise.
 """
@@ -20,7 +21,7 @@ from nexusdsl.compiler.lower.backends import IREE_ROUTES, BackendError
 
 # target -> (IREE HAL target backend, runtime driver)
 TARGETS = {"iree-cpu": ("llvm-cpu", "local-task"), "iree-cuda": ("cuda", "cuda")}
-INPUT_TYPES = {"mlir-torch": "torch", "mlir-linalg": "tm_tensor", "mlir-stablehlo": "stablehlo"}
+INPUT_TYPES = {"mlir-torch": "torch", "mlir-linalg": "tm_tensor"}
 DEFAULT_CUDA_ARCH = "sm_80"
 DEFAULT_CPU = "host"
 
@@ -51,7 +52,10 @@ def check_route(target: str, route: str) -> None:
         raise BackendError(f"unknown IREE target {target!r}; choose one of {', '.join(TARGETS)}")
     if route == "mlir-tosa":
         raise BackendError("IREE 3.13 cannot parse torch-mlir's TOSA output (tosa.const_shape); "
-                           "feed it mlir-torch (the default), mlir-linalg or mlir-stablehlo")
+                           "feed it mlir-torch (the default) or mlir-linalg")
+    if route == "mlir-stablehlo":
+        raise BackendError("IREE 3.13 fails on torch-mlir's StableHLO for topk (chlo.top_k) and "
+                           "uint8 constants; feed it mlir-torch (the default) or mlir-linalg")
     if route not in IREE_ROUTES:
         raise BackendError(f"unknown MLIR route {route!r}; choose one of {', '.join(IREE_ROUTES)}")
 
