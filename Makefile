@@ -18,8 +18,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# Compile tiny_lm, train it ~2 minutes on the built-in corpus (its `train` section), sample it.
 demo: install
 	$(BIN)/nexus compile examples/tiny_lm.nx
+	rm -rf runs/demo
+	$(BIN)/nexus train examples/tiny_lm.nx --out runs/demo
+	$(BIN)/nexus generate examples/tiny_lm.nx --checkpoint runs/demo --prompt "The " --max-bytes 300
 
 test: install
 	$(BIN)/ruff check nexusdsl tests benchmarks
