@@ -96,10 +96,12 @@ def eval_cmd(
 ) -> None:
     """Held-out loss of a checkpoint (bits per byte for byte models)."""
     from nexusdsl.train.loop import evaluate
+    from nexusdsl.train.threads import threads_for
 
     session = _session(file, model, checkpoint, {"data": data, "batch": batch,
                                                  "context": context, "eval_batches": batches})
-    metrics = evaluate(session)
+    with threads_for(0):
+        metrics = evaluate(session)
     if as_json:
         out.print(json.dumps({"step": session.step, **metrics}), markup=False)
     else:
@@ -120,14 +122,16 @@ def generate_cmd(
 ) -> None:
     """Continue a prompt with a trained byte model."""
     from nexusdsl.train.generate import check_byte_model, sample
+    from nexusdsl.train.threads import threads_for
 
     session = _session(file, model, checkpoint, {})
     try:
         output = check_byte_model(session.module.graph)
     except NexusError as e:
         fail(render(e))
-    text = sample(session.trainee, output, prompt.encode("utf-8"), max_bytes,
-                  session.config.context, temperature, top_k, seed)
+    with threads_for(0):
+        text = sample(session.trainee, output, prompt.encode("utf-8"), max_bytes,
+                      session.config.context, temperature, top_k, seed)
     out.print(prompt + text.decode("utf-8", errors="replace"), markup=False)
 
 

@@ -38,11 +38,12 @@ def choose(requested: int, distributed: bool) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def threads_for(requested: int, d, display):
+def threads_for(requested: int, d=None, display=None):
     previous = torch.get_num_threads()
-    count, reason = choose(requested, d.active)
+    count, reason = choose(requested, d is not None and d.active)
     torch.set_num_threads(count)
-    display.log(f"torch threads: {count}, {reason}")
+    if display is not None:
+        display.log(f"torch threads: {count}, {reason}")
     try:
         yield
     finally:
