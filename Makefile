@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/nexus compile examples/tiny_lm.nx
 	rm -rf runs/demo
 	$(BIN)/nexus train examples/tiny_lm.nx --out runs/demo
-	$(BIN)/nexus generate examples/tiny_lm.nx --checkpoint runs/demo --prompt "The " --max-bytes 300
+	$(BIN)/nexus generate examples/tiny_lm.nx --checkpoint runs/demo --prompt "The " --max-bytes 300 --temperature 0.6
 
 test: install
 	$(BIN)/ruff check nexusdsl tests benchmarks
