@@ -35,9 +35,10 @@ def compile(program_or_path: Program | str | Path, model: str | None = None, *,
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     from nexusdsl.compiler.lower.fx import lower
-    from nexusdsl.compiler.pipeline import optimize
+    from nexusdsl.compiler.pipeline import optimize, options_for
 
-    graph = optimize(program.elaborate(model, **hyper), opt)
+    passes = options_for(target, (options or {}).get("route"))
+    graph = optimize(program.elaborate(model, **hyper), opt, options=passes)
     if target != "torch" or options:
         from nexusdsl.compiler.lower.targets import build
 

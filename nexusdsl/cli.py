@@ -31,6 +31,7 @@ class Emit(str, Enum):
     mlir_linalg = "mlir-linalg"
     mlir_stablehlo = "mlir-stablehlo"
     mlir_tosa = "mlir-tosa"
+    passes = "passes"  # what each optimisation pass changed: nexusdsl/cli_opt.py
 
 
 def fail(message: str) -> None:
@@ -101,15 +102,22 @@ def compile_cmd(
     dynamic: list[str] = typer.Option([], "--dynamic", help="keep this symbolic axis dynamic"),
     compile_mode: Optional[str] = typer.Option(None, "--compile-mode", help="torch.compile mode"),
     cuda_arch: str = typer.Option("sm_80", "--cuda-arch", help="GPU of --target iree-cuda"),
+    print_after: list[str] = typer.Option([], "--print-after", help="print the IR after a pass"),
+    print_all: bool = typer.Option(False, "--print-ir-after-all", help="the IR after every pass"),
+    disable: list[str] = typer.Option([], "--disable-pass", help="skip this pass"),
+    explain: bool = typer.Option(False, "--explain", help="print cost estimates and choices"),
+    sparsity: float = typer.Option(0.0, "--sparsity", help="zero this share of MLP activations"),
 ) -> None:
     """Compile a model: check shapes, optimise, and build its torch module (or MLIR, a vmfb)."""
     import nexusdsl
-    from nexusdsl.compiler.pipeline import optimize
+    from nexusdsl.cli_opt import PassFlags, optimize_for_cli, passes_text
 
     hyper = parse_sets(sets)
+    flags = PassFlags(opt, print_after, print_all, disable, explain, sparsity, target, via,
+                      report=emit == Emit.passes)
     try:
         program = nexusdsl.load(file)
-        graph = optimize(program.elaborate(model, **hyper), opt)
+        graph, records = optimize_for_cli(program.elaborate(model, **hyper), flags)
     except NexusError as e:
         report(e)
     if target != "torch" or emit.value.startswith("mlir-"):
@@ -117,7 +125,8 @@ def compile_cmd(
 
         settings = Backend(target, via, parse_sets(sizes), dynamic, compile_mode, cuda_arch)
         return compile_backend(program, graph, emit.value, output, device, settings)
-    text = render_emit(graph, emit, as_json, device)
+    text = passes_text(records, flags) if emit == Emit.passes else render_emit(graph, emit,
+                                                                              as_json, device)
     if output is None:
         out.print(text, markup=False)
         return
@@ -168,6 +177,7 @@ def summary_text(info: dict) -> str:
     return console.export_text().rstrip()
 
 
+import nexusdsl.cli_opt  # noqa: E402,F401  (registers `nexus prune`)
 import nexusdsl.cli_run  # noqa: E402,F401  (registers `nexus run`)
 import nexusdsl.cli_tools  # noqa: E402,F401  (registers `nexus fmt`, `viz`, `lsp`, `summary`)
 import nexusdsl.cli_train  # noqa: E402,F401  (registers `nexus train`, `eval`, `generate`)

@@ -27,6 +27,7 @@ from nexusdsl.compiler.passes.cost import graph_cost
 from nexusdsl.compiler.passes.cse import CommonSubexpressions
 from nexusdsl.compiler.passes.dead_code import DeadCode
 from nexusdsl.compiler.passes.fold_constants import FoldConstants
+from nexusdsl.compiler.passes.kernel_fusion import KernelFusion
 from nexusdsl.compiler.passes.layout_cancel import LayoutCancel
 from nexusdsl.compiler.passes.linear_fusion import LinearFusion
 from nexusdsl.compiler.passes.sparsity_pruning import SparsityPruning
@@ -38,11 +39,13 @@ CLEANUP: list[type[Pass]] = [DeadCode, FoldConstants, CommonSubexpressions, Layo
 PIPELINES: dict[int, list[type[Pass]]] = {
     0: [],
     1: CLEANUP,
-    2: [*CLEANUP, SparsityPruning, ActivationSparsity, AxisFusion, LinearFusion, DeadCode],
+    2: [*CLEANUP, SparsityPruning, ActivationSparsity, AxisFusion, LinearFusion, KernelFusion,
+        DeadCode],
 }
 ALL_PASSES: dict[str, type[Pass]] = {
     cls.name: cls for cls in (DeadCode, FoldConstants, CommonSubexpressions, LayoutCancel,
-                              SparsityPruning, AxisFusion, LinearFusion, ActivationSparsity)}
+                              SparsityPruning, ActivationSparsity, AxisFusion, LinearFusion,
+                              KernelFusion)}
 
 
 class PassError(ValueError):
@@ -65,6 +68,14 @@ def passes_for(opt: int, options: PassOptions | None = None) -> list[type[Pass]]
     if options is not None and options.sparsity > 0 and ActivationSparsity not in chosen:
         chosen.append(ActivationSparsity)
     return chosen
+
+
+def options_for(target: str = "torch", route: str | None = None, **settings) -> PassOptions:
+    """Pass options for a compile target: rewrites only into ops every backend it needs
+    runs (fused ops are eager and torch.compile only)."""
+    from nexusdsl.compiler.lower.backends import DEFAULT_ROUTE, required_backends
+
+    return PassOptions(backends=required_backends(target, route or DEFAULT_ROUTE), **settings)
 
 
 def _under_pytest() -> bool:

@@ -298,3 +298,118 @@ def _activation(value: dict):
 
     op = REGISTRY[value["op"]]
     return op.lower(op.Attrs.model_validate(value.get("attrs") or {}))
+
+
+# ---------------------------------------------------------------------------- pruned_attention
+
+
+def pruned_attention(attrs):
+    heads, size, axis = attrs.heads, attrs.head_dim, attrs.axis
+    inner = heads * size
+
+    def attention(m, x):
+        if axis is not None:
+            x = x.movedim(axis, -2)
+        qkv = F.linear(x, m.qkv.weight, m.qkv.bias if attrs.bias else None)  # (*, T, 3 inner)
+        q, k, v = (t.unflatten(-1, (heads, size)).transpose(-2, -3)
+                   for t in qkv.split(inner, dim=-1))  # (*, H, T, size)
+        p = attrs.dropout if m.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=attrs.causal)
+        y = F.linear(y.transpose(-2, -3).flatten(-2), m.out.weight,
+                     m.out.bias if attrs.bias else None)  # (*, T, d)
+        return y if axis is None else y.movedim(-2, axis)
+
+    return attention
+
+
+# ---------------------------------------------------------------------------- fused_rmsnorm
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) over the last axis. Saves x and r
+    (not the normalised x); backward: dx = r * (g w - x_n mean(g w x_n)), dw = sum g x_n."""
+
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(x, r, w)
+        return x * r * w
+
+    @staticmethod
+    def backward(ctx, g):
+        x, r, w = ctx.saved_tensors
+        xn = x * r
+        dw = (g * xn).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
+        gxn = g * w
+        mean = (gxn * xn).mean(-1, keepdim=True)
+        dx = torch.addcmul(gxn, xn, mean, value=-1).mul_(r)
+        return dx, dw, None
+
+
+def fused_rmsnorm(attrs):
+    eps = attrs.eps
+
+    def rmsnorm(m, x):
+        return RMSNormFunction.apply(x, m.weight, eps)
+
+    return rmsnorm
+
+
+# ---------------------------------------------------------------------------- depthwise_conv
+
+
+class DepthwiseFunction(torch.autograd.Function):
+    """y[t] = b + sum_k w[:, k] x[t + k - left] over channels-last x [N, T, C] (zeros outside
+    the sequence), as kernel shifted multiply-adds into one buffer; backward the same way."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, left):
+        T, K = x.shape[1], w.shape[1]
+        y = x * w[:, left] if b is None else torch.addcmul(b, x, w[:, left])
+        for k in range(K):
+            shift = k - left  # y[t] reads x[t + shift]
+            if k == left or abs(shift) >= T:
+                continue
+            if shift < 0:
+                y[:, -shift:].addcmul_(x[:, :T + shift], w[:, k])
+            else:
+                y[:, :T - shift].addcmul_(x[:, shift:], w[:, k])
+        ctx.save_for_backward(x, w)
+        ctx.left, ctx.has_bias = left, b is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        T, K, left = x.shape[1], w.shape[1], ctx.left
+        dx = g * w[:, left]
+        dw = torch.zeros_like(w)
+        for k in range(K):
+            shift = k - left
+            if abs(shift) >= T:
+                continue
+            if shift < 0:
+                gy, xs = g[:, -shift:], x[:, :T + shift]
+                if k != left:
+                    dx[:, :T + shift].addcmul_(gy, w[:, k])
+            else:
+                gy, xs = g[:, :T - shift], x[:, shift:]
+                if k != left:
+                    dx[:, shift:].addcmul_(gy, w[:, k])
+            dw[:, k] = (gy * xs).flatten(0, 1).sum(0)
+        db = g.flatten(0, 1).sum(0) if ctx.has_bias else None
+        return dx, dw, db, None
+
+
+def depthwise_conv(attrs):
+    k = attrs.kernel
+    left = k - 1 if attrs.causal else (k - 1) // 2
+
+    def conv(m, x):
+        lead, (T, C) = x.shape[:-2], x.shape[-2:]
+        w = m.weight.view(C, k)
+        b = m.bias if attrs.bias else None
+        y = DepthwiseFunction.apply(x.reshape(-1, T, C), w, b, left)
+        return y.view(*lead, T, C)
+
+    return conv

@@ -82,13 +82,16 @@ def configure(program: Program, model: str | None, overrides: dict[str, Any]) ->
 
 
 def build(program: Program, model: str | None, config: TrainConfig, d: Dist,
-          data: Dataset | None = None) -> Session:
-    """Compile the model, open the data, check the objective fits, apply freeze and prefix."""
+          data: Dataset | None = None, graph=None) -> Session:
+    """Compile the model (or lower `graph`, a checkpoint's own IR: a pruned model), open the
+    data, check the objective fits, apply freeze and prefix."""
     import nexusdsl
+    from nexusdsl.compiler.lower.fx import lower
 
     try:
-        module = nexusdsl.compile(program, model, seed=config.seed, device=d.device,
-                                  **config.hyper)
+        module = (nexusdsl.compile(program, model, seed=config.seed, device=d.device,
+                                   **config.hyper) if graph is None
+                  else lower(graph, device=d.device, seed=config.seed))
         data = data or open_data(config.data)
         objective = make_objective(config.objective, config.span("objective"), module.graph, data)
         freeze(module, config.freeze, config.span("freeze"))
@@ -174,9 +177,17 @@ def from_checkpoint(program: Program, model: str | None, path: Path,
     for key, value in (overrides or {}).items():
         if value is not None:
             config = _override(config, key, value)
-    session = build(program, name, config, Dist())
+    session = build(program, name, config, Dist(), graph=stored_graph(checkpoint))
     restore(session, checkpoint)
     return session
+
+
+def stored_graph(checkpoint: ckpt.Checkpoint):
+    """The IR a checkpoint carries (`nexus prune` writes the pruned one), or None."""
+    from nexusdsl.ir.graph import Graph
+
+    raw = checkpoint.state.get("ir")
+    return Graph.from_dict(raw) if raw else None
 
 
 def _override(config: TrainConfig, key: str, value: Any) -> TrainConfig:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from nexusdsl.compiler.passes.base import PatternPass, RewritePattern
+from nexusdsl.compiler.passes.base import PatternPass, RewritePattern, can_emit
 from nexusdsl.compiler.passes.linear_fusion import is_activation
 from nexusdsl.ir.graph import Graph, Node
 
@@ -28,7 +28,7 @@ class MaskActivation(RewritePattern):
     name = "mask-activation"
 
     def apply(self, graph: Graph, node: Node, p) -> bool:
-        if p.options.sparsity <= 0 or not is_activation(node):
+        if p.options.sparsity <= 0 or not is_activation(node) or not can_emit(p, "topk_mask"):
             return False
         users = graph.users(node)
         if not users or any(u.op != "linear" for u in users):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from nexusdsl.compiler.passes.base import (
     PatternPass,
     RewritePattern,
+    can_emit,
     private_params,
     sole_user,
 )
@@ -62,10 +63,12 @@ def map_step(graph: Graph, node: Node) -> Step | None:
     if node.op == "linear":
         a = node.attrs
         return Step(node, x.rank - 1, x.axes[-1].size, a["out"], a["bias"], False, "")
-    if node.op != "mix":
+    if node.op not in ("mix", "axial_mix"):
         return None
     a = node.attrs
-    if a["wiring"] != "axial" or len(a["axes"]) != 1 or a["share"][0] == "none":
+    if a.get("wiring", "axial") != "axial" or len(a["axes"]) != 1 or a["share"][0] == "none":
+        return None
+    if a.get("pre") is not None or a.get("post") is not None:
         return None
     p = a["axes"][0]
     key = "" if a["share"][0] == "all" else a["labels"][0]
@@ -94,7 +97,7 @@ class FuseMixChain(RewritePattern):
 
     def apply(self, graph: Graph, node: Node, p) -> bool:
         outer = map_step(graph, node)
-        if outer is None:
+        if outer is None or not (can_emit(p, "mix_chain") and can_emit(p, "params")):
             return False
         inner = graph.node(node.inputs[0].node)
         if sole_user(graph, inner) is not node:
@@ -210,7 +213,7 @@ class AxialEinsum(RewritePattern):
     name = "axial-einsum"
 
     def apply(self, graph: Graph, node: Node, p) -> bool:
-        if node.op != "mix" or node.attrs["wiring"] != "axial":
+        if node.op != "mix" or node.attrs["wiring"] != "axial" or not can_emit(p, "axial_mix"):
             return False
         if not private_params(graph, node):
             return False

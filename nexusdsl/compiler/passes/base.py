@@ -28,11 +28,14 @@ class PassOptions:
     `sparsity`: the fraction of activations `--sparsity s` zeroes per input (0: off).
     `measure`: let passes that choose between kernels time them on this machine (else the
     cost model decides). `context`: the length given to symbolic sequence axes by the cost
-    model (batch axes count 1), as in `nexus compile`'s summary."""
+    model (batch axes count 1), as in `nexus compile`'s summary. `backends`: the op-level
+    backends the result must lower to (`required_backends` of the compile target): a
+    rewrite into an op that one of them cannot run is not made."""
 
     sparsity: float = 0.0
     measure: bool = False
     context: int = 256
+    backends: tuple[str, ...] = ("eager", "compile")
 
 
 class Pass:
@@ -57,6 +60,13 @@ class Pass:
     def explain(self, note: str) -> None:
         """A choice worth telling the user about (`--explain`) that changed nothing."""
         self.notes.append(note)
+
+
+def can_emit(p: Pass, op: str) -> bool:
+    """Whether pass `p` may create nodes of `op` (every backend asked for runs it)."""
+    from nexusdsl.ops import REGISTRY
+
+    return set(p.options.backends) <= set(REGISTRY[op].backends)
 
 
 class RewritePattern:

@@ -5,13 +5,14 @@ output, or only holds parameters. Keeps: the outputs' values, inputs (a model's 
 never changes), the owners of parameters that live nodes share or tie to, and every
 parameter: a dead node that owns parameters becomes a `params` node (same id, name and specs,
 no inputs, nothing computed), so state_dict keys and initial values are the same at every
-optimisation level and checkpoints load across levels. A dead node with nested graphs
+optimisation level and checkpoints load across levels (for MLIR targets, which do not run
+`params` nodes, they are removed). A dead node with nested graphs
 (experts) is kept whole, for the same reason. Nested graphs are left as they are.
 """
 
 from __future__ import annotations
 
-from nexusdsl.compiler.passes.base import Pass
+from nexusdsl.compiler.passes.base import Pass, can_emit
 from nexusdsl.ir.graph import Graph, Node
 from nexusdsl.ops.fused import params_types
 
@@ -24,7 +25,7 @@ class DeadCode(Pass):
         for node in reversed(graph.nodes()):
             if node.id in live or node.op in ("input", "params"):
                 continue
-            if self._owns_params(node):
+            if self._owns_params(node) and can_emit(self, "params"):
                 graph.replace(node, self._holder(node))
                 self.record("keep-params", f"{node.name}: computes nothing, keeps its weights")
             else:

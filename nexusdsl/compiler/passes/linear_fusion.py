@@ -13,6 +13,7 @@ from __future__ import annotations
 from nexusdsl.compiler.passes.base import (
     PatternPass,
     RewritePattern,
+    can_emit,
     private_params,
     sole_user,
 )
@@ -32,7 +33,7 @@ class LinearBiasAct(RewritePattern):
     name = "linear-bias-act"
 
     def apply(self, graph: Graph, node: Node, p) -> bool:
-        if not is_activation(node) or len(node.inputs) != 1:
+        if not is_activation(node) or len(node.inputs) != 1 or not can_emit(p, "linear_act"):
             return False
         linear = graph.node(node.inputs[0].node)
         if linear.op != "linear" or sole_user(graph, linear) is not node:

@@ -1,0 +1,92 @@
+"""The optimizer on the command line: the pass flags of `nexus compile` and `nexus prune`.
+
+    nexus compile examples/mnn.nx -O 2 --emit passes --explain
+    nexus compile examples/mnn.nx -O 2 --print-after axis-fusion --disable-pass linear-fusion
+    nexus compile examples/tiny_lm.nx --sparsity 0.9 --emit ir
+    nexus prune examples/tiny_lm.nx --checkpoint runs/TinyLM --amount 0.5 --structured
+
+Mistakes (an unknown pass, a sparsity outside [0, 1), a missing checkpoint) print one error
+and exit 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nexusdsl.cli import app, fail, out
+from nexusdsl.lang.diagnostics import NexusError
+
+
+@dataclass
+class PassFlags:
+    opt: int = 1
+    print_after: list[str] | None = None
+    print_all: bool = False
+    disable: list[str] | None = None
+    explain: bool = False
+    sparsity: float = 0.0
+    target: str = "torch"
+    route: str | None = None
+    report: bool = False  # --emit passes: the report is the output
+
+
+def optimize_for_cli(graph, flags: PassFlags):
+    """Run the pipeline of `flags.opt` as the flags say; returns (graph, what each pass did).
+    With `--explain`, the report with costs and choices is printed here."""
+    from nexusdsl.compiler.pipeline import PassError, PassManager, options_for, passes_for
+
+    if not 0.0 <= flags.sparsity < 1.0:
+        fail(f"error: --sparsity must be at least 0 and below 1, got {flags.sparsity}")
+    try:
+        route = flags.route if flags.target.startswith("iree-") else None
+        options = options_for(flags.target, route, sparsity=flags.sparsity)
+        manager = PassManager(passes_for(flags.opt, options), options, disable=flags.disable or (),
+                              print_after=flags.print_after or (), print_all=flags.print_all,
+                              explain=flags.explain, emit=lambda text: out.print(text, markup=False))
+    except PassError as e:
+        fail(f"error: {e}")
+    graph = manager.run(graph)
+    if flags.explain and not flags.report:
+        out.print(passes_text(manager.records, flags), markup=False)
+    return graph, manager.records
+
+
+def passes_text(records, flags: PassFlags) -> str:
+    from nexusdsl.compiler.pipeline import passes_report
+
+    return passes_report(records, explain=flags.explain)
+
+
+# ---------------------------------------------------------------------------- nexus prune
+
+
+@app.command("prune")
+def prune_cmd(
+    file: Path = typer.Argument(..., help="the .nx file the checkpoint was trained from"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="run or step directory"),
+    amount: float = typer.Option(0.5, "--amount", help="fraction of weights (or units) to remove"),
+    structured: bool = typer.Option(False, "--structured",
+                                    help="remove whole neurons and heads, not single weights"),
+    output: Optional[Path] = typer.Option(None, "--out", help="where to write (default CKPT-pruned)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the checkpoint's)"),
+    batches: Optional[int] = typer.Option(None, "--batches", help="held-out batches to evaluate"),
+) -> None:
+    """Prune a trained model by weight magnitude; report held-out loss before and after and
+    write the smaller checkpoint (its IR records the pruned widths)."""
+    import nexusdsl
+    from nexusdsl.cli_train import render
+    from nexusdsl.compiler.prune import prune_checkpoint
+
+    if not 0.0 < amount < 1.0:
+        fail(f"error: --amount must be between 0 and 1 (exclusive), got {amount}")
+    target = output or checkpoint.with_name(checkpoint.name + "-pruned")
+    try:
+        result = prune_checkpoint(nexusdsl.load(file), checkpoint, amount, structured, target,
+                                  model=model, batches=batches)
+    except NexusError as e:
+        fail(render(e))
+    out.print(result.summary(), markup=False)
