@@ -28,7 +28,8 @@ from nexusdsl.ir.types import Axis, TensorType
 from nexusdsl.ops.attrs import Bool, Float, PosInt, numel
 from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
 
-# MLIR export of the fused forms is not tested yet: they claim eager and torch.compile only.
+# The optimizer makes these ops only for targets that run them (PassOptions.backends);
+# MLIR export of the fused forms is not tested, so they claim eager and torch.compile only.
 FUSED_BACKENDS = ("eager", "compile")
 
 # ---------------------------------------------------------------------------- params
@@ -280,3 +281,100 @@ class TopkMask(Op):
         from nexusdsl.ops import fused_torch
 
         return fused_torch.topk_mask(attrs)
+
+
+# ---------------------------------------------------------------------------- pruned_attention
+
+
+class PrunedAttention(Op):
+    """`attention` after structured pruning (`nexus prune --structured`) removed some heads:
+    `heads` heads of `head_dim` each, so the inner width heads * head_dim is below the model
+    width d. Parameters: qkv [3 * inner, d], out [d, inner] (biases as `attention`)."""
+
+    name = "pruned_attention"
+    family = "fused"
+    backends = FUSED_BACKENDS
+
+    class Attrs(OpAttrs):
+        heads: PosInt
+        head_dim: PosInt
+        causal: Bool = False
+        axis: int | None = None
+        bias: Bool = True
+        dropout: Float = 0.0
+
+    def infer(self, ctx, inputs, attrs):
+        return [same_type_as(inputs[0])]
+
+    def flops(self, inputs, outputs, attrs):
+        sizes = inputs[0]
+        T = sizes[-2 if attrs.axis is None else attrs.axis]
+        d, inner = sizes[-1], attrs.heads * attrs.head_dim
+        batch = numel(sizes) // (T * d)
+        mixing = 2 * T * T * inner * 2 // (2 if attrs.causal else 1)
+        return batch * (2 * T * d * 3 * inner + mixing + 2 * T * inner * d)
+
+    def lower(self, attrs):
+        from nexusdsl.ops import fused_torch
+
+        return fused_torch.pruned_attention(attrs)
+
+
+# ---------------------------------------------------------------------------- rms_norm
+
+
+class FusedRMSNorm(Op):
+    """`rmsnorm` with a hand-written backward pass (autograd's own backward of rms_norm runs
+    some ten elementwise kernels). Same attributes and parameters (`weight` [d])."""
+
+    name = "fused_rmsnorm"
+    family = "fused"
+    backends = FUSED_BACKENDS
+
+    class Attrs(OpAttrs):
+        eps: Float = 1e-6
+
+    def infer(self, ctx, inputs, attrs):
+        return [same_type_as(inputs[0])]
+
+    def flops(self, inputs, outputs, attrs):
+        return 4 * numel(inputs[0])
+
+    def lower(self, attrs):
+        from nexusdsl.ops import fused_torch
+
+        return fused_torch.fused_rmsnorm(attrs)
+
+
+# ---------------------------------------------------------------------------- depthwise_conv
+
+
+class DepthwiseConv(Op):
+    """A `conv` with one filter per channel (groups = channels = out, stride 1) computed as
+    `kernel` shifted multiply-adds on the channels-last tokens, with a hand-written backward
+    pass: no transposes to channels-first and back. Same attributes and parameters (`weight`
+    [C, 1, kernel], `bias` [C]) as the conv it replaces."""
+
+    name = "depthwise_conv"
+    family = "fused"
+    backends = FUSED_BACKENDS
+
+    class Attrs(OpAttrs):
+        out: PosInt
+        kernel: PosInt
+        causal: Bool = False
+        bias: Bool = True
+
+    def infer(self, ctx, inputs, attrs):
+        return [same_type_as(inputs[0])]
+
+    def flops(self, inputs, outputs, attrs):
+        return 2 * numel(inputs[0]) * attrs.kernel
+
+    def kernels(self, inputs, attrs):
+        return attrs.kernel
+
+    def lower(self, attrs):
+        from nexusdsl.ops import fused_torch
+
+        return fused_torch.depthwise_conv(attrs)
