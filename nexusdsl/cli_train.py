@@ -77,7 +77,8 @@ def train_cmd(
 
 
 def _summary(result) -> None:
-    key = next((k for k in ("bpb", "accuracy", "retrieval_accuracy") if k in result.after), "loss")
+    key = next((k for k in ("bpb", "accuracy", "retrieval_accuracy", "reward")
+                if k in result.after), "loss")
     label = {"bpb": "held-out bits per byte"}.get(key, f"held-out {key.replace('_', ' ')}")
     out.print(f"{label}: {result.before[key]:.3f} before, {result.after[key]:.3f} after "
               f"{result.steps} steps", markup=False)

@@ -62,8 +62,9 @@ class TrainConfig:
         """Plain values only (for the checkpoint's JSON), without spans."""
         data = {k: v for k, v in asdict(self).items() if k != "spans"}
         for name in ("data", "objective", "optimizer", "schedule"):
-            data[name] = {"fn": data[name]["fn"], "args": data[name]["args"],
-                          "kwargs": data[name]["kwargs"]}
+            kwargs = {k: _entry_point(v) if callable(v) else v  # a reward given as a callable
+                      for k, v in data[name]["kwargs"].items()}
+            data[name] = {"fn": data[name]["fn"], "args": data[name]["args"], "kwargs": kwargs}
         return data
 
     @classmethod
@@ -73,6 +74,10 @@ class TrainConfig:
             c = values[name]
             values[name] = Call(c["fn"], dict(c["kwargs"]), NO_SPAN, list(c["args"]))
         return cls(**values)
+
+
+def _entry_point(fn) -> str:
+    return f"{fn.__module__}:{fn.__qualname__}"
 
 
 # Options each configuration call accepts, with a check for each value.
@@ -96,11 +101,25 @@ def _string(v):
     return isinstance(v, str)
 
 
+def _whole(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _reward(v):  # a Python callable (API) or an entry point "package.module:function"
+    return callable(v) or (isinstance(v, str) and v.count(":") == 1)
+
+
+def _nonneg(v):
+    return _number(v) and v >= 0
+
+
 CALLS: dict[str, dict[str, dict[str, Any]]] = {
     "data": {"text": {"path": _string}, "folder": {"path": _string}, "digits": {},
              "default": {}},
     "objective": {"next_token": {}, "denoise": {"mask": _fraction, "noise": _fraction},
-                  "contrastive": {"temperature": _positive}, "classify": {}},
+                  "contrastive": {"temperature": _positive}, "classify": {},
+                  "ppo": {"reward": _reward, "clip": _fraction, "kl": _nonneg, "vf": _nonneg,
+                          "entropy": _nonneg, "epochs": _whole, "head": _string}},
     "optimizer": {"adamw": {"lr": _positive, "weight_decay": _fraction, "beta1": _fraction,
                             "beta2": _fraction, "eps": _positive},
                   "sgd": {"lr": _positive, "momentum": _fraction, "weight_decay": _fraction}},
@@ -108,10 +127,12 @@ CALLS: dict[str, dict[str, dict[str, Any]]] = {
                  "constant": {"warmup": _nonneg_int}},
 }
 _DESCRIBE = {_positive: "a positive number", _fraction: "a number in [0, 1)",
-             _nonneg_int: "a whole number >= 0", _string: "a string"}
+             _nonneg_int: "a whole number >= 0", _string: "a string", _whole: "a whole number >= 1",
+             _reward: "a callable or an entry point \"package.module:function\"",
+             _nonneg: "a number >= 0"}
 # `text("corpus.txt")` names its path positionally; the others take keywords only.
 _POSITIONAL = {"text": ["path"], "folder": ["path"], "denoise": ["mask"],
-               "contrastive": ["temperature"]}
+               "contrastive": ["temperature"], "ppo": ["reward"]}
 
 
 def build_config(fields: dict[str, tuple[Any, Span]], hyper_names: list[str],
@@ -121,7 +142,8 @@ def build_config(fields: dict[str, tuple[Any, Span]], hyper_names: list[str],
     config = TrainConfig()
     for name, (value, span) in fields.items():
         _set(config, name, value, span, hyper_names)
-    for name, value in (overrides or {}).items():
+    # `reward` last: it goes into the objective, which another override may have replaced
+    for name, value in sorted((overrides or {}).items(), key=lambda kv: kv[0] == "reward"):
         if value is not None:
             _set(config, name, value, NO_SPAN, hyper_names)
     return config
@@ -133,6 +155,13 @@ def _set(config: TrainConfig, name: str, value: Any, span: Span, hyper_names: li
         _require(_positive(value), span, f"{where}: lr must be a positive number, got {value!r}")
         config.optimizer = Call(config.optimizer.fn, {**config.optimizer.kwargs, "lr": value},
                                 config.optimizer.span)
+    elif name == "reward":  # `--set reward=pkg.mod:fn`: a shortcut into `ppo(reward = ...)`
+        _require(config.objective.fn == "ppo", span, f"{where}: reward is a setting of "
+                 f"objective ppo, but the objective is {config.objective.fn}")
+        _require(_reward(value), span, f"{where}: reward must be {_DESCRIBE[_reward]}, "
+                 f"got {value!r}")
+        config.objective = Call("ppo", {**config.objective.kwargs, "reward": value},
+                                config.objective.span)
     elif name in CALLS:
         setattr(config, name, _call(name, value, span))
     elif name in _INTS:

@@ -110,8 +110,10 @@ def optimizer_state(trainee: nn.Module, optimizer, d: Dist) -> dict:
 def load_optimizer_state(trainee: nn.Module, optimizer, state: dict, d: Dist) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    # strict=False: a parameter that never had a gradient (a head another objective trains)
+    # has no optimizer state yet, in the checkpoint as in the run that wrote it
     set_optimizer_state_dict(trainee, optimizer, state,
-                             options=StateDictOptions(full_state_dict=True))
+                             options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def sum_all(values: dict[str, float], d: Dist) -> dict[str, float]:

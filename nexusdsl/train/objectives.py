@@ -347,4 +347,11 @@ OBJECTIVES = {"next_token": NextToken, "denoise": Denoise, "classify": Classify,
 
 def make_objective(call: Call, span: Span, graph: Graph, data: Dataset) -> Objective:
     inputs, outputs = ports(graph)
+    if call.fn != "ppo" and len(outputs) > 1:  # PPO's value head is for PPO only (train/ppo.py)
+        outputs = [o for o in outputs if o.name != "value"]
     return OBJECTIVES[call.fn](call, span, graph.name, inputs, outputs, data)
+
+
+from nexusdsl.train.ppo import Ppo  # noqa: E402  (it builds on Objective, defined above)
+
+OBJECTIVES["ppo"] = Ppo

@@ -59,7 +59,7 @@ def test_config_json_round_trip():
      "positive number, got -1"),
     ("optimizer = adamw(momentum = 0.9)", "`adamw` has no option `momentum`"),
     ("objective = predict", "unknown objective `predict` (choose one of next_token, denoise, "
-     "contrastive, classify)"),
+     "contrastive, classify, ppo)"),
     ("steps = 2.5", "steps must be a whole number >= 1, got 2.5"),
     ("epochs = 3", "unknown training setting `epochs`"),
     ("data = text()", "`text` needs a path"),
