@@ -1,12 +1,12 @@
 """Overhead of `nexusdsl.train`'s loop against a minimal hand-written training loop.
 
-    python benchmarks/train_loop.py [--steps 40] [--rounds 3]
+    python benchmarks/train_loop.py [--steps 40] [--rounds 3] [--threads 1]
 
 Both train the same compiled tiny_lm (dim 96, depth 2) on the default corpus with AdamW,
 gradient clipping and the same batch (32 x 64 bytes); the hand loop draws windows from an
 in-memory tensor, the nexus loop from memory-mapped data with per-step generators, the
-schedule, auxiliary-loss collection and progress bookkeeping. Rounds interleave the two.
-Prints seconds per step and their ratio (target: 1.10 or less).
+schedule, auxiliary-loss collection and progress bookkeeping. Rounds interleave the two; both
+use the same thread count. Prints seconds per step and their ratio (target: 1.10 or less).
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ def hand_loop(steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def nexus_loop(steps: int) -> float:
+def nexus_loop(steps: int, threads: int) -> float:
     result = nexusdsl.train("examples/tiny_lm.nx", steps=steps, batch=BATCH, context=CONTEXT,
-                            eval_batches=1, **HYPER)
+                            eval_batches=1, threads=threads, **HYPER)
     return result.seconds / steps
 
 
@@ -57,11 +57,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     hand, nexus = [], []
     for _ in range(args.rounds):
         hand.append(hand_loop(args.steps))
-        nexus.append(nexus_loop(args.steps))
+        nexus.append(nexus_loop(args.steps, args.threads))
     h, n = statistics.median(hand), statistics.median(nexus)
     print(f"{'loop':<12}{'s/step':>10}")
     print(f"{'hand':<12}{h:>10.4f}")
