@@ -47,7 +47,7 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)
     prefix: int = 0
     seed: int = 0
-    eval_every: int = 0  # 0: evaluate before and after only
+    eval_every: int = 500  # held-out metrics every N steps (0: before and after only)
     eval_batches: int = 16
     save_every: int = 1000
     log_every: int = 10
