@@ -10,7 +10,8 @@ common refinement gives one pattern from the first input straight to the second 
 
 Requires: a verified graph. Guarantees: no layout reads another layout that it could be
 composed with, and no layout is the identity. Keeps: values exactly (layouts only move
-elements), output types (axis names included), every parameter. Layouts whose factorisations
+elements), every parameter, and shapes; a composed layout keeps the second one's output type,
+while readers of a removed identity see its input's axis names (the same extents). Layouts whose factorisations
 do not align (`(a b)` of 6 as 2 x 3 against 3 x 2), or that split a symbolic axis in a way the
 other does not, are left as they are.
 """
@@ -138,8 +139,8 @@ def _names(parts_a: dict, parts_b: dict, count: int) -> list[str]:
     out = []
     for k, name in enumerate(chosen):
         name = name or f"a{k}"
-        while name in taken:
-            name += "_"
+        while name in taken:  # einops refuses names ending in "_": number them
+            name = f"{name}x{k}"
         taken.add(name)
         out.append(name)
     return out
@@ -163,6 +164,11 @@ def usable(plan: Plan) -> bool:
 # ---------------------------------------------------------------------------- patterns
 
 
+def same_shape(a: TensorType, b: TensorType) -> bool:
+    """Same extents axis by axis (names may differ: a removed layout only renamed them)."""
+    return a.rank == b.rank and all(p.same_extent(q) for p, q in zip(a.axes, b.axes))
+
+
 class DropIdentityLayout(RewritePattern):
     """layout(x, "b t d -> b t d") -> x"""
 
@@ -172,7 +178,7 @@ class DropIdentityLayout(RewritePattern):
         if node.op != "layout":
             return False
         x = graph.type_of(node.inputs[0])
-        if not plan_of(node, x).is_identity() or x.axes != node.outputs[0].axes:
+        if not plan_of(node, x).is_identity() or not same_shape(x, node.outputs[0]):
             return False
         forward(graph, node, node.inputs[0])
         return True
@@ -201,7 +207,7 @@ class CancelLayouts(RewritePattern):
             return False
         inner, plan = found
         x_ref = inner.inputs[0]
-        if not plan.is_identity() or graph.type_of(x_ref).axes != node.outputs[0].axes:
+        if not plan.is_identity() or not same_shape(graph.type_of(x_ref), node.outputs[0]):
             return False
         forward(graph, node, x_ref)
         _erase_if_unused(graph, inner)
