@@ -2,7 +2,7 @@
 
     python benchmarks/train_loop.py [--steps 40] [--rounds 3] [--threads 1]
 
-Both train the same compiled tiny_lm (dim 96, depth 2) on the default corpus with AdamW,
+Both train the same compiled tiny_lm (dim 96, depth 2, 8 heads) on the default corpus with AdamW,
 gradient clipping and the same batch (32 x 64 bytes); the hand loop draws windows from an
 in-memory tensor, the nexus loop from memory-mapped data with per-step generators, the
 schedule, auxiliary-loss collection and progress bookkeeping. Rounds interleave the two; both
@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 import nexusdsl  # noqa: E402
 from nexusdsl.train.data import default_corpus  # noqa: E402
 
-HYPER = {"dim": 96, "depth": 2}
+HYPER = {"dim": 96, "depth": 2, "heads": 8}  # the demo's TinyLM
 BATCH, CONTEXT = 32, 64
 
 
