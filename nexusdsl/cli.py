@@ -85,6 +85,9 @@ def check(files: list[Path] = typer.Argument(..., help=".nx files to check")) ->
         raise typer.Exit(1)
 
 
+COMPILE_TARGETS = ("torch", "torch.compile", "iree-cpu", "iree-cuda")
+
+
 @app.command("compile")
 def compile_cmd(
     file: Path = typer.Argument(..., help="the .nx file"),
@@ -112,6 +115,9 @@ def compile_cmd(
     import nexusdsl
     from nexusdsl.cli_opt import PassFlags, optimize_for_cli, passes_text
 
+    if target not in COMPILE_TARGETS:
+        fail(f"error: unknown target {target}; choose {', '.join(COMPILE_TARGETS[:-1])} or "
+             f"{COMPILE_TARGETS[-1]}")
     hyper = parse_sets(sets)
     flags = PassFlags(opt, print_after, print_all, disable, explain, sparsity, target, via,
                       report=emit == Emit.passes)

@@ -75,8 +75,10 @@ def prune_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the checkpoint's)"),
     batches: Optional[int] = typer.Option(None, "--batches", help="held-out batches to evaluate"),
 ) -> None:
-    """Prune a trained model by weight magnitude; report held-out loss before and after and
-    write the smaller checkpoint (its IR records the pruned widths)."""
+    """Prune a trained model by weight magnitude and write the smaller checkpoint.
+
+    Held-out loss is reported before and after; the new checkpoint records the pruned IR
+    (the widths), which `nexus eval` and `nexus generate` load."""
     import nexusdsl
     from nexusdsl.cli_train import render
     from nexusdsl.compiler.prune import prune_checkpoint

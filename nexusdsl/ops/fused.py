@@ -231,6 +231,7 @@ class SparseMix(Op):
         seed: int
         causal: Bool = False
         bias: Bool = False
+        cells: PosInt  # grid nodes (the product of the mixed axes' sizes)
         count: PosInt
         kernel: str = "gather"
 

@@ -220,10 +220,15 @@ class SparseMix:
     def __init__(self, attrs):
         self.attrs = attrs
         self.grid = sorted(attrs.axes)
+        cpu = sparse_structure(attrs.cells, attrs.density, attrs.seed, attrs.causal)
+        self._structures = {"cpu": cpu}  # built once, here, not while torch.compile traces
 
     def structure(self, cells: int, device):
-        s = sparse_structure(cells, self.attrs.density, self.attrs.seed, self.attrs.causal)
-        return tuple(t.to(device) for t in s)
+        assert cells == self.attrs.cells, f"sparse_mix built for {self.attrs.cells} nodes"
+        key = str(device)
+        if key not in self._structures:
+            self._structures[key] = tuple(t.to(device) for t in self._structures["cpu"])
+        return self._structures[key]
 
     def __call__(self, m, x: torch.Tensor) -> torch.Tensor:
         first, last = self.grid[0], self.grid[-1]

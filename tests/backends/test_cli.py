@@ -1,23 +1,45 @@
-"""`nexus compile --emit mlir-* / --target iree-*` and `nexus run`, as a user runs them."""
+"""`nexus compile --emit mlir-* / --target iree-*` and `nexus run`, as a user runs them.
+
+Most run the typer app in-process (a fresh interpreter costs seconds of imports); one runs
+the real `python -m nexusdsl.cli`."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
 
 import nexusdsl
+from nexusdsl.cli import app
 from tests.backends.cases import ROOT
 
 CONV = "examples/conv_lm.nx"  # small and quick to compile
 
 
-def nexus(*args):
-    return subprocess.run([sys.executable, "-m", "nexusdsl.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT)
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def nexus(*args) -> Run:
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a traceback the user would have seen
+    return Run(result.exit_code, result.stdout, result.stderr)
+
+
+def test_python_m_nexusdsl_cli_has_the_run_command():
+    run = subprocess.run([sys.executable, "-m", "nexusdsl.cli", "run", "--help"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "--backend" in run.stdout and "iree-cpu" in run.stdout
 
 
 def test_emit_linalg_writes_mlir_with_the_chosen_shapes(tmp_path):

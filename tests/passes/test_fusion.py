@@ -206,3 +206,25 @@ def test_fused_graphs_train_the_same_parameters():
             opt.step()
     for (k, a), (_, b) in zip(m0.named_parameters(), m2.named_parameters()):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_fused_ops_run_under_torch_compile():
+    text = source("  g = conv(rmsnorm(x), 6, kernel = 3, causal = true, groups = 6)\n"
+                  "  g = layout(g, \"b (i j) d -> b i j d\", i = 4)\n"
+                  "  g = mix(g, axes = [i, j], causal = true) + mix(g, axes = [i, j], wiring = "
+                  "random(density = 0.3))\n"
+                  "  h = linear(linear(g, 8) |> gelu, 6)\n"
+                  "  output y = mix(mix(h, axis = i, to = 5), axis = i, to = 4)",
+                  "x: float[B, T=16, d=6]")
+    before = graph_of(text)
+    after = optimized(before)
+    assert {"fused_rmsnorm", "depthwise_conv", "axial_mix", "sparse_mix", "linear_act",
+            "mix_chain", "params"} <= set(ops(after))
+    m0, m2 = lower(before, seed=0), lower(after, seed=0)
+    m2.load_state_dict(m0.state_dict())
+    compiled = torch.compile(m2, backend="eager")
+    x = torch.randn(2, 16, 6)
+    y = compiled(x)
+    torch.testing.assert_close(y, m0(x), atol=1e-5, rtol=1e-5)
+    y.square().mean().backward()
+    assert all(p.grad is not None for p in m2.parameters())

@@ -81,7 +81,7 @@ class CompactRandomWiring(RewritePattern):
         kernel = self._kernel(p, node, cells, math.prod(shape) // cells, count)
         attrs = {"axes": node.attrs["axes"], "density": wiring["density"],
                  "seed": wiring["seed"], "causal": node.attrs["causal"],
-                 "bias": node.attrs["bias"], "count": count, "kernel": kernel}
+                 "bias": node.attrs["bias"], "cells": cells, "count": count, "kernel": kernel}
         dense = node.params["weight"]
         params = {**node.params, "weight": ParamSpec(shape=(count,), init=dense.init,
                                                      std=dense.std, frozen=dense.frozen)}
