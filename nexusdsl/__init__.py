@@ -34,6 +34,7 @@ def compile(program_or_path: Program | str | Path, model: str | None = None, *,
     program = program_or_path if isinstance(program_or_path, Program) else load(program_or_path)
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    _check_device(device)
     from nexusdsl.compiler.lower.fx import lower
     from nexusdsl.compiler.pipeline import optimize, options_for
 
@@ -45,6 +46,16 @@ def compile(program_or_path: Program | str | Path, model: str | None = None, *,
         return build(graph, target, device=device, dtype=dtype, seed=seed, options=options,
                      sources=program.sources)
     return lower(graph, device=device, dtype=dtype, seed=seed)
+
+
+def _check_device(device: str) -> None:
+    """A CUDA device asked for on a machine without one is the caller's mistake: say so plainly
+    rather than let torch fail deep inside weight initialisation."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here")
 
 
 def train(program_or_path: Program | str | Path, model: str | None = None, **settings: Any):

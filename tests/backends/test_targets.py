@@ -181,8 +181,11 @@ def test_every_op_that_claims_an_mlir_backend_is_exercised_by_the_backend_tests(
 TESTED_ELSEWHERE = {"pretrained_module"}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_eager_on_cuda_matches_cpu(program):
+def test_eager_on_cuda_matches_cpu_or_is_refused_without_a_gpu(program):
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            nexusdsl.compile(program, device="cuda")
+        return
     cpu = nexusdsl.compile(program).eval()
     gpu = nexusdsl.compile(program, device="cuda").eval()
     gpu.load_state_dict(cpu.state_dict())

