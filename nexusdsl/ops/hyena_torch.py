@@ -42,7 +42,20 @@ def implicit_filters(m, T: int, attrs, like: torch.Tensor) -> torch.Tensor:
         layer = getattr(flt, f"linear_{i}")
         h = torch.sin(flt.freq * F.linear(h, layer.weight, layer.bias))  # (T, filter)
     h = F.linear(h, flt.out.weight)  # (T, channels)
-    return (h * decay_window(t, h.shape[-1])).transpose(0, 1)  # (channels, T)
+    return (h * window_for(m, t, h.shape[-1])).transpose(0, 1)  # (channels, T)
+
+
+def window_for(m, t: torch.Tensor, channels: int) -> torch.Tensor:
+    """The decay window (T, channels), a constant of the length: made once per length and
+    kept on the module (not a parameter, not saved), except while a compiler traces."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return decay_window(t, channels)
+    cache = m.__dict__.setdefault("_decay_windows", {})
+    key = (t.shape[0], channels, t.device, t.dtype)
+    if key not in cache:
+        cache.clear()  # one length at a time: a model is trained at one length
+        cache[key] = decay_window(t, channels)
+    return cache[key]
 
 
 # ---------------------------------------------------------------------------- long convolutions
@@ -50,11 +63,45 @@ def implicit_filters(m, T: int, attrs, like: torch.Tensor) -> torch.Tensor:
 
 def causal_conv_fft(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """y[..., c, t] = sum_{s <= t} h[c, t - s] v[..., c, s], by FFT of 2T points (no wrap)."""
-    T, dtype = v.shape[-1], v.dtype
+    dtype = v.dtype
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # no half FFTs
-    vf = torch.fft.rfft(v.to(work), n=2 * T)
-    hf = torch.fft.rfft(h.to(work), n=2 * T)
-    return torch.fft.irfft(vf * hf, n=2 * T)[..., :T].to(dtype)
+    return _FFTConv.apply(v.to(work), h.to(work)).to(dtype)
+
+
+class _FFTConv(torch.autograd.Function):
+    """The FFT convolution with its gradients written as the two correlations they are, each
+    one more real FFT and inverse reusing the forward's spectra. Autograd's own backward of
+    rfft/irfft goes through complex-to-complex transforms of the padded length and costs
+    about twice as much at long lengths (benchmarks/hyena.py).
+
+    With v and h zero-padded to 2T, the circular correlations equal the linear ones for the
+    first T lags: dv[s] = sum_t g[t] h[t - s] = irfft(G conj(H))[s], dh[k] = sum_t g[t] v[t - k]
+    = irfft(G conj(V))[k] (summed over v's leading axes, which h is broadcast over)."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        T = v.shape[-1]
+        vf = torch.fft.rfft(v, n=2 * T)
+        hf = torch.fft.rfft(h, n=2 * T)
+        ctx.save_for_backward(vf, hf)
+        return torch.fft.irfft(vf * hf, n=2 * T)[..., :T]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        vf, hf = ctx.saved_tensors
+        T = grad.shape[-1]
+        gf = torch.fft.rfft(grad, n=2 * T)
+        dv = dh = None
+        if ctx.needs_input_grad[0]:
+            dv = torch.fft.irfft(gf * hf.conj(), n=2 * T)[..., :T]
+        if ctx.needs_input_grad[1]:
+            spectra = gf * vf.conj()
+            lead = spectra.dim() - hf.dim()
+            if lead > 0:  # h was broadcast over v's leading axes: sum before the inverse
+                spectra = spectra.sum(dim=tuple(range(lead)))
+            dh = torch.fft.irfft(spectra, n=2 * T)[..., :T]
+        return dv, dh
 
 
 def causal_conv_direct(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

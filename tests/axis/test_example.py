@@ -1,5 +1,6 @@
-"""examples/mnn.nx: a 4096-byte context as a [16, 16, 16] grid of 64-wide tokens. It is causal
-(a next-byte model), and it learns on real text (the built-in English corpus)."""
+"""examples/mnn.nx: a 4096-byte context as a [16, 16, 16] grid of 64-wide tokens, then
+knn-routed experts. It is causal (a next-byte model), and it learns on real text (the built-in
+English corpus)."""
 
 import torch
 
@@ -16,7 +17,12 @@ def test_the_context_becomes_a_16_cubed_grid_of_64_wide_tokens():
     assert grids and all(str(n.outputs[0]) == "f32[B, i=16, j=16, k=16, d=64]" for n in grids)
     mixes = [n for n in graph.nodes() if n.op == "mix"]
     assert len(mixes) == 4 and all(n.params["i.weight"].shape == (16, 16) for n in mixes)
-    assert count_params(graph)["total"] == 87_872
+    grid_layers = 87_872  # embedding, 4 x (conv, norms, 3 axis matrices, mlp), final norm
+    experts = 8 * (64 * 128 + 128 + 128 * 64 + 64)  # mlp(mult = 2), widths match: no adapters
+    router = 64 * 8 + 8 * 8  # tokens' coordinate projection, the experts' own coordinates
+    assert count_params(graph)["total"] == grid_layers + experts + 64 + router  # + its rmsnorm
+    moe = [n for n in graph.nodes() if n.op == "moe"]
+    assert len(moe) == 1 and moe[0].attrs["router"]["fn"] == "knn"
 
 
 def test_it_never_looks_ahead():
