@@ -36,6 +36,12 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/compile_speed.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/train_loop.py
+	$(BIN)/python benchmarks/axes.py --threads 1
+	$(BIN)/python benchmarks/moe.py
+	$(BIN)/python benchmarks/backends.py
+	$(BIN)/python benchmarks/passes.py
+	$(BIN)/python benchmarks/hyena.py --crossover
 
 clean:
 	rm -rf $(VENV) build *.egg-info
