@@ -133,6 +133,26 @@ def test_multiple_assignment_from_split():
     assert g.type_of(g.outputs["y"]).sizes == (None, 4)
 
 
+def test_several_outputs_from_one_call():
+    text = ("model M { input x: float[B, 8]\n output lo, hi = split(x, [3, 5])\n"
+            "  output both = concat(hi, lo, axis = -1) }")
+    model = nexusdsl.compile(nexusdsl.loads(text, "t.nx"))
+    x = torch.randn(2, 8)
+    out = model(x)
+    assert list(out) == ["lo", "hi", "both"]
+    torch.testing.assert_close(out["lo"], x[:, :3])
+    torch.testing.assert_close(out["hi"], x[:, 3:])
+    torch.testing.assert_close(out["both"], torch.cat([x[:, 3:], x[:, :3]], -1))
+
+
+def test_several_outputs_need_as_many_values():
+    text = "model M { input x: float[B, 8]\n output a, b, c = split(x, 2) }"
+    with pytest.raises(nexusdsl.NexusError) as caught:
+        nexusdsl.compile(nexusdsl.loads(text, "t.nx"))
+    assert "t.nx:2:2: error: 3 names on the left but the right side gives 2 values" in \
+        caught.value.render()
+
+
 def test_models_choose_by_name():
     program = nexusdsl.loads("model A { input x: float[B, 2]\n output y = x }\n"
                              "model B { input x: float[B, 3]\n output y = x }", "t.nx")

@@ -128,7 +128,7 @@ class _ToAst(Transformer):
 
     # -- statements -----------------------------------------------------------------
     def body(self, meta, c):
-        return tuple(c)
+        return tuple(s for item in c for s in (item if isinstance(item, tuple) else (item,)))
 
     def assign(self, meta, c):
         return ast.Assign(self._span(meta), tuple(str(t) for t in c[:-1]), c[-1])
@@ -141,6 +141,12 @@ class _ToAst(Transformer):
 
     def output(self, meta, c):
         return ast.Output(self._span(meta), str(c[0]), c[1] if len(c) > 1 else None)
+
+    def output_many(self, meta, c):
+        """`output a, b = f(x)` is `a, b = f(x)` then `output a` and `output b`."""
+        span = self._span(meta)
+        names = tuple(str(t) for t in c[:-1])
+        return (ast.Assign(span, names, c[-1]), *(ast.Output(span, n, None) for n in names))
 
     def return_(self, meta, c):
         values = tuple(c)
