@@ -176,3 +176,11 @@ def test_modal_codes_are_unique():
     err = error_of("modality a = bytes(code = 1)\nmodality b = ids(vocab = 10, code = 1)\n"
                    "model M { input x: a[B, T]\n input y: b[B, T]\n output z = x }")
     assert "both have code 1" in err.render()
+
+
+def test_a_standard_block_without_its_import_names_the_import():
+    text = "model M { input x: float[B, T, 8]\n output y = x + mlp(x, mult = 2) }"
+    with pytest.raises(nexusdsl.NexusError) as caught:
+        nexusdsl.loads(text, "t.nx")
+    assert "t.nx:2:17: error: unknown function `mlp`; `mlp` is a block of std.nn: add " \
+        "`import std.nn`" in caught.value.render()

@@ -31,6 +31,7 @@ from nexusdsl.lang import ast
 from nexusdsl.lang.diagnostics import NexusError, Note, Span
 from nexusdsl.ops import REGISTRY
 from nexusdsl.ops.base import InferContext, Op, OpError
+from nexusdsl.resources import stdlib_blocks
 
 _ARITH_OPS = {"+": "add", "-": "sub", "*": "mul"}
 MAX_NODES = 200_000
@@ -53,6 +54,9 @@ class CallsMixin:
         raise NexusError.at(span, f"{describe(func)} cannot be called")
 
     def _suggest(self, name: str, frame: Frame) -> str:
+        module = stdlib_blocks().get(name)
+        if module is not None:  # the likeliest cause: a missing import
+            return f"; `{name}` is a block of {module}: add `import {module}`"
         pool = [*REGISTRY, *frame.env, *frame.scope.defs]
         close = difflib.get_close_matches(name, pool, n=1)
         return f"; did you mean `{close[0]}`?" if close else ""

@@ -85,6 +85,14 @@ class Program:
         except NexusError as err:
             raise NexusError(err.diagnostics, self._loader.sources) from None
 
+    def check_train(self, model: str) -> None:
+        """The settings of the model's train section, checked as `nexus train` checks them
+        (names, objectives, ranges) without loading data or torch."""
+        from nexusdsl.train.config import build_config
+
+        tree = self.model_ast(model)
+        build_config(self.train_config(model), [p.name for p in tree.params if p.type is None])
+
     def check(self) -> None:
         """Elaborate every model with its defaults; raise one error listing every mistake."""
         sink = DiagnosticSink()
@@ -99,7 +107,7 @@ class Program:
                 sink.add(NexusError.at(train.span, f"`train {train.model}`: no model named {train.model}"))
             elif train.model in self.models:
                 try:
-                    self.train_config(train.model)
+                    self.check_train(train.model)
                 except NexusError as err:
                     sink.add(err)
         sink.raise_if_any(self._loader.sources)

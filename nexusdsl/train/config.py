@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from nexusdsl.lang.diagnostics import NexusError, Span
+from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Span
 
 NO_SPAN = Span("<command line>", 0, 0)
 
@@ -140,8 +140,13 @@ def build_config(fields: dict[str, tuple[Any, Span]], hyper_names: list[str],
     """Check the section's `fields` ({name: (plain value, span)}) and apply `overrides`
     (flags: same names, no span). Raises `NexusError` (without sources; the caller adds them)."""
     config = TrainConfig()
+    sink = DiagnosticSink()  # every field's mistake, not only the first
     for name, (value, span) in fields.items():
-        _set(config, name, value, span, hyper_names)
+        try:
+            _set(config, name, value, span, hyper_names)
+        except NexusError as err:
+            sink.add(err)
+    sink.raise_if_any({})
     # `reward` last: it goes into the objective, which another override may have replaced
     for name, value in sorted((overrides or {}).items(), key=lambda kv: kv[0] == "reward"):
         if value is not None:

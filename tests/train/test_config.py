@@ -76,6 +76,19 @@ def test_mistakes_are_located_at_the_field(field, message):
     assert field in rendered  # the source line is shown
 
 
+def test_every_field_mistake_is_reported_by_check(tmp_path):
+    path = tmp_path / "t.nx"
+    path.write_text(TINY + "\ntrain Tiny { objective = next_tokens; batch = -1 }\n")
+    line = TINY.count("\n") + 2
+    with pytest.raises(nexusdsl.NexusError) as info:
+        nexusdsl.load(path)  # what `nexus check` runs: no data, no torch
+    rendered = info.value.render()
+    assert f"t.nx:{line}:14: error: train setting `objective`: unknown objective `next_tokens`" \
+        in rendered
+    assert f"t.nx:{line}:39: error: train setting `batch`: batch must be a whole number >= 1, " \
+        "got -1" in rendered
+
+
 def test_flag_mistakes_are_one_line():
     with pytest.raises(nexusdsl.NexusError) as info:
         config_of(TINY, steps=0)
