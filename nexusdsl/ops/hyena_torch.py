@@ -61,11 +61,15 @@ def window_for(m, t: torch.Tensor, channels: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------- long convolutions
 
 
-def causal_conv_fft(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """y[..., c, t] = sum_{s <= t} h[c, t - s] v[..., c, s], by FFT of 2T points (no wrap)."""
+def causal_conv_fft(v: torch.Tensor, h: torch.Tensor,
+                    skip: torch.Tensor | None = None) -> torch.Tensor:
+    """y[..., c, t] = sum_{s <= t} h[c, t - s] v[..., c, s] (+ skip[c] v[..., c, t]), by FFT
+    of 2T points (no wrap)."""
     dtype = v.dtype
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # no half FFTs
-    return _FFTConv.apply(v.to(work), h.to(work)).to(dtype)
+    if skip is None:
+        skip = torch.zeros((), dtype=work, device=v.device)
+    return _FFTConv.apply(v.to(work), h.to(work), skip.to(work)).to(dtype)
 
 
 class _FFTConv(torch.autograd.Function):
@@ -74,16 +78,19 @@ class _FFTConv(torch.autograd.Function):
     rfft/irfft goes through complex-to-complex transforms of the padded length and costs
     about twice as much at long lengths (benchmarks/hyena.py).
 
-    With v and h zero-padded to 2T, the circular correlations equal the linear ones for the
-    first T lags: dv[s] = sum_t g[t] h[t - s] = irfft(G conj(H))[s], dh[k] = sum_t g[t] v[t - k]
-    = irfft(G conj(V))[k] (summed over v's leading axes, which h is broadcast over)."""
+    The skip term is tap 0 of the filter, and a tap-0 impulse has a flat spectrum: it is
+    added to every frequency of H, for free. With v and h zero-padded to 2T the circular
+    correlations equal the linear ones for the first T lags: dv[s] = sum_t g[t] h[t - s] =
+    irfft(G conj(H))[s], dh[k] = sum_t g[t] v[t - k] = irfft(G conj(V))[k] (summed over v's
+    leading axes, which h is broadcast over), and d skip = dh[0]."""
 
     @staticmethod
-    def forward(ctx, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, v: torch.Tensor, h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         T = v.shape[-1]
         vf = torch.fft.rfft(v, n=2 * T)
-        hf = torch.fft.rfft(h, n=2 * T)
+        hf = torch.fft.rfft(h, n=2 * T) + (skip[..., None] if skip.dim() else skip)
         ctx.save_for_backward(vf, hf)
+        ctx.skip_shape = skip.shape
         return torch.fft.irfft(vf * hf, n=2 * T)[..., :T]
 
     @staticmethod
@@ -92,16 +99,19 @@ class _FFTConv(torch.autograd.Function):
         vf, hf = ctx.saved_tensors
         T = grad.shape[-1]
         gf = torch.fft.rfft(grad, n=2 * T)
-        dv = dh = None
+        dv = dh = dskip = None
         if ctx.needs_input_grad[0]:
             dv = torch.fft.irfft(gf * hf.conj(), n=2 * T)[..., :T]
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             spectra = gf * vf.conj()
             lead = spectra.dim() - hf.dim()
             if lead > 0:  # h was broadcast over v's leading axes: sum before the inverse
                 spectra = spectra.sum(dim=tuple(range(lead)))
-            dh = torch.fft.irfft(spectra, n=2 * T)[..., :T]
-        return dv, dh
+            correlation = torch.fft.irfft(spectra, n=2 * T)[..., :T]
+            dh = correlation if ctx.needs_input_grad[1] else None
+            if ctx.needs_input_grad[2]:
+                dskip = correlation[..., 0].sum_to_size(ctx.skip_shape)
+        return dv, dh, dskip
 
 
 def causal_conv_direct(v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -167,7 +177,10 @@ def hyena_forward(attrs, impl: str):
         h = implicit_filters(m, T, attrs, x).reshape(-1, d, T)  # (N or 2N, d, T)
         for i in range(n):
             filt = h[i] if causal else torch.cat([h[i], h[n + i]], dim=0)
-            z = long_conv(v, filt, causal, impl) + m.filter.skip[i][:, None] * v
+            if causal and impl == "fft":  # the skip rides in the filter's spectrum
+                z = causal_conv_fft(v, filt, m.filter.skip[i])
+            else:
+                z = long_conv(v, filt, causal, impl) + m.filter.skip[i][:, None] * v
             v = gates[i] * z
             if attrs.dropout:
                 v = F.dropout(v, attrs.dropout, m.training)
