@@ -70,7 +70,7 @@ def prune_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="run or step directory"),
     amount: float = typer.Option(0.5, "--amount", help="fraction of weights (or units) to remove"),
     structured: bool = typer.Option(False, "--structured",
-                                    help="remove whole neurons and heads, not single weights"),
+                                    help="remove whole neurons, heads and experts, not single weights"),
     output: Optional[Path] = typer.Option(None, "--out", help="where to write (default CKPT-pruned)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the checkpoint's)"),
     batches: Optional[int] = typer.Option(None, "--batches", help="held-out batches to evaluate"),

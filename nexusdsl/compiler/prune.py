@@ -10,8 +10,13 @@ weights, so it is not a pass of the pipelines (which see no weights).
     of them are removed from both linears;
   * attention heads: a head's score is the norm of its q, k, v rows times the norm of its
     columns of the output projection; the node becomes `pruned_attention` with fewer heads
-    of the same width.
-  At least one unit or head always stays.
+    of the same width;
+  * experts of a `moe` with a learned router (`topk`, `knn`): an expert's score is the norm
+    of all its trainable weights; the lowest `amount` go, with their router rows (topk's
+    gate rows, knn's expert coordinates). At least k experts stay. A `hash` router assigns
+    positions to experts by number and has no learned gate to remove, so it is left whole;
+    frozen (pretrained) experts are scored by their adapters and kept by reference.
+  At least one unit, head or expert always stays.
 
 `prune_checkpoint` evaluates held-out loss before and after on the checkpoint's own data
 (its train section's corpus by default) and writes a checkpoint holding the pruned IR
@@ -90,6 +95,8 @@ def prune_structured(graph: Graph, weights: Weights, amount: float) -> Pruned:
             _prune_mlp(result, node, amount)
         elif node.op == "attention":
             _prune_heads(result, node, amount)
+        elif node.op == "moe":
+            _prune_experts(result, node, amount)
     return result
 
 
@@ -179,6 +186,40 @@ def _prune_heads(result: Pruned, node: Node, amount: float) -> None:
     graph.replace(node, node.model_copy(update={"op": "pruned_attention", "attrs": attrs,
                                                 "params": params}))
     _count(result, "attention heads", n, heads)
+
+
+ROUTER_ROWS = {"topk": "router.weight", "knn": "router.coords"}  # one row per expert
+
+
+def _prune_experts(result: Pruned, node: Node, amount: float) -> None:
+    graph, w = result.graph, result.weights
+    row_key = ROUTER_ROWS.get(node.attrs["router"]["fn"])
+    if row_key is None or not private_params(graph, node):
+        return
+    count, k = node.attrs["experts"], int(node.attrs["router"]["kwargs"].get("k", 1))
+    prefix = f"{node.name}.experts."
+    scores = torch.zeros(count)
+    for key, value in w.items():
+        if key.startswith(prefix):
+            scores[int(key[len(prefix):].split(".", 1)[0])] += value.float().pow(2).sum()
+    kept = top_indices(scores.sqrt(), max(k, keep_count(count, amount))).tolist()
+    if len(kept) == count:
+        return
+    renumber = {old: new for new, old in enumerate(kept)}
+    for key in [key for key in w if key.startswith(prefix)]:
+        index, rest = key[len(prefix):].split(".", 1)
+        value = w.pop(key)
+        if int(index) in renumber:
+            w[f"{prefix}{renumber[int(index)]}.{rest}"] = value
+    full = f"{node.name}.{row_key}"
+    w[full] = w[full][kept]
+    params = dict(node.params)
+    params[row_key] = params[row_key].model_copy(update={"shape": tuple(w[full].shape)})
+    attrs = {**node.attrs, "experts": len(kept),
+             "sequence": [node.attrs["sequence"][i] for i in kept]}
+    graph.replace(node, node.model_copy(update={
+        "attrs": attrs, "params": params, "regions": [node.regions[i] for i in kept]}))
+    _count(result, "experts", len(kept), count)
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -108,3 +108,45 @@ def test_prune_command_end_to_end(tmp_path):
     assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
     amount = nexus("prune", "examples/tiny_lm.nx", "--checkpoint", str(run_dir), "--amount", "1")
     assert amount.returncode == 1 and "--amount must be between 0 and 1" in amount.stderr
+
+
+def test_structured_pruning_removes_experts_the_router_never_picks():
+    text = ("import std.nn\nmodel M {\n  input x: float[B, T, d=8]\n"
+            "  experts e = 6 of mlp(mult = 2)\n"
+            "  output y = moe(x, e, router = topk(k = 2, normalize = true))\n}\n")
+    graph = nexusdsl.loads(text, "t.nx").elaborate()
+    model = lower(graph, seed=0).eval()
+    weights = dict(model.state_dict())
+    silent = [1, 4]
+    router = weights["moe.router.weight"].clone()
+    router[silent] = -10.0  # for positive inputs these experts never make the top 2
+    weights["moe.router.weight"] = router
+    for key in weights:
+        if any(key.startswith(f"moe.experts.{e}.") for e in silent):
+            weights[key] = weights[key] * 1e-3  # and their weights are the smallest
+    model.load_state_dict(weights)
+    pruned = prune_structured(graph, weights, 1 / 3)
+    assert pruned.removed == {"experts": (4, 6)}
+    node = pruned.graph.by_name("moe")
+    assert node.attrs["experts"] == 4 and len(node.regions) == 4
+    kept = [0, 2, 3, 5]
+    assert torch.equal(pruned.weights["moe.router.weight"], router[kept])
+    for new, old in enumerate(kept):
+        assert torch.equal(pruned.weights[f"moe.experts.{new}.mlp.linear.weight"],
+                           weights[f"moe.experts.{old}.mlp.linear.weight"])
+    small = lower(pruned.graph, seed=1).eval()
+    small.load_state_dict(pruned.weights)
+    x = torch.rand(3, 5, 8)
+    torch.testing.assert_close(small(x), model(x))
+
+
+def test_structured_pruning_keeps_k_experts_and_leaves_hash_routers_whole():
+    text = ("import std.nn\nmodel M {\n  input x: float[B, T=4, d=8]\n"
+            "  experts e = 4 of mlp(mult = 2)\n  experts f = 4 of mlp(mult = 2)\n"
+            "  y = moe(x, e, router = topk(k = 3))\n"
+            "  output y = moe(y, f, router = hash())\n}\n")
+    graph = nexusdsl.loads(text, "t.nx").elaborate()
+    weights = dict(lower(graph, seed=0).state_dict())
+    pruned = prune_structured(graph, weights, 0.75)
+    assert pruned.removed == {"experts": (3, 4)}  # k = 3 of them must stay
+    assert pruned.graph.by_name("moe_1").attrs["experts"] == 4
