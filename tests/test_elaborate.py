@@ -184,3 +184,48 @@ def test_a_standard_block_without_its_import_names_the_import():
         nexusdsl.loads(text, "t.nx")
     assert "t.nx:2:17: error: unknown function `mlp`; `mlp` is a block of std.nn: add " \
         "`import std.nn`" in caught.value.render()
+
+
+def test_axis_arguments_name_fixed_size_axes_and_hyperparameter_axes():
+    # T=16 binds T to 16 and `embed(t, dim)` names an axis dim: `axis = T` / `axis = dim`
+    # still mean those axes, in every op that takes an axis.
+    text = ("modality text = bytes(code = 0)\nmodel M(dim = 6) {\n  input x: float[B, T=5, d=4]\n"
+            "  input t: text[B, S]\n  e = embed(t, dim)\n  p, q = split(x, [1, 3], axis = d)\n"
+            "  output a = mean(x, axis = T)\n  output b = sum(x, axis = d)\n"
+            "  output c = softmax(e, axis = dim)\n  output j = concat(x, x, axis = T)\n"
+            "  output q = q\n}\n")
+    model = nexusdsl.compile(nexusdsl.loads(text, "t.nx"))
+    x, t = torch.randn(2, 5, 4), torch.randint(0, 256, (2, 3))
+    out = model(x, t)
+    torch.testing.assert_close(out["a"], x.mean(1))
+    torch.testing.assert_close(out["b"], x.sum(2))
+    torch.testing.assert_close(out["c"], torch.softmax(model.state_dict()["embed.weight"][t], -1))
+    torch.testing.assert_close(out["j"], torch.cat([x, x], 1))
+    torch.testing.assert_close(out["q"], x[..., 1:])
+
+
+def test_a_hyperparameter_holding_a_position_still_works_as_a_position():
+    text = ("block f(x: [B, T, d], ax = 1) {\n  return mean(x, axis = ax)\n}\n"
+            "model M {\n  input x: float[B, T=5, d=4]\n  output y = f(x)\n}\n")
+    x = torch.randn(2, 5, 4)
+    torch.testing.assert_close(nexusdsl.compile(nexusdsl.loads(text, "t.nx"))(x), x.mean(1))
+
+
+def test_tensors_broadcast_by_axis_name():
+    text = ("model M {\n  input x: float[B, T=5, d=4]\n  input g: float[B, d=4]\n"
+            "  output y = x + mean(x, axis = T)\n  output z = g * x\n"
+            "  output w = x - mean(x, axis = d)\n  output v = x + x\n}\n")
+    model = nexusdsl.compile(nexusdsl.loads(text, "t.nx"))
+    x, g = torch.randn(2, 5, 4), torch.randn(2, 4)
+    out = model(x, g)
+    torch.testing.assert_close(out["y"], x + x.mean(1, keepdim=True))
+    torch.testing.assert_close(out["z"], g[:, None] * x)
+    torch.testing.assert_close(out["w"], x - x.mean(2, keepdim=True))
+    assert model.graph.node(model.graph.outputs["v"].node).attrs == {}  # plain adds print as before
+
+
+def test_broadcast_names_that_cannot_align_are_a_shape_mismatch():
+    text = "model M {\n  input x: float[B, T=5, d=4]\n  input g: float[B, e=3]\n  output y = x + g\n}\n"
+    with pytest.raises(nexusdsl.NexusError) as caught:
+        nexusdsl.loads(text, "t.nx")
+    assert "t.nx:4:16: error: shape mismatch in `x + g`" in caught.value.render()

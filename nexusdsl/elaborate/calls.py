@@ -41,6 +41,7 @@ class CallsMixin:
     # ------------------------------------------------------------------ dispatch
     def apply(self, func, args: list[Arg], kwargs, span: Span, alias: str | None, frame: Frame):
         if isinstance(func, Partial):
+            self._check_first_argument(func, args, frame)
             args = [*args[:1], *func.args, *args[1:]] if args and _is_tensorish(args[0].value) else [*func.args, *args]
             merged = dict(func.kwargs)
             merged.update(kwargs)
@@ -52,6 +53,23 @@ class CallsMixin:
         if isinstance(func, Symbol):
             raise NexusError.at(span, f"unknown function `{func.name}`" + self._suggest(func.name, frame))
         raise NexusError.at(span, f"{describe(func)} cannot be called")
+
+    def _check_first_argument(self, func: Partial, args: list[Arg], frame: Frame) -> None:
+        """`linear(xx, 4)` with `xx` a typo: a bare name where the tensor input goes names
+        nothing (it would otherwise read as an option value and make a partial call)."""
+        if func.args or not args or not isinstance(args[0].value, Symbol):
+            return
+        target = func.target
+        wants_tensor = (bool(target.inputs) if isinstance(target, Op) else
+                        any(p.type is not None for p in target.block.params))
+        if wants_tensor:
+            name = args[0].value.name
+            raise NexusError.at(args[0].span, f"unknown name `{name}`" + self._suggest_local(name, frame))
+
+    def _suggest_local(self, name: str, frame: Frame) -> str:
+        close = difflib.get_close_matches(name, [n for n, v in frame.env.items()
+                                                 if isinstance(v, Tensor)], n=1)
+        return f"; did you mean `{close[0]}`?" if close else ""
 
     def _suggest(self, name: str, frame: Frame) -> str:
         module = stdlib_blocks().get(name)
@@ -200,6 +218,9 @@ class CallsMixin:
             return self.add_op_node(fn, [left, right], fn.Attrs(), {}, e.span, None, frame,
                                     labels=labels, at=e.op_span)
         tensor, number = (left, right) if isinstance(left, Tensor) else (right, left)
+        if isinstance(number, Symbol):
+            raise NexusError.at(number.span, f"unknown name `{number.name}`"
+                                + self._suggest_local(number.name, frame))
         if not isinstance(number, (int, float)) or isinstance(number, bool):
             raise NexusError.at(e.span, f"`{op}` between a tensor and {describe(number)} is not defined")
         return self._scalar_op(op, tensor, float(number), tensor is left, e, frame)
@@ -231,7 +252,7 @@ class CallsMixin:
         if len(self.calls) >= 64:
             raise NexusError.at(span, f"block {block.name} calls itself (or nests more than 64 deep)")
         inner = Frame(ref.scope, "")
-        inner.axes = AxisBindings(lambda n: inner.env.get(n))
+        inner.axes = AxisBindings(lambda n: self.known_size(n, inner))
         self._bind_block_params(ref, bound, inner, span)
         scope_name = self.node_name(block.name, alias, span, frame)
         inner.prefix = scope_name

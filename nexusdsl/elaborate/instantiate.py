@@ -57,7 +57,7 @@ class Builder(calls.CallsMixin, ExpertsMixin):
     def build_model(self, model: ast.Model, overrides: dict[str, Any]) -> Graph:
         self.graph = Graph(model.name)
         frame = Frame(self.root, "", is_model=True)
-        frame.axes = AxisBindings(lambda n: frame.env.get(n))
+        frame.axes = AxisBindings(lambda n: self.known_size(n, frame))
         self._bind_model_hypers(model, frame, overrides)
         self.graph.hyper = {k: v for k, v in frame.env.items() if is_number(v) or isinstance(v, str)}
         self.run_body(model.body, frame)
@@ -286,6 +286,16 @@ class Builder(calls.CallsMixin, ExpertsMixin):
         return self.route_expr(e, frame)  # experts.py
 
     # ------------------------------------------------------------------ names
+    def known_size(self, name: str, frame: Frame):
+        """What a name in a shape is bound to beforehand: a hyperparameter, or a file's `let`
+        constant (`let width = 32` makes `float[B, width]` a fixed axis named width)."""
+        if name in frame.env:
+            return frame.env[name]
+        item = frame.scope.defs.get(name)
+        if isinstance(item, ast.Let):
+            return self.definition_value(frame.scope, item, item.span)
+        return None
+
     def lookup(self, name: str, span: Span, frame: Frame):
         if name in frame.env:
             value = frame.env[name]

@@ -229,7 +229,7 @@ class Softmax(Activation):
         axis: AxisRef = -1
 
     def resolve(self, ctx, inputs, attrs):
-        return attrs.model_copy(update={"axis": resolve_axis("softmax", inputs[0], attrs.axis)})
+        return attrs.model_copy(update={"axis": resolve_axis("softmax", inputs[0], attrs.axis, ctx=ctx)})
 
     def flops(self, inputs, outputs, attrs):
         return 3 * numel(outputs[0])

@@ -62,13 +62,22 @@ def numel(sizes: tuple[int, ...]) -> int:
     return math.prod(sizes)
 
 
-def resolve_axis(what: str, x: TensorType, ref: int | str, arg: str = "axis") -> int:
-    """An axis given by name or (negative) position, as a non-negative position in x."""
+def resolve_axis(what: str, x: TensorType, ref: int | str, arg: str = "axis",
+                 ctx: InferContext | None = None) -> int:
+    """An axis given by name or (negative) position, as a non-negative position in x. With
+    the call's `ctx`, a plain name that names an axis of x is that axis even where the name
+    is also bound to the axis's size (`x: [B, T=16, d]` binds T = 16; `axis = T` means T)."""
+    written = ctx.hints.get(arg) if ctx is not None else None
+    if written is not None:
+        ref = written_axis(ctx, x, arg, ref)
     index = x.axis_index(ref)
     if index is not None:
         return index
     if isinstance(ref, str):
         raise OpError(f"{what}: {arg} = {ref} names no axis of {x}")
+    if written is not None:  # a name holding a number: neither an axis name nor a position
+        raise OpError(f"{what}: {arg} = {written} names no axis of {x}, and as a position "
+                      f"({written} = {ref}) it is out of range ({x.rank} axes)")
     raise OpError(f"{what}: {arg} = {ref} is out of range for {x}, which has {x.rank} axes")
 
 
@@ -116,3 +125,12 @@ def operand(axis: Axis) -> str:
 def new_axis(ctx: InferContext, attr: str, size: int) -> Axis:
     """A new axis sized by `attr`, named after the user's hyperparameter when it was one."""
     return Axis(name=ctx.axis_name(attr), size=size)
+
+
+def written_axis(ctx: InferContext, x: TensorType, key: str, ref):
+    """An axis argument as the user wrote it: a plain name that names an axis of x is that
+    axis, even where the name is also bound to the axis's size (`x: [B, i=4, d]` binds i = 4)."""
+    hint = ctx.hints.get(key)
+    if hint is not None and not isinstance(ref, str) and x.axis_index(hint) is not None:
+        return hint
+    return ref

@@ -43,6 +43,7 @@ from nexusdsl.ops.attrs import (
     numel,
     require_float,
     resolve_axis,
+    written_axis,
 )
 from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
 
@@ -122,15 +123,6 @@ def canonical_wiring(value: Any) -> str | dict:
 def wiring_fn(wiring: str | dict) -> str:
     """The name of a canonical wiring: axial, full, local or random."""
     return wiring if isinstance(wiring, str) else wiring["fn"]
-
-
-def written_axis(ctx, x: TensorType, key: str, ref):
-    """An axis argument as the user wrote it: a plain name that names an axis of x is that
-    axis, even where the name is also bound to the axis's size (`x: [B, i=4, d]` binds i = 4)."""
-    hint = ctx.hints.get(key)
-    if hint is not None and not isinstance(ref, str) and x.axis_index(hint) is not None:
-        return hint
-    return ref
 
 
 def _label(x: TensorType, pos: int) -> str:

@@ -6,7 +6,7 @@ import math
 import re
 from typing import Annotated, ClassVar
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_serializer
 
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.ir.types import Axis, CodeSegment, TensorType
@@ -212,7 +212,10 @@ def broadcast(a: TensorType, b: TensorType) -> tuple[Axis, ...]:
 
 
 class Binary(Op):
-    """Elementwise arithmetic between two tensors, broadcast from the right (numpy rules).
+    """Elementwise arithmetic between two tensors, broadcast by axis name: the operand of
+    lower rank is aligned with the other by its axes' names, so `x + mean(x, axis = T)` adds
+    a `[B, d]` to every position of a `[B, T, d]`. Where the names do not decide (anonymous
+    axes, names the other operand lacks), numpy's rules apply: aligned from the right.
 
     The result keeps the left operand's modality and modal codes (the right one's when the
     left has none: `position(x) + x` is still a token stream)."""
@@ -221,10 +224,31 @@ class Binary(Op):
     symbol: ClassVar[str] = "+"
 
     class Attrs(OpAttrs):
-        pass
+        # size-1 axes the lower-rank operand (`operand`) gains, at these positions of the
+        # result, where alignment by name differs from alignment from the right
+        expand: list[int] = Field(default_factory=list)
+        operand: Choice("a", "b") = "b"
+
+        @model_serializer(mode="wrap")
+        def _only_when_aligned(self, handler):
+            # the common case prints (and hashes) as before: no attributes at all
+            data = handler(self)
+            return data if data.get("expand") else {}
+
+    def resolve(self, ctx, inputs, attrs):
+        a, b = inputs
+        if a.rank == b.rank:
+            return attrs
+        big, small, which = (a, b, "b") if a.rank > b.rank else (b, a, "a")
+        positions = _positions_by_name(big, small)
+        if positions is None or positions == list(range(big.rank - small.rank, big.rank)):
+            return attrs  # the names agree with numpy's alignment (or do not decide)
+        expand = [i for i in range(big.rank) if i not in positions]
+        return attrs.model_copy(update={"expand": expand, "operand": which})
 
     def infer(self, ctx, inputs, attrs):
-        a, b = inputs
+        a, b = (_expanded(t, attrs) if name == attrs.operand else t
+                for name, t in zip("ab", inputs))
         axes = broadcast(a, b)
         carrier = a if a.modality or a.codes or not (b.modality or b.codes) else b
         return [carrier.with_axes(axes, dtype=promote(a.dtype, b.dtype))]
@@ -233,7 +257,37 @@ class Binary(Op):
         import operator
 
         fn = {"+": operator.add, "-": operator.sub, "*": operator.mul}[self.symbol]
-        return lambda m, a, b: fn(a, b)
+        if not attrs.expand:
+            return lambda m, a, b: fn(a, b)
+
+        def aligned(m, a, b):
+            small = a if attrs.operand == "a" else b
+            for position in attrs.expand:  # ascending: each lands where the result has it
+                small = small.unsqueeze(position)
+            return fn(small, b) if attrs.operand == "a" else fn(a, small)
+
+        return aligned
+
+
+def _positions_by_name(big: TensorType, small: TensorType) -> list[int] | None:
+    """Where each axis of `small` sits in `big`, found by name, or None when the names do
+    not decide (an anonymous axis, a name `big` lacks, or names out of order)."""
+    positions: list[int] = []
+    for axis in small.axes:
+        index = big.axis_index(axis.name) if axis.name else None
+        if index is None or (positions and index <= positions[-1]):
+            return None
+        positions.append(index)
+    return positions
+
+
+def _expanded(t: TensorType, attrs) -> TensorType:
+    if not attrs.expand:
+        return t
+    axes = list(t.axes)
+    for position in attrs.expand:
+        axes.insert(position, Axis(size=1))
+    return t.with_axes(tuple(axes))
 
 
 class Add(Binary):
@@ -327,7 +381,7 @@ class Concat(Op):
         axis: AxisRef = -2
 
     def resolve(self, ctx, inputs, attrs):
-        return attrs.model_copy(update={"axis": resolve_axis("concat", inputs[0], attrs.axis)})
+        return attrs.model_copy(update={"axis": resolve_axis("concat", inputs[0], attrs.axis, ctx=ctx)})
 
     def infer(self, ctx, inputs, attrs):
         first = inputs[0]
@@ -385,7 +439,7 @@ class Split(Op):
 
     def resolve(self, ctx, inputs, attrs):
         x = inputs[0]
-        axis = resolve_axis("split", x, attrs.axis)
+        axis = resolve_axis("split", x, attrs.axis, ctx=ctx)
         return attrs.model_copy(update={"axis": axis, "sizes": self._parts(x, axis, attrs.sizes)})
 
     @staticmethod
@@ -435,7 +489,7 @@ class Reduce(Op):
         axis: AxisRef = -2
 
     def resolve(self, ctx, inputs, attrs):
-        return attrs.model_copy(update={"axis": resolve_axis(self.name, inputs[0], attrs.axis)})
+        return attrs.model_copy(update={"axis": resolve_axis(self.name, inputs[0], attrs.axis, ctx=ctx)})
 
     def infer(self, ctx, inputs, attrs):
         x = inputs[0]

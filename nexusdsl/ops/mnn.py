@@ -23,8 +23,8 @@ from nexusdsl.ops.attrs import (
     require_rank,
     resolve_axis,
     uniform,
+    written_axis,
 )
-from nexusdsl.ops.axis import written_axis
 from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
 
 # ---------------------------------------------------------------------------- selective_relu
