@@ -28,6 +28,7 @@ from nexusdsl.elaborate.values import (
     Modality,
     OptionCall,
     Partial,
+    Symbol,
     Tensor,
     describe,
 )
@@ -203,6 +204,10 @@ class ExpertsMixin:
 
     def _branch_code(self, branch, x: Tensor, codes, seen: list[int], frame: Frame) -> int:
         value = self.lookup(branch.modality, branch.span, frame)
+        if isinstance(value, Symbol):
+            carried = ", ".join(sorted({s.modality for s in codes})) or "none"
+            raise NexusError.at(branch.span, f"unknown modality `{branch.modality}` in a route "
+                                f"branch (the input carries: {carried})")
         if not isinstance(value, Modality):
             raise NexusError.at(branch.span, f"a route branch names a modality; "
                                 f"`{branch.modality}` is {describe(value)}")

@@ -164,3 +164,10 @@ def test_route_branch_for_a_missing_modality_is_located():
     text = first_error(ROUTE.replace("BODY", body))
     assert "bad.nx:10:44" in text
     assert "carries no audio tokens (it carries image, text)" in text
+
+
+def test_route_branch_for_an_unknown_modality_is_located():
+    body = "output y = route(s) { text -> linear(4); picture -> linear(4) }"
+    text = first_error(ROUTE.replace("BODY", body))
+    assert "bad.nx:10:44: error: unknown modality `picture` in a route branch (the input " \
+        "carries: image, text)" in text
