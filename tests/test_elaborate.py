@@ -229,3 +229,12 @@ def test_broadcast_names_that_cannot_align_are_a_shape_mismatch():
     with pytest.raises(nexusdsl.NexusError) as caught:
         nexusdsl.loads(text, "t.nx")
     assert "t.nx:4:16: error: shape mismatch in `x + g`" in caught.value.render()
+
+
+def test_modal_codes_are_unique_even_among_unused_modalities():
+    text = ("modality text = bytes(code = 0)\nmodality img = patches(size = 4, channels = 3, "
+            "code = 0)\nmodel M {\n  input t: text[B, T]\n  output y = embed(t, 8)\n}\n")
+    with pytest.raises(nexusdsl.NexusError) as caught:
+        nexusdsl.loads(text, "t.nx")
+    assert "t.nx:2:1: error: modalities text and img both have code 0; modal codes must be " \
+        "unique" in caught.value.render()

@@ -93,6 +93,25 @@ class Program:
         tree = self.model_ast(model)
         build_config(self.train_config(model), [p.name for p in tree.params if p.type is None])
 
+    def _check_modal_codes(self, sink: DiagnosticSink) -> None:
+        """Modal codes are unique among the file's modalities, used or not (a model that
+        uses both would otherwise be the first to notice)."""
+        builder = Builder(self.scope, DiagnosticSink(), self._loader.sources)
+        first: dict[int, ast.Modality] = {}
+        for item in self.scope.defs.values():
+            if not isinstance(item, ast.Modality):
+                continue
+            try:
+                code = builder.definition_value(self.scope, item, item.span).spec.code
+            except NexusError:
+                continue  # a broken modality is reported where a model uses it
+            if code in first:
+                # worded as the model's own check words it, so the two count as one mistake
+                sink.add(NexusError.at(item.span, f"modalities {first[code].name} and {item.name} "
+                                       f"both have code {code}; modal codes must be unique"))
+            else:
+                first[code] = item
+
     def check(self) -> None:
         """Elaborate every model with its defaults; raise one error listing every mistake."""
         sink = DiagnosticSink()
@@ -101,6 +120,7 @@ class Program:
                 self.elaborate(tree.name)
             except NexusError as err:
                 sink.add(err)
+        self._check_modal_codes(sink)
         names = set(self.models) | {n for _, s in self.scope.imports for n in s.defs}
         for train in self.scope.trains:
             if train.model not in names:
