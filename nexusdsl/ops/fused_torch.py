@@ -309,22 +309,10 @@ def _activation(value: dict):
 
 
 def pruned_attention(attrs):
-    heads, size, axis = attrs.heads, attrs.head_dim, attrs.axis
-    inner = heads * size
+    """Attention with fewer heads of the original head size (`nexus prune --structured`)."""
+    from nexusdsl.ops.mixers import attention_forward
 
-    def attention(m, x):
-        if axis is not None:
-            x = x.movedim(axis, -2)
-        qkv = F.linear(x, m.qkv.weight, m.qkv.bias if attrs.bias else None)  # (*, T, 3 inner)
-        q, k, v = (t.unflatten(-1, (heads, size)).transpose(-2, -3)
-                   for t in qkv.split(inner, dim=-1))  # (*, H, T, size)
-        p = attrs.dropout if m.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=attrs.causal)
-        y = F.linear(y.transpose(-2, -3).flatten(-2), m.out.weight,
-                     m.out.bias if attrs.bias else None)  # (*, T, d)
-        return y if axis is None else y.movedim(-2, axis)
-
-    return attention
+    return attention_forward(attrs, attrs.head_dim)
 
 
 # ---------------------------------------------------------------------------- fused_rmsnorm

@@ -76,21 +76,29 @@ class Attention(Op):
         return batch * (2 * T * d * 3 * d + mixing + 2 * T * d * d)
 
     def lower(self, attrs):
-        import torch.nn.functional as F
+        return attention_forward(attrs)
 
-        heads, axis = attrs.heads, attrs.axis
 
-        def attention(m, x):
-            if axis is not None:
-                x = x.movedim(axis, -2)
-            D = x.shape[-1]
-            qkv = F.linear(x, m.qkv.weight, m.qkv.bias if attrs.bias else None)  # (*, T, 3D)
-            q, k, v = (t.unflatten(-1, (heads, D // heads)).transpose(-2, -3)
-                       for t in qkv.split(D, dim=-1))  # (*, H, T, D/H)
-            p = attrs.dropout if m.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=attrs.causal)
-            y = F.linear(y.transpose(-2, -3).flatten(-2), m.out.weight,
-                         m.out.bias if attrs.bias else None)  # (*, T, D)
-            return y if axis is None else y.movedim(-2, axis)
+def attention_forward(attrs, head_dim: int | None = None):
+    """fn(m, x) of multi-head attention (PyTorch's fused SDPA) along the sequence axis or
+    `attrs.axis`: qkv projection, heads of `head_dim` channels (the width / heads unless
+    given: `pruned_attention` keeps fewer heads of the original size), output projection."""
+    import torch.nn.functional as F
 
-        return attention
+    heads, axis = attrs.heads, attrs.axis
+
+    def attention(m, x):
+        if axis is not None:
+            x = x.movedim(axis, -2)
+        size = head_dim or x.shape[-1] // heads
+        inner = heads * size
+        qkv = F.linear(x, m.qkv.weight, m.qkv.bias if attrs.bias else None)  # (*, T, 3 inner)
+        q, k, v = (t.unflatten(-1, (heads, size)).transpose(-2, -3)
+                   for t in qkv.split(inner, dim=-1))  # (*, H, T, size)
+        p = attrs.dropout if m.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=attrs.causal)
+        y = F.linear(y.transpose(-2, -3).flatten(-2), m.out.weight,
+                     m.out.bias if attrs.bias else None)  # (*, T, d)
+        return y if axis is None else y.movedim(-2, axis)
+
+    return attention
