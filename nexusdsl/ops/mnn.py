@@ -23,7 +23,6 @@ from nexusdsl.ops.attrs import (
     require_rank,
     resolve_axis,
     uniform,
-    written_axis,
 )
 from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
 
@@ -180,7 +179,7 @@ class KnnAttention(Op):
         require_rank("knn_attention", x, 2, "[*, T, d]")
         if attrs.axis is None:
             return attrs
-        axis = resolve_axis("knn_attention", x, written_axis(ctx, x, "axis", attrs.axis))
+        axis = resolve_axis("knn_attention", x, attrs.axis, ctx=ctx)
         if axis == x.rank - 1:
             raise OpError(f"knn_attention: {axis_label(x.axes[-1], axis)} holds the channels; "
                           "attend along another axis")
