@@ -95,22 +95,20 @@ class Program:
 
     def _check_modal_codes(self, sink: DiagnosticSink) -> None:
         """Modal codes are unique among the file's modalities, used or not (a model that
-        uses both would otherwise be the first to notice)."""
+        uses both would otherwise be the first to notice): the builder's own check, run over
+        every modality the file declares."""
         builder = Builder(self.scope, DiagnosticSink(), self._loader.sources)
-        first: dict[int, ast.Modality] = {}
         for item in self.scope.defs.values():
             if not isinstance(item, ast.Modality):
                 continue
             try:
-                code = builder.definition_value(self.scope, item, item.span).spec.code
+                value = builder.definition_value(self.scope, item, item.span)
             except NexusError:
                 continue  # a broken modality is reported where a model uses it
-            if code in first:
-                # worded as the model's own check words it, so the two count as one mistake
-                sink.add(NexusError.at(item.span, f"modalities {first[code].name} and {item.name} "
-                                       f"both have code {code}; modal codes must be unique"))
-            else:
-                first[code] = item
+            try:
+                builder.register_modality(value)
+            except NexusError as err:
+                sink.add(err)
 
     def check(self) -> None:
         """Elaborate every model with its defaults; raise one error listing every mistake."""
