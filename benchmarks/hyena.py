@@ -1,16 +1,19 @@
 """Hyena against causal attention: forward + backward time and peak memory, one run.
 
     python benchmarks/hyena.py [--lengths 1024 4096 16384] [--width 128] [--heads 4]
-                               [--repeats 3] [--crossover]
+                               [--repeats 5] [--crossover] [--plain-malloc]
 
 Both sides are whole mixing layers of the same width on one sequence (batch 1), compiled from
 `.nx` with the same projections around their cores:
   - hyena: `hyena(x, order = 2, filter = 64, causal = true)` (FFT long convolutions);
   - attention: `attention(x, heads, causal = true)`, whose core is PyTorch's
     `scaled_dot_product_attention(is_causal = True)` (the fused CPU kernel).
-Time is the median of `repeats` forward + backward passes after one warm-up. Peak memory is
-the growth of the process's peak resident memory during one forward + backward pass, measured
-in a fresh subprocess per (layer, length) so that each starts from the same baseline.
+Time is the median of `repeats` forward + backward passes after one warm-up, the two layers
+timed in alternation in one process per length (a shared machine's speed drifts; alternating
+makes the ratio fair). Peak memory is the growth of the process's peak resident memory during
+one forward + backward pass, measured in a fresh process per (layer, length) so that each
+starts from the same baseline. Both layers run with freed memory kept in the process, as the
+`nexus` command runs (nexusdsl/allocator.py); `--plain-malloc` measures without.
 Target: at 16k tokens hyena at least 10x faster than attention. `--crossover` also times
 128 .. 1024 tokens and reports where hyena starts to win.
 """
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ("Hyena", "Attention")
 sys.path.insert(0, str(ROOT))
 
 SOURCE = """nexus 0.1
@@ -41,8 +45,7 @@ model Attention(dim = 128, T = 1024, heads = 4) {
 """
 
 
-def measure(layer: str, length: int, width: int, heads: int, repeats: int) -> dict:
-    """Time and peak memory of one layer at one length (run in its own process)."""
+def build(layer: str, length: int, width: int, heads: int):
     import torch
 
     import nexusdsl
@@ -57,18 +60,46 @@ def measure(layer: str, length: int, width: int, heads: int, repeats: int) -> di
         model(x).square().mean().backward()
         return time.perf_counter() - start
 
+    return step
+
+
+def measure_memory(layer: str, length: int, width: int, heads: int) -> dict:
+    """Peak memory growth of one forward + backward pass (run in its own process)."""
+    step = build(layer, length, width, heads)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    first = step()  # the warm-up pass also gives the memory peak
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    times = [step() for _ in range(repeats)] if repeats else [first]
-    return {"seconds": statistics.median(times), "peak_mb": peak_mb}
+    step()
+    return {"peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}
 
 
-def run_isolated(layer: str, length: int, args) -> dict:
-    command = [sys.executable, __file__, "--one", layer, str(length), "--width", str(args.width),
+def measure_times(length: int, width: int, heads: int, repeats: int) -> dict:
+    """Median forward + backward time of both layers, timed in alternation in one process so
+    that a machine that speeds up or slows down during the run affects both alike."""
+    steps = {layer: build(layer, length, width, heads) for layer in LAYERS}
+    for step in steps.values():  # warm-up
+        step()
+    times = {layer: [] for layer in LAYERS}
+    for _ in range(repeats):
+        for layer, step in steps.items():
+            times[layer].append(step())
+    return {layer: statistics.median(t) for layer, t in times.items()}
+
+
+def run_isolated(what: list[str], args) -> dict:
+    command = [sys.executable, __file__, "--one", *what, "--width", str(args.width),
                "--heads", str(args.heads), "--repeats", str(args.repeats)]
+    command += ["--plain-malloc"] if args.plain_malloc else []
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_length(length: int, args) -> tuple[dict, dict]:
+    """(hyena, attention) rows {seconds, peak_mb} at one length, each part in a fresh process."""
+    seconds = run_isolated(["times", str(length)], args)
+    rows = []
+    for layer in LAYERS:
+        memory = run_isolated([f"memory-{layer}", str(length)], args)
+        rows.append({"seconds": seconds[layer]} | memory)
+    return rows[0], rows[1]
 
 
 def crossover(rows: list[tuple[int, dict, dict]]) -> str:
@@ -95,22 +126,34 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--crossover", action="store_true", help="also time 128..1024 tokens")
-    parser.add_argument("--one", nargs=2, metavar=("LAYER", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--plain-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (the `nexus` command keeps freed "
+                             "memory: nexusdsl/allocator.py)")
+    parser.add_argument("--one", nargs=2, metavar=("WHAT", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.width, args.heads,
-                                 args.repeats)))
+        if not args.plain_malloc:
+            from nexusdsl.allocator import keep_freed_memory
+
+            keep_freed_memory()  # as the `nexus` command does, for both layers
+        what, length = args.one[0], int(args.one[1])
+        if what == "times":
+            result = measure_times(length, args.width, args.heads, args.repeats)
+        else:
+            result = measure_memory(what.removeprefix("memory-"), length, args.width, args.heads)
+        print(json.dumps(result))
         return
     lengths = sorted(set(args.lengths) | ({128, 256, 512, 1024} if args.crossover else set()))
+    malloc = "glibc malloc as is" if args.plain_malloc else "freed memory kept"
     print(f"hyena(order = 2, filter = 64) vs causal attention ({args.heads} heads, SDPA), "
-          f"width {args.width}, batch 1, forward + backward, median of {args.repeats}")
+          f"width {args.width}, batch 1, forward + backward, median of {args.repeats}, {malloc}")
     print(f"{'tokens':>7} {'hyena ms':>10} {'attn ms':>10} {'speed-up':>9} "
           f"{'hyena MB':>9} {'attn MB':>9} {'memory':>8}")
     rows = []
     for length in lengths:
-        h, a = run_isolated("Hyena", length, args), run_isolated("Attention", length, args)
+        h, a = measure_length(length, args)
         rows.append((length, h, a))
         memory = a["peak_mb"] / h["peak_mb"] if h["peak_mb"] > 0 else float("nan")
         print(f"{length:>7} {1e3 * h['seconds']:>10.1f} {1e3 * a['seconds']:>10.1f} "

@@ -190,6 +190,9 @@ import nexusdsl.cli_train  # noqa: E402,F401  (registers `nexus train`, `eval`, 
 
 
 def main() -> None:
+    from nexusdsl.allocator import keep_freed_memory
+
+    keep_freed_memory()  # steps reuse freed blocks instead of faulting in fresh pages
     try:
         app()
     except KeyboardInterrupt:

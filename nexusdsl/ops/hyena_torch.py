@@ -34,27 +34,45 @@ def decay_window(t: torch.Tensor, channels: int) -> torch.Tensor:
 
 def implicit_filters(m, T: int, attrs, like: torch.Tensor) -> torch.Tensor:
     """The long filters for T positions, (channels, T): the sine MLP on positional features,
-    times the decay window. `m.filter` holds linear_0..2, out, freq."""
+    times the decay window."""
+    raw, window = filter_mlp(m, T, attrs, like)
+    return raw * window
+
+
+def filter_mlp(m, T: int, attrs, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The filter MLP's output and the decay window it is multiplied by, both (channels, T).
+    `m.filter` holds linear_0..2, out, freq."""
     flt = m.filter
-    z, t = positional_features(T, attrs.features, attrs.max, like)
+    channels = flt.out.weight.shape[0]
+    z, window = length_constants(m, T, attrs, channels, like)
     h = z
     for i in range(3):
         layer = getattr(flt, f"linear_{i}")
         h = torch.sin(flt.freq * F.linear(h, layer.weight, layer.bias))  # (T, filter)
-    h = F.linear(h, flt.out.weight)  # (T, channels)
-    return (h * window_for(m, t, h.shape[-1])).transpose(0, 1)  # (channels, T)
+    # channels first straight from the matmul (the FFTs run along T): no transpose copy
+    h = torch.mm(flt.out.weight, h.transpose(0, 1))  # (channels, T)
+    return h, window
 
 
-def window_for(m, t: torch.Tensor, channels: int) -> torch.Tensor:
-    """The decay window (T, channels), a constant of the length: made once per length and
-    kept on the module (not a parameter, not saved), except while a compiler traces."""
+def length_constants(m, T: int, attrs, channels: int, like: torch.Tensor):
+    """The positional features (T, features) and the decay window (channels, T), constants of
+    the length: made once per length and kept on the module (not parameters, not saved),
+    except while a compiler traces."""
+    def make():
+        z, t = positional_features(T, attrs.features, attrs.max, like)
+        return z, decay_window(t, channels).transpose(0, 1).contiguous()
+
+    def make_for_any_mode():  # made in inference mode, they could not be saved for backward
+        with torch.inference_mode(False), torch.no_grad():
+            return make()
+
     if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
-        return decay_window(t, channels)
-    cache = m.__dict__.setdefault("_decay_windows", {})
-    key = (t.shape[0], channels, t.device, t.dtype)
+        return make()
+    cache = m.__dict__.setdefault("_length_constants", {})
+    key = (T, channels, like.device, like.dtype)
     if key not in cache:
         cache.clear()  # one length at a time: a model is trained at one length
-        cache[key] = decay_window(t, channels)
+        cache[key] = make_for_any_mode()
     return cache[key]
 
 
@@ -168,13 +186,15 @@ def hyena_forward(attrs, impl: str):
     padding = (k - 1, 0) if causal else ((k - 1) // 2, k // 2)
 
     def hyena(m, x):
+        if fused_applies(attrs, impl, m, x):
+            return fused_causal_hyena(m, x, attrs)
         lead, (T, d) = x.shape[:-2], x.shape[-2:]
         bias = attrs.bias
         u = F.linear(x.reshape(-1, T, d), m.in_proj.weight, m.in_proj.bias if bias else None)
         u = F.conv1d(F.pad(u.transpose(1, 2), padding), m.short.weight, m.short.bias,
                      groups=(n + 1) * d)  # (B, (N+1)d, T)
         *gates, v = u.split(d, dim=1)  # x^1 .. x^N, v: (B, d, T) each
-        h = implicit_filters(m, T, attrs, x).reshape(-1, d, T)  # (N or 2N, d, T)
+        h = implicit_filters(m, T, attrs, x).view(-1, d, T)  # (N or 2N, d, T)
         for i in range(n):
             filt = h[i] if causal else torch.cat([h[i], h[n + i]], dim=0)
             if causal and impl == "fft":  # the skip rides in the filter's spectrum
@@ -188,3 +208,159 @@ def hyena_forward(attrs, impl: str):
         return y.reshape(*lead, T, d)
 
     return hyena
+
+
+# ---------------------------------------------------------------------------- the fused core
+
+
+def short_causal_conv(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+    """The depthwise causal convolution of `F.conv1d(F.pad(u, (K - 1, 0)), weight[:, None],
+    bias, groups = C)` as K multiply-adds of shifted slices (tap j reads K - 1 - j steps
+    back), written into `out` when given. No padded copy of u is made."""
+    K = weight.shape[-1]
+    out = torch.addcmul(bias[:, None], u, weight[:, K - 1:], out=out)
+    for j in range(K - 1):
+        add_shifted(out, u, weight[:, j], K - 1 - j)
+    return out
+
+
+def add_shifted(out: torch.Tensor, src: torch.Tensor, weight: torch.Tensor, shift: int) -> None:
+    """out[..., c, t] += weight[c] * src[..., c, t - shift] where t - shift is in range."""
+    T = out.shape[-1]
+    if abs(shift) >= T:
+        return
+    w = weight[:, None]
+    if shift >= 0:
+        out[..., shift:].addcmul_(src[..., :T - shift], w)
+    else:
+        out[..., :T + shift].addcmul_(src[..., -shift:], w)
+
+
+def shifted_dot(a: torch.Tensor, b: torch.Tensor, shift: int) -> torch.Tensor:
+    """sum over leading axes and t of a[..., c, t] * b[..., c, t - shift], per channel c, as
+    batched dot products (no product tensor)."""
+    T = a.shape[-1]
+    if abs(shift) >= T:
+        return a.new_zeros(a.shape[-2])
+    if shift >= 0:
+        a, b = a[..., shift:], b[..., :T - shift]
+    else:
+        a, b = a[..., :T + shift], b[..., -shift:]
+    C, n = a.shape[-2], a.shape[-1]
+    a = a.reshape(-1, C, n).transpose(0, 1)  # (C, B, n): channel-major batches
+    b = b.reshape(-1, C, n).transpose(0, 1)
+    if a.shape[1] > 1:
+        return torch.einsum("cbt,cbt->c", a, b)
+    return torch.bmm(a, b.transpose(1, 2)).reshape(C)
+
+
+class _CausalHyenaCore(torch.autograd.Function):
+    """Everything between the input and the output projections of a causal `hyena` with FFT
+    long convolutions, forward and backward written out: the short causal depthwise
+    convolution, then the recurrence `v <- x^n * (h^n conv v + skip^n v)`.
+
+    Autograd's graph of the same computation makes a fresh full-size tensor at every step
+    (pads, transposes, zero-filled slices, complex products), and at long lengths those
+    memory passes cost as much as the FFTs on this machine (benchmarks/hyena.py). Here the
+    signal to transform is written straight into the first half of one zero-padded buffer
+    (the FFTs of 2T points then need no padding copy), the filters of all orders are
+    transformed in one batched FFT with the skip added to their spectra (tap 0: a flat
+    spectrum), and the filters' gradients are accumulated as spectra and inverted once. The
+    gradients are the correlations of _FFTConv's docstring.
+
+    u: (B, (N+1)d, T) projected inputs, the gates x^1 .. x^N then v; short_w ((N+1)d, K),
+    short_b ((N+1)d,); h, window: (N, d, T) the filter MLP's output and the decay window
+    (a constant) it is multiplied by; skip: (N, d). Returns the last v, (B, d, T).
+    """
+
+    @staticmethod
+    def forward(ctx, u, short_w, short_b, h, window, skip):
+        B, _, T = u.shape
+        N, d = h.shape[0], h.shape[1]
+        gd = N * d
+        gates = short_causal_conv(u[:, :gd], short_w[:gd], short_b[:gd]).view(B, N, d, T)
+        filters = h.new_zeros(N, d, 2 * T)  # zero-padded: the FFTs need no padding copy
+        torch.mul(h, window, out=filters[..., :T])
+        hf = torch.fft.rfft(filters)
+        hf += skip[..., None]
+        padded = u.new_zeros(B, d, 2 * T)  # the signal; its second half stays zero
+        short_causal_conv(u[:, gd:], short_w[gd:], short_b[gd:], out=padded[..., :T])
+        product = hf.new_empty(B, d, T + 1)
+        spectra, convolved = [], []
+        for i in range(N):
+            vf = torch.fft.rfft(padded)
+            z = torch.fft.irfft(torch.mul(vf, hf[i], out=product), n=2 * T)[..., :T]
+            spectra.append(vf)
+            convolved.append(z)
+            last = i == N - 1
+            v = torch.mul(gates[:, i], z, out=None if last else padded[..., :T])
+        ctx.save_for_backward(u, short_w, gates, window, hf, *spectra, *convolved)
+        return v
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        u, short_w, gates, window, hf, *rest = ctx.saved_tensors
+        B, N, d, T = gates.shape
+        spectra, convolved = rest[:N], rest[N:]
+        ds = torch.empty_like(u)  # the gradient of the short convolution's output
+        dgates = ds[:, :N * d].view(B, N, d, T)
+        dhf = torch.empty_like(hf)
+        padded = grad.new_zeros(B, d, 2 * T)
+        g = grad
+        for i in reversed(range(N)):
+            torch.mul(g, convolved[i], out=dgates[:, i])
+            torch.mul(g, gates[:, i], out=padded[..., :T])
+            gf = torch.fft.rfft(padded)
+            if B > 1:
+                torch.sum(gf * spectra[i].conj(), dim=0, out=dhf[i])
+            else:
+                torch.mul(gf[0], spectra[i][0].conj(), out=dhf[i])
+            g = torch.fft.irfft(gf.mul_(hf[i].conj()), n=2 * T)[..., :T]
+        ds[:, N * d:] = g
+        correlation = torch.fft.irfft(dhf, n=2 * T)[..., :T]  # (N, d, T)
+        dh = correlation * window if ctx.needs_input_grad[3] else None
+        dskip = correlation[..., 0].contiguous() if ctx.needs_input_grad[5] else None
+        K = short_w.shape[-1]
+        du = dw = db = None
+        if ctx.needs_input_grad[0]:  # the transposed convolution: taps read ahead
+            du = ds * short_w[:, K - 1:]
+            for j in range(K - 1):
+                add_shifted(du, ds, short_w[:, j], -(K - 1 - j))
+        if ctx.needs_input_grad[1]:
+            dw = torch.stack([shifted_dot(ds, u, K - 1 - j) for j in range(K)], dim=-1)
+        if ctx.needs_input_grad[2]:
+            db = ds.sum(dim=(0, 2))
+        return du, dw, db, dh, None, dskip
+
+
+def fused_applies(attrs, impl: str, m, x: torch.Tensor) -> bool:
+    """The fused core covers the default configuration: causal FFT convolutions in float32 or
+    float64, without dropout between the gates (or with it switched off by eval mode)."""
+    return (attrs.causal and impl == "fft" and x.dtype in (torch.float32, torch.float64)
+            and not (attrs.dropout and m.training))
+
+
+def fused_causal_hyena(m, x: torch.Tensor, attrs) -> torch.Tensor:
+    """`hyena` with channels first from the input projection to the output projection: the
+    projections are batched matmuls with transposed operands, so no transpose is copied."""
+    lead, (T, d) = x.shape[:-2], x.shape[-2:]
+    xb = x.reshape(-1, T, d)
+    B = xb.shape[0]
+    w_in = m.in_proj.weight.expand(B, -1, -1)
+    if attrs.bias:
+        bias = m.in_proj.bias[None, :, None].expand(B, -1, T)
+        u = torch.baddbmm(bias, w_in, xb.transpose(1, 2))  # (B, (N+1)d, T)
+    else:
+        u = torch.bmm(w_in, xb.transpose(1, 2))
+    raw, window = filter_mlp(m, T, attrs, x)
+    shape = (attrs.order, d, T)
+    v = _CausalHyenaCore.apply(u, m.short.weight[:, 0, :], m.short.bias, raw.view(shape),
+                               window.view(shape), m.filter.skip)
+    w_out = m.out_proj.weight.transpose(0, 1).expand(B, -1, -1)
+    if attrs.bias:
+        y = torch.baddbmm(m.out_proj.bias.expand(B, T, -1), v.transpose(1, 2), w_out)
+    else:
+        y = torch.bmm(v.transpose(1, 2), w_out)
+    return y.reshape(*lead, T, d)
