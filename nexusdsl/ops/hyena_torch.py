@@ -25,11 +25,14 @@ def positional_features(T: int, features: int, max_len: int, like: torch.Tensor)
 
 
 def decay_window(t: torch.Tensor, channels: int) -> torch.Tensor:
-    """exp(-t |delta_c|), (T, channels): channel 0 reaches 1e-2 at t = 1.5, the last at 0.3."""
+    """exp(-t |delta_c|), (T, channels): channel 0 reaches 1e-2 at t = 1.5, the last at 0.3.
+    Every delta_c is negative (log 1e-2 over a positive time), so this is exp(t delta_c),
+    written without a negation: torch-mlir's TOSA lowering of this `neg` failed once the
+    window was traced before the filter MLP."""
     slow, fast = math.log(TARGET) / SLOW_DECAY, math.log(TARGET) / FAST_DECAY
     c = torch.arange(channels, device=t.device, dtype=t.dtype)
-    delta = slow + (fast - slow) * c / max(channels - 1, 1)
-    return torch.exp(-t[:, None] * delta.abs()[None, :])
+    delta = slow + (fast - slow) * c / max(channels - 1, 1)  # all < 0
+    return torch.exp(t[:, None] * delta[None, :])
 
 
 def implicit_filters(m, T: int, attrs, like: torch.Tensor) -> torch.Tensor:
@@ -48,7 +51,9 @@ def filter_mlp(m, T: int, attrs, like: torch.Tensor) -> tuple[torch.Tensor, torc
     h = z
     for i in range(3):
         layer = getattr(flt, f"linear_{i}")
-        h = torch.sin(flt.freq * F.linear(h, layer.weight, layer.bias))  # (T, filter)
+        # sin(freq * (W h + b)) with freq folded into the small W and b: one pass fewer over
+        # the (T, filter) activations each way
+        h = torch.sin(F.linear(h, flt.freq[:, None] * layer.weight, flt.freq * layer.bias))
     # channels first straight from the matmul (the FFTs run along T): no transpose copy
     h = torch.mm(flt.out.weight, h.transpose(0, 1))  # (channels, T)
     return h, window
@@ -67,6 +72,9 @@ def length_constants(m, T: int, attrs, channels: int, like: torch.Tensor):
             return make()
 
     if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return make()
+    import os
+    if os.environ.get("NOCACHE"):
         return make()
     cache = m.__dict__.setdefault("_length_constants", {})
     key = (T, channels, like.device, like.dtype)
@@ -265,9 +273,9 @@ class _CausalHyenaCore(torch.autograd.Function):
     memory passes cost as much as the FFTs on this machine (benchmarks/hyena.py). Here the
     signal to transform is written straight into the first half of one zero-padded buffer
     (the FFTs of 2T points then need no padding copy), the filters of all orders are
-    transformed in one batched FFT with the skip added to their spectra (tap 0: a flat
-    spectrum), and the filters' gradients are accumulated as spectra and inverted once. The
-    gradients are the correlations of _FFTConv's docstring.
+    transformed in one batched FFT with the skip added to their tap 0, and the filters'
+    gradients are accumulated as spectra and inverted once. The gradients are the
+    correlations of _FFTConv's docstring.
 
     u: (B, (N+1)d, T) projected inputs, the gates x^1 .. x^N then v; short_w ((N+1)d, K),
     short_b ((N+1)d,); h, window: (N, d, T) the filter MLP's output and the decay window
@@ -282,8 +290,8 @@ class _CausalHyenaCore(torch.autograd.Function):
         gates = short_causal_conv(u[:, :gd], short_w[:gd], short_b[:gd]).view(B, N, d, T)
         filters = h.new_zeros(N, d, 2 * T)  # zero-padded: the FFTs need no padding copy
         torch.mul(h, window, out=filters[..., :T])
+        filters[..., 0] += skip  # the skip is tap 0 of the filter
         hf = torch.fft.rfft(filters)
-        hf += skip[..., None]
         padded = u.new_zeros(B, d, 2 * T)  # the signal; its second half stays zero
         short_causal_conv(u[:, gd:], short_w[gd:], short_b[gd:], out=padded[..., :T])
         product = hf.new_empty(B, d, T + 1)
