@@ -74,6 +74,11 @@ def configure(program: Program, model: str | None, overrides: dict[str, Any]) ->
         config = build_config(fields, hyper_names, overrides)
     except NexusError as err:
         raise NexusError(err.diagnostics, program.sources) from None
+    # A default (unwritten) objective or data is reported at the train section, or at the
+    # model when it has none, so that its mistakes are located too.
+    section = program.train_section(tree.name)
+    for name in ("objective", "data"):
+        config.spans.setdefault(name, section.span if section else tree.span)
     path = config.data.kwargs.get("path")
     if path and config.data.span.line and not Path(path).expanduser().is_absolute():
         # Paths written in a .nx file are relative to that file (flags: to the working dir).
@@ -110,7 +115,7 @@ def _check_sizes(config: TrainConfig, data: Dataset) -> None:
     need = config.context + 1
     for split, what in ((data.train, "training"), (data.heldout, "held-out")):
         if len(split) < need:
-            raise NexusError.at(config.data.span, f"{data.name}: its {what} part has "
+            raise NexusError.at(config.span("data"), f"{data.name}: its {what} part has "
                                 f"{len(split)} bytes, fewer than context + 1 = {need}; use a "
                                 "larger file or a smaller --context")
 

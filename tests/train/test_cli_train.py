@@ -81,6 +81,17 @@ def test_model_whose_outputs_do_not_fit_the_objective(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_default_objective_that_does_not_fit_is_located_at_the_train_section(tmp_path):
+    path = tmp_path / "float_in.nx"
+    path.write_text("nexus 0.1\nmodel M(d = 8) {\n  input x: float[B, T, d]\n"
+                    "  output y = linear(x, d)\n}\n\ntrain M {\n  steps = 2\n}\n")
+    run = nexus("train", path, "--out", tmp_path / "o", *FAST)
+    one_error(run, f"{path}:7:1: error: objective next_token: pydoc_data.topics (CPython "
+                   "documentation) has nothing to feed input x")
+    assert "train M {" in run.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_checkpoint_of_another_file(trained, tmp_path):
     _, out, _ = trained
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
