@@ -91,7 +91,24 @@ class Program:
         from nexusdsl.train.config import build_config
 
         tree = self.model_ast(model)
-        build_config(self.train_config(model), [p.name for p in tree.params if p.type is None])
+        config = build_config(self.train_config(model),
+                              [p.name for p in tree.params if p.type is None])
+        if config.freeze:
+            self._check_freeze(model, config.freeze, config.span("freeze"))
+
+    def _check_freeze(self, model: str, names: list[str], span: Span) -> None:
+        """`freeze` names a node of the model (or a part under one, or a group of nodes under
+        a dotted prefix). Whether it holds parameters is left to `nexus train`, which sees
+        the module."""
+        graph = self.elaborate(model)
+        nodes = [node.name for node in graph.nodes()]
+        for name in names:
+            if not any(n == name or n.startswith(name + ".") or name.startswith(n + ".")
+                       for n in nodes):
+                with_params = sorted({n.split(".")[0] for n in nodes
+                                      if graph.by_name(n).params})
+                raise NexusError.at(span, f"freeze: {graph.name} has no node `{name}` (nodes "
+                                    f"with parameters: {', '.join(with_params)})")
 
     def _check_modal_codes(self, sink: DiagnosticSink) -> None:
         """Modal codes are unique among the file's modalities, used or not (a model that

@@ -89,6 +89,20 @@ def test_every_field_mistake_is_reported_by_check(tmp_path):
         "got -1" in rendered
 
 
+def test_freezing_a_node_the_model_lacks_is_reported_by_check(tmp_path):
+    path = tmp_path / "t.nx"
+    path.write_text(TINY + '\ntrain Tiny { freeze = [tok, "attention.qkv", atention] }\n')
+    line = TINY.count("\n") + 2
+    with pytest.raises(nexusdsl.NexusError) as info:
+        nexusdsl.load(path)
+    (d,) = info.value.diagnostics
+    assert (d.span.line, d.span.col) == (line, 14)
+    assert d.message.startswith("freeze: Tiny has no node `atention` (nodes with parameters: ")
+    assert "attention, mlp" in d.message
+    path.write_text(TINY + '\ntrain Tiny { freeze = [tok, "attention.qkv"] }\n')
+    nexusdsl.load(path)  # a part of a node is fine
+
+
 def test_flag_mistakes_are_one_line():
     with pytest.raises(nexusdsl.NexusError) as info:
         config_of(TINY, steps=0)
