@@ -76,7 +76,7 @@ def check(files: list[Path] = typer.Argument(..., help=".nx files to check")) ->
     failed = False
     for file in files:
         try:
-            nexusdsl.load(file)
+            nexusdsl.load(file).check_data_paths()
             out.print(f"{file}: ok", markup=False)
         except NexusError as e:
             print_message(err, e.render())

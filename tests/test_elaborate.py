@@ -238,3 +238,100 @@ def test_modal_codes_are_unique_even_among_unused_modalities():
         nexusdsl.loads(text, "t.nx")
     assert "t.nx:2:1: error: modalities text and img both have code 0; modal codes must be " \
         "unique" in caught.value.render()
+
+
+# ---------------------------------------------------------------------------- names torch uses
+
+
+def test_the_reserved_names_are_every_attribute_torch_gives_a_compiled_model():
+    import re
+
+    import torch.fx as fx
+    from torch import nn
+
+    from nexusdsl.elaborate.frame import TORCH_ATTRIBUTES
+
+    gm = fx.GraphModule(nn.Module(), fx.Graph())
+    live = set(dir(fx.GraphModule)) | set(vars(gm)) | set(dir(nn.Module)) | set(vars(nn.Module()))
+    public = {n for n in live if re.fullmatch(r"[A-Za-z][A-Za-z_0-9]*", n)}
+    assert public <= TORCH_ATTRIBUTES, sorted(public - TORCH_ATTRIBUTES)
+
+
+def test_blocks_named_like_torch_methods_compile_and_compute():
+    src = """nexus 0.1
+block apply(x: [*, d]) -> [*, d] { return linear(x, d) }
+block forward(x: [*, d]) -> [*, d] { return apply(x) }
+model M {
+  input x: float[B, 4]
+  output y = forward(apply(x))
+}
+"""
+    m = nexusdsl.compile(nexusdsl.loads(src, "t.nx"))
+    names = [n for n, _ in m.named_parameters()]
+    assert names == ["apply_1.linear.weight", "apply_1.linear.bias",
+                     "forward_1.apply_1.linear.weight", "forward_1.apply_1.linear.bias"]
+    p = dict(m.named_parameters())
+    x = torch.randn(3, 4)
+    h = x @ p["apply_1.linear.weight"].T + p["apply_1.linear.bias"]
+    want = h @ p["forward_1.apply_1.linear.weight"].T + p["forward_1.apply_1.linear.bias"]
+    torch.testing.assert_close(m(x), want)
+
+
+def test_an_as_name_torch_uses_is_a_located_error():
+    src = "nexus 0.1\nmodel M {\n  input x: float[B, 4]\n  output y = linear(x, 4) as to\n}\n"
+    with pytest.raises(nexusdsl.NexusError, match=r"t.nx:4:14: error: `to` cannot name a node"):
+        nexusdsl.loads(src, "t.nx").elaborate()
+
+
+def test_inputs_named_like_python_keywords_work_by_position_and_by_name():
+    src = """nexus 0.1
+model M {
+  input lambda: float[B, 4]
+  input None: float[B, 4]
+  output y = lambda - None
+}
+"""
+    m = nexusdsl.compile(nexusdsl.loads(src, "t.nx"))
+    a, b = torch.randn(2, 4), torch.randn(2, 4)
+    torch.testing.assert_close(m(a, b), a - b)
+    torch.testing.assert_close(m(**{"None": b, "lambda": a}), a - b)
+    with pytest.raises(TypeError, match="no input named c"):
+        m(a, c=b)
+
+
+def test_a_module_named_like_a_builtin_leaves_the_builtin_callable(tmp_path):
+    """LANGUAGE.md: own definitions, builtins, then imports. `import std.hyena` names the
+    module `hyena`; `hyena(...)` is still the op and `hyena.hyena_block` the module's block."""
+    src = """nexus 0.1
+import std.hyena
+model M {
+  input x: float[B, 12, 8]
+  a = hyena(x, order = 1, filter = 4)
+  output y = hyena.hyena_block(a, order = 1, filter = 4)
+}
+"""
+    graph = nexusdsl.loads(src, "t.nx").elaborate()
+    nodes = [(node.name, node.op) for node in graph.nodes() if node.op != "input"]
+    assert nodes[0] == ("hyena", "hyena")
+    assert ("hyena_block.hyena", "hyena") in nodes[1:]
+    assert all(name.startswith("hyena_block.") for name, _ in nodes[1:])
+
+
+@pytest.mark.parametrize("router,message", [
+    ("topk", "t.nx:6:17: error: `moe`: argument `router` should be a call with its settings, "
+             "e.g. `name(...)`, got `topk` without its settings (write `topk(...)`)"),
+    ("top2(k = 1)", "t.nx:6:26: error: unknown function `top2`; did you mean `topk`?"),
+])
+def test_router_mistakes_say_what_to_write(router, message):
+    src = f"""nexus 0.1
+import std.nn
+model M {{
+  input x: float[B, T, 8]
+  experts e = 2 of mlp(mult = 2)
+  y = moe(x, e, router = {router})
+  output z = y
+}}
+"""
+    with pytest.raises(nexusdsl.NexusError) as info:
+        nexusdsl.loads(src, "t.nx").elaborate()
+    assert str(info.value).splitlines()[0] == message

@@ -117,3 +117,16 @@ def test_known_mistakes_have_friendly_messages(message, examples):
 def test_keywords_are_reserved():
     with pytest.raises(NexusError):
         parse("let model = 3", "bad.nx")
+
+
+@pytest.mark.parametrize("source,line,col,char", [
+    ("# a comment\nmodel M { input x: float[B, 4]; output y = linear(x, 4) @ x }\n", 2, 57, "@"),
+    ("# café\nlet größe = 3\n", 2, 7, "ö"),
+    ("# c\nlet t = 'x'\n", 2, 9, "'"),
+])
+def test_an_unexpected_character_is_the_one_under_the_caret(source, line, col, char):
+    with pytest.raises(NexusError) as info:
+        parse(source, "t.nx")
+    (d,) = info.value.diagnostics
+    assert (d.span.line, d.span.col) == (line, col)
+    assert d.message == f"syntax error: unexpected character `{char}`"

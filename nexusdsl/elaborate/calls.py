@@ -12,7 +12,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from nexusdsl.elaborate.agents import agent_args
-from nexusdsl.elaborate.frame import Frame
+from nexusdsl.elaborate.frame import Frame, taken_by_torch
+from nexusdsl.elaborate.modules import OPTION_FUNCTIONS
 from nexusdsl.elaborate.shapes import AxisBindings, unify
 from nexusdsl.elaborate.values import (
     Arg,
@@ -75,7 +76,7 @@ class CallsMixin:
         module = stdlib_blocks().get(name)
         if module is not None:  # the likeliest cause: a missing import
             return f"; `{name}` is a block of {module}: add `import {module}`"
-        pool = [*REGISTRY, *frame.env, *frame.scope.defs]
+        pool = [*REGISTRY, *OPTION_FUNCTIONS, *frame.env, *frame.scope.defs]
         close = difflib.get_close_matches(name, pool, n=1)
         return f"; did you mean `{close[0]}`?" if close else ""
 
@@ -134,6 +135,8 @@ class CallsMixin:
                                  f"(it is {arg.value:g}); use `//` to round down")
         got = describe(arg.value) if arg else "a wrong value"
         message = first["msg"].replace("Input should be", "should be").replace("Value error, ", "")
+        if first["type"] in ("dict_type", "model_type"):  # a configuration call, e.g. topk(k = 2)
+            message = "should be a call with its settings, e.g. `name(...)`"
         return NexusError.at(arg.span if arg else span, f"`{op.name}`: argument `{key}` {message}, got {got}")
 
     def add_op_node(self, op: Op, tensors: list[Tensor], attrs, hints, span: Span, alias, frame: Frame,
@@ -177,6 +180,9 @@ class CallsMixin:
         if alias is None:
             return self.namer.fresh(frame, base)
         name = frame.qualify(alias)
+        if taken_by_torch(alias):
+            raise NexusError.at(span, f"`{alias}` cannot name a node: the compiled model is a "
+                                "torch module, which uses that name itself; choose another")
         if not self.namer.claim(name):
             raise NexusError.at(span, f"the name `{alias}` is already used in this scope")
         return name

@@ -25,9 +25,35 @@ class Frame:
         return f"{self.prefix}.{name}" if self.prefix else name
 
 
+# Node names become attribute names of torch modules (the compiled model is an fx GraphModule
+# whose submodules are its nodes), so a node cannot be called `forward`, `to` or `graph`.
+# Every public attribute of fx.GraphModule / nn.Module instances, and the compiled model's own
+# (tests/test_elaborate.py keeps this list equal to the installed torch's); names starting
+# with `_` are torch's too.
+TORCH_ATTRIBUTES = frozenset("""
+    T_destination add_module add_submodule apply bfloat16 buffers call_super_init children code
+    compile cpu cuda delete_all_unused_submodules delete_submodule double dump_patches eval
+    extra_repr float forward get_buffer get_extra_state get_parameter get_submodule graph half
+    ipu load_state_dict meta modules mtia named_buffers named_children named_modules
+    named_parameters parameters print_readable recompile register_backward_hook register_buffer
+    register_forward_hook register_forward_pre_hook register_full_backward_hook
+    register_full_backward_pre_hook register_load_state_dict_post_hook
+    register_load_state_dict_pre_hook register_module register_parameter
+    register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state
+    set_submodule shape_env share_memory state_dict to to_empty to_folder train training type
+    xpu zero_grad
+    fx input_names output_names op
+""".split())
+
+
+def taken_by_torch(name: str) -> bool:
+    return name.startswith("_") or name in TORCH_ATTRIBUTES
+
+
 class Namer:
     """Unnamed nodes are named after their op, numbered per scope from the second on
-    (`linear`, `linear_1`); `as` names are taken as written and must be unique."""
+    (`linear`, `linear_1`); a block named like a torch attribute starts at `_1` (`apply_1`).
+    `as` names are taken as written and must be unique."""
 
     def __init__(self):
         self.used: set[str] = set()
@@ -37,7 +63,7 @@ class Namer:
     def fresh(self, frame: Frame, base: str) -> str:
         key = (frame.prefix, base)
         while True:
-            n = self.counts.get(key, 0)
+            n = self.counts.get(key, 1 if taken_by_torch(base) else 0)
             self.counts[key] = n + 1
             name = frame.qualify(base if n == 0 else f"{base}_{n}")
             if name not in self.used:

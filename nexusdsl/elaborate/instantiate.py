@@ -238,7 +238,7 @@ class Builder(calls.CallsMixin, ExpertsMixin):
         return self.lookup(e.id, e.span, frame)
 
     def expr_attribute(self, e: ast.Attribute, frame: Frame):
-        base = self.eval(e.value, frame)
+        base = self._module_named(e.value, frame) or self.eval(e.value, frame)
         if isinstance(base, Symbol):
             raise NexusError.at(e.value.span, f"unknown name `{base.name}`; a module is used after "
                                 f"`import std.{base.name}` or `import \"file.nx\" as {base.name}`")
@@ -247,6 +247,15 @@ class Builder(calls.CallsMixin, ExpertsMixin):
         if e.attr not in base.scope.defs:
             raise NexusError.at(e.span, f"module {base.name} has no `{e.attr}`")
         return self.definition_value(base.scope, base.scope.defs[e.attr], e.span)
+
+    @staticmethod
+    def _module_named(e: ast.Expr, frame: Frame) -> Namespace | None:
+        """`hyena` in `hyena.block` is the imported module even where the name alone is the
+        builtin op; a local value or the file's own definition of that name comes first."""
+        if not isinstance(e, ast.Name) or e.id in frame.env or e.id in frame.scope.defs:
+            return None
+        scope = frame.scope.namespace(e.id)
+        return Namespace(e.id, scope) if scope is not None else None
 
     def expr_unaryop(self, e: ast.UnaryOp, frame: Frame):
         value = self.eval(e.operand, frame)

@@ -158,15 +158,18 @@ def _display_path(path: Path) -> str:
 
 
 def lookup_global(scope: FileScope, name: str, span: Span, builtins) -> tuple[str, Any] | None:
-    """Resolve an unqualified name outside any local scope: own definitions, the imported
-    module names, builtins, then imported modules' definitions (ambiguity is an error)."""
+    """Resolve an unqualified name outside any local scope, in LANGUAGE.md's order: own
+    definitions, builtins, then the imports (a module's name, then the modules' definitions;
+    ambiguity is an error). A module named like a builtin (`import std.hyena`) leaves the
+    builtin callable as `hyena(...)`; `hyena.block` still reaches the module (the
+    elaborator reads `name.attr` as a module access first)."""
     if name in scope.defs:
         return "def", (scope, scope.defs[name])
+    if name in builtins:
+        return "builtin", name
     namespace = scope.namespace(name)
     if namespace is not None:
         return "namespace", namespace
-    if name in builtins:
-        return "builtin", name
     found = [(alias, s) for alias, s in scope.imports if name in s.defs]
     if len(found) > 1:
         names = " and ".join(f"`{alias}.{name}`" for alias, _ in found)

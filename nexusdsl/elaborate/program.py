@@ -96,6 +96,30 @@ class Program:
         if config.freeze:
             self._check_freeze(model, config.freeze, config.span("freeze"))
 
+    def check_data_paths(self) -> None:
+        """The data files and folders the train sections name exist (relative paths: next to
+        this file, as `nexus train` reads them). Asked by `nexus check`, not by loading: a file
+        whose data lives elsewhere still compiles."""
+        from nexusdsl.train.config import build_config
+
+        sink = DiagnosticSink()
+        for train in self.scope.trains:
+            if train.model not in self.models:
+                continue
+            tree = self.model_ast(train.model)
+            config = build_config(self.train_config(train.model),
+                                  [p.name for p in tree.params if p.type is None])
+            path = config.data.kwargs.get("path")
+            if not isinstance(path, str):
+                continue
+            where = Path(path).expanduser()
+            if not where.is_absolute():
+                where = Path(self.file).parent / where
+            if not where.exists():
+                what = "folder" if config.data.fn == "folder" else "path"
+                sink.add(NexusError.at(config.data.span, f"data {what} {where} does not exist"))
+        sink.raise_if_any(self._loader.sources)
+
     def _check_freeze(self, model: str, names: list[str], span: Span) -> None:
         """`freeze` names a node of the model (or a part under one, or a group of nodes under
         a dotted prefix). Whether it holds parameters is left to `nexus train`, which sees

@@ -154,4 +154,6 @@ def describe(value: Any) -> str:
         return f"the symbolic axis {value.name}"
     if isinstance(value, Namespace):
         return f"the module {value.name}"
+    if callable(value) and isinstance(getattr(value, "name", None), str):
+        return f"`{value.name}` without its settings (write `{value.name}(...)`)"
     return type(value).__name__

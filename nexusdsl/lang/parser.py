@@ -321,12 +321,20 @@ def _expected_words(expected) -> str:
     return "; expected " + (words[0] if len(words) == 1 else "one of " + ", ".join(words))
 
 
+def _char_at(text: str, line: int, col: int) -> str:
+    """The character at a 1-based line and column of the source as the user wrote it (lark's
+    stream offset counts in the text it lexed, which differs once comments are involved)."""
+    lines = text.splitlines()
+    if 1 <= line <= len(lines) and 1 <= col <= len(lines[line - 1]):
+        return lines[line - 1][col - 1]
+    return "?"
+
+
 def _syntax_diagnostic(err: UnexpectedInput, file: str, text: str) -> Diagnostic:
     line, col = err.line, err.column
     notes = _unclosed_note(file, line or 0)  # read before match_examples re-parses
     if isinstance(err, UnexpectedCharacters):
-        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
-        message = f"syntax error: unexpected character `{char}`"
+        message = f"syntax error: unexpected character `{_char_at(text, line, col)}`"
     elif isinstance(err, UnexpectedEOF) or getattr(err, "token", None) is None or err.token.type == "$END":
         message = "syntax error: unexpected end of file" + _expected_words(err.expected)
         lines = text.splitlines() or [""]

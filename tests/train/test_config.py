@@ -108,3 +108,16 @@ def test_flag_mistakes_are_one_line():
         config_of(TINY, steps=0)
     (d,) = info.value.diagnostics
     assert d.span.line == 0 and d.message == "--steps: steps must be a whole number >= 1, got 0"
+
+
+def test_check_reports_a_missing_data_file_next_to_the_nx_file(tmp_path):
+    path = tmp_path / "t.nx"
+    path.write_text(TINY + '\ntrain Tiny {\n  data = text("corpus.txt")\n}\n')
+    program = nexusdsl.load(path)  # loading does not need the data: it may live elsewhere
+    with pytest.raises(nexusdsl.NexusError) as info:
+        program.check_data_paths()  # `nexus check` asks
+    (d,) = info.value.diagnostics
+    assert (d.span.line, d.span.col) == (TINY.count("\n") + 3, 3)
+    assert d.message == f"data path {tmp_path / 'corpus.txt'} does not exist"
+    (tmp_path / "corpus.txt").write_text("some text")
+    program.check_data_paths()

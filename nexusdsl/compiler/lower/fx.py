@@ -7,6 +7,7 @@ of `repeat N shared` call their owner's module; tied parameters are the same `Pa
 
 from __future__ import annotations
 
+import keyword
 import operator
 from collections.abc import Callable
 
@@ -51,7 +52,26 @@ class NexusModule(nn.Module):
         self.output_names = list(graph.outputs)
 
     def forward(self, *args, **kwargs):
-        return self._forward(self, *args, **kwargs)
+        if kwargs:  # by name, in declaration order (fx's own argument names may differ)
+            args = self._positional(args, kwargs)
+        return self._forward(self, *args)
+
+    def _positional(self, args: tuple, kwargs: dict) -> tuple:
+        rest = self.input_names[len(args):]
+        unknown = sorted(set(kwargs) - set(rest))
+        missing = [name for name in rest if name not in kwargs]
+        if unknown or missing:
+            problem = (f"no input named {', '.join(unknown)}" if unknown
+                       else f"input {', '.join(missing)} is missing")
+            raise TypeError(f"model {self.graph.name}: {problem} (its inputs, in order: "
+                            f"{', '.join(self.input_names)})")
+        return (*args, *(kwargs[name] for name in rest))
+
+
+def _argument_name(name: str) -> str:
+    """An input's name as an argument of the generated `forward(self, ...)`: Python's keywords
+    and `self` get a trailing underscore (the model is still called with the .nx names)."""
+    return f"{name}_" if keyword.iskeyword(name) or name == "self" else name
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -117,7 +137,7 @@ def lower(graph: Graph, device="cpu", dtype: str = "f32", seed: int | None = 0) 
     values: dict[int, fx.Node] = {}
     for node in graph.nodes():
         if node.op == "input":
-            values[node.id] = fxg.placeholder(node.name)
+            values[node.id] = fxg.placeholder(_argument_name(node.name))
             continue
         target = node.shares or node.name
         if target not in modules:
