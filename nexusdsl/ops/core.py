@@ -224,8 +224,10 @@ class Binary(Op):
     symbol: ClassVar[str] = "+"
 
     class Attrs(OpAttrs):
-        # size-1 axes the lower-rank operand (`operand`) gains, at these positions of the
-        # result, where alignment by name differs from alignment from the right
+        # how `operand` is aligned by axis name where that differs from numpy's alignment from
+        # the right: its axes reordered (`permute`, a torch permutation), then size-1 axes
+        # inserted at these positions of the result (`expand`)
+        permute: list[int] = Field(default_factory=list)
         expand: list[int] = Field(default_factory=list)
         operand: Choice("a", "b") = "b"
 
@@ -233,21 +235,24 @@ class Binary(Op):
         def _only_when_aligned(self, handler):
             # the common case prints (and hashes) as before: no attributes at all
             data = handler(self)
-            return data if data.get("expand") else {}
+            return data if data.get("expand") or data.get("permute") else {}
 
     def resolve(self, ctx, inputs, attrs):
         a, b = inputs
-        if a.rank == b.rank:
+        big, small, which = (b, a, "a") if b.rank > a.rank else (a, b, "b")
+        found = _alignment_by_name(big, small)
+        if found is None:
+            return attrs  # the names do not decide: numpy's alignment
+        order, positions = found
+        permute = order if order != list(range(small.rank)) else []
+        right_aligned = positions == list(range(big.rank - small.rank, big.rank))
+        if not permute and right_aligned:
             return attrs
-        big, small, which = (a, b, "b") if a.rank > b.rank else (b, a, "a")
-        positions = _positions_by_name(big, small)
-        if positions is None or positions == list(range(big.rank - small.rank, big.rank)):
-            return attrs  # the names agree with numpy's alignment (or do not decide)
         expand = [i for i in range(big.rank) if i not in positions]
-        return attrs.model_copy(update={"expand": expand, "operand": which})
+        return attrs.model_copy(update={"permute": permute, "expand": expand, "operand": which})
 
     def infer(self, ctx, inputs, attrs):
-        a, b = (_expanded(t, attrs) if name == attrs.operand else t
+        a, b = (_aligned(t, attrs) if name == attrs.operand else t
                 for name, t in zip("ab", inputs))
         axes = broadcast(a, b)
         carrier = a if a.modality or a.codes or not (b.modality or b.codes) else b
@@ -257,11 +262,13 @@ class Binary(Op):
         import operator
 
         fn = {"+": operator.add, "-": operator.sub, "*": operator.mul}[self.symbol]
-        if not attrs.expand:
+        if not (attrs.expand or attrs.permute):
             return lambda m, a, b: fn(a, b)
 
         def aligned(m, a, b):
             small = a if attrs.operand == "a" else b
+            if attrs.permute:
+                small = small.permute(*attrs.permute)
             for position in attrs.expand:  # ascending: each lands where the result has it
                 small = small.unsqueeze(position)
             return fn(small, b) if attrs.operand == "a" else fn(a, small)
@@ -269,22 +276,22 @@ class Binary(Op):
         return aligned
 
 
-def _positions_by_name(big: TensorType, small: TensorType) -> list[int] | None:
-    """Where each axis of `small` sits in `big`, found by name, or None when the names do
-    not decide (an anonymous axis, a name `big` lacks, or names out of order)."""
-    positions: list[int] = []
+def _alignment_by_name(big: TensorType, small: TensorType) -> tuple[list[int], list[int]] | None:
+    """How `small` lines up with `big` by axis name: (the order of small's axes that follows
+    big's, the positions in big they land at), or None when the names do not decide (an
+    anonymous axis, a name big lacks, a name given twice)."""
+    found: list[int] = []
     for axis in small.axes:
         index = big.axis_index(axis.name) if axis.name else None
-        if index is None or (positions and index <= positions[-1]):
+        if index is None or index in found:
             return None
-        positions.append(index)
-    return positions
+        found.append(index)
+    order = sorted(range(len(found)), key=found.__getitem__)
+    return order, sorted(found)
 
 
-def _expanded(t: TensorType, attrs) -> TensorType:
-    if not attrs.expand:
-        return t
-    axes = list(t.axes)
+def _aligned(t: TensorType, attrs) -> TensorType:
+    axes = [t.axes[i] for i in attrs.permute] if attrs.permute else list(t.axes)
     for position in attrs.expand:
         axes.insert(position, Axis(size=1))
     return t.with_axes(tuple(axes))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
+import nexusdsl
 from nexusdsl.ir.types import Axis, CodeSegment
 from nexusdsl.ops import REGISTRY
 
@@ -304,3 +305,28 @@ def test_position_errors():
     assert err.message == "position: axis T has 300 positions, but max = 256"
     with pytest.raises(ValidationError):
         REGISTRY["position"].Attrs(max=4, kind="rotary")
+
+
+def test_tensors_of_any_rank_are_aligned_by_axis_name():
+    """LANGUAGE.md: `a + b`, `a * b` broadcast by axis name. Same rank in another order:
+    the right operand is reordered; fewer axes in another order: reordered, then expanded."""
+    src = """nexus 0.1
+model ByName {
+  input a: float[B, T=3, D=4]
+  input b: float[B, D=4, T=3]
+  input c: float[D=4, B]
+  input e: float[T=3, D=4]
+  output y = a + b
+  output z = c * a
+  output w = a - e
+}
+"""
+    m = nexusdsl.compile(nexusdsl.loads(src, "t.nx"))
+    a, b, c, e = torch.randn(2, 3, 4), torch.randn(2, 4, 3), torch.randn(4, 2), torch.randn(3, 4)
+    out = m(a, b, c, e)
+    torch.testing.assert_close(out["y"], a + b.transpose(1, 2))
+    torch.testing.assert_close(out["z"], c.T[:, None, :] * a)
+    torch.testing.assert_close(out["w"], a - e)  # already aligned: no reordering
+    graph = m.graph
+    assert graph.by_name("sub").attrs == {}  # the common case keeps no alignment attributes
+    assert [str(t) for t in graph.by_name("add").outputs] == ["f32[B, T=3, D=4]"]
