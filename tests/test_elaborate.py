@@ -335,3 +335,18 @@ model M {{
     with pytest.raises(nexusdsl.NexusError) as info:
         nexusdsl.loads(src, "t.nx").elaborate()
     assert str(info.value).splitlines()[0] == message
+
+
+def test_an_unknown_operand_after_an_earlier_mistake_is_still_reported():
+    src = """nexus 0.1
+model M {
+  input x: float[B, T, 8]
+  a = linear(x, 8, bais = true)
+  output y = a + undefined_thing
+}
+"""
+    with pytest.raises(nexusdsl.NexusError) as info:
+        nexusdsl.loads(src, "t.nx").elaborate()
+    found = [(d.span.line, d.message.split(";")[0]) for d in info.value.diagnostics]
+    assert found[0][0] == 4 and "no argument `bais`" in found[0][1]
+    assert found[1:] == [(5, "unknown name `undefined_thing`")]  # nothing about `a` itself

@@ -89,7 +89,8 @@ class Builder(calls.CallsMixin, ExpertsMixin):
         for stmt in body:
             try:
                 self.run(stmt, frame)
-            except Skip:
+            except Skip:  # it uses a name an earlier mistake left without a value
+                self._report_unknown_operands(stmt, frame)
                 self._poison(stmt, frame)
             except NexusError as err:
                 self.sink.add(self._with_call_stack(err))
@@ -103,6 +104,19 @@ class Builder(calls.CallsMixin, ExpertsMixin):
             return err
         notes = tuple(Note(f"in block {name} called", span) for name, span in reversed(self.calls))
         return NexusError([replace(d, notes=d.notes + notes) for d in err.diagnostics], err.sources)
+
+    def _report_unknown_operands(self, stmt, frame: Frame) -> None:
+        """A statement skipped because of an earlier mistake can hold an independent one: a
+        tensor operand (of `+ - *`, a pipe, or a call's first argument) that names nothing.
+        Those are reported; anything that needs the missing value is not."""
+        values = [getattr(stmt, "value", None), *getattr(stmt, "values", ())]
+        for expr in values:
+            for name in _tensor_operands(expr):
+                if name.id in frame.env or lookup_global(frame.scope, name.id, name.span,
+                                                         _BUILTINS) is not None:
+                    continue
+                self.sink.add(NexusError.at(name.span, f"unknown name `{name.id}`"
+                                            + self._suggest(name.id, frame)))
 
     def _poison(self, stmt, frame: Frame) -> None:
         for name in getattr(stmt, "targets", ()) or (getattr(stmt, "name", None),):
@@ -412,6 +426,23 @@ class Builder(calls.CallsMixin, ExpertsMixin):
 
     def origin_note(self, tensor: Tensor, label: str) -> Note:
         return Note(f"{label} was made", tensor.span)
+
+
+def _tensor_operands(expr) -> list[ast.Name]:
+    """The bare names in tensor positions of an expression (see _report_unknown_operands)."""
+    if isinstance(expr, ast.BinOp) and expr.op in ("+", "-", "*"):
+        found = [side for side in (expr.left, expr.right) if isinstance(side, ast.Name)]
+        return found + _tensor_operands(expr.left) + _tensor_operands(expr.right)
+    if isinstance(expr, ast.UnaryOp):
+        return ([expr.operand] if isinstance(expr.operand, ast.Name) else []) + \
+            _tensor_operands(expr.operand)
+    if isinstance(expr, ast.Pipe):
+        return ([expr.value] if isinstance(expr.value, ast.Name) else []) + \
+            _tensor_operands(expr.value) + _tensor_operands(expr.func)
+    if isinstance(expr, ast.Call):
+        first = [expr.args[0]] if expr.args and isinstance(expr.args[0], ast.Name) else []
+        return first + [n for a in expr.args for n in _tensor_operands(a)]
+    return []
 
 
 class _OptionFunction:
