@@ -350,3 +350,13 @@ model M {
     found = [(d.span.line, d.message.split(";")[0]) for d in info.value.diagnostics]
     assert found[0][0] == 4 and "no argument `bais`" in found[0][1]
     assert found[1:] == [(5, "unknown name `undefined_thing`")]  # nothing about `a` itself
+
+
+def test_every_misspelt_argument_of_a_call_is_reported():
+    src = ("nexus 0.1\nmodel M {\n  input x: float[B, T, 8]\n"
+           "  output y = attention(x, head = 2, casual = true)\n}\n")
+    with pytest.raises(nexusdsl.NexusError) as info:
+        nexusdsl.loads(src, "t.nx").elaborate()
+    found = [(d.span.col, d.message.split(" (")[0]) for d in info.value.diagnostics]
+    assert found == [(27, "`attention` has no argument `head`"),
+                     (37, "`attention` has no argument `casual`")]

@@ -106,14 +106,17 @@ class CallsMixin:
                                 f"positional settings after its inputs ({', '.join(fields) or 'none'})")
         given: dict[str, Arg] = dict(zip(fields, rest))
         extra_ok = op.Attrs.model_config.get("extra") == "allow"
+        unknown = []  # every misspelt argument of the call is reported, not just the first
         for key, arg in kwargs:
             if key in given:
                 raise NexusError.at(arg.span, f"argument `{key}` of `{op.name}` is given twice")
             if key not in fields and not extra_ok:
                 takes = ", ".join([*op.inputs, *fields])
-                raise NexusError.at(arg.span, f"`{op.name}` has no argument `{key}` (it takes {takes})"
-                                    + _close(key, fields))
+                unknown.append(NexusError.at(arg.span, f"`{op.name}` has no argument `{key}` "
+                                             f"(it takes {takes})" + _close(key, fields)))
             given[key] = arg
+        if unknown:
+            raise NexusError([e.diagnostics[0] for e in unknown])
         plain = {k: self.to_plain(a) for k, a in given.items()}
         try:
             attrs = op.Attrs(**plain)
