@@ -360,3 +360,24 @@ def test_every_misspelt_argument_of_a_call_is_reported():
     found = [(d.span.col, d.message.split(" (")[0]) for d in info.value.diagnostics]
     assert found == [(27, "`attention` has no argument `head`"),
                      (37, "`attention` has no argument `casual`")]
+
+
+def test_a_block_no_model_calls_is_still_checked_for_names_and_keywords():
+    src = """nexus 0.1
+import std.nn
+block unused(x: [*, d], scale = 2, act = gelu) -> [*, d] {
+  h = lienar(x, d * scale)
+  g = act(linear(h, d, bais = true))
+  return mlp(g, mult = 2) + x
+}
+model M {
+  input x: float[B, 4]
+  output y = linear(x, 4)
+}
+"""
+    with pytest.raises(nexusdsl.NexusError) as info:
+        nexusdsl.loads(src, "t.nx")
+    found = [(d.span.line, d.span.col, d.message) for d in info.value.diagnostics]
+    assert found == [(4, 7, "unknown function `lienar`; did you mean `linear`?"),
+                     (5, 24, "`linear` has no argument `bais` (it takes x, out, bias); "
+                             "did you mean `bias`?")]

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nexusdsl.elaborate.instantiate import Builder
+from nexusdsl.elaborate.instantiate import _BUILTINS, Builder
 from nexusdsl.elaborate.modules import FileScope, Loader
+from nexusdsl.elaborate.unused import check_uncalled_blocks
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.verify import verify
 from nexusdsl.lang import ast
@@ -160,6 +161,7 @@ class Program:
             except NexusError as err:
                 sink.add(err)
         self._check_modal_codes(sink)
+        check_uncalled_blocks(self.scope, _BUILTINS, sink)
         names = set(self.models) | {n for _, s in self.scope.imports for n in s.defs}
         for train in self.scope.trains:
             if train.model not in names:

@@ -1,0 +1,99 @@
+"""Blocks no model reaches are never elaborated, so their mistakes would go unseen until the
+first call. This pass reads them as written and reports what needs no shapes to know: a
+call of a name that is defined nowhere, and a keyword a builtin op does not take. Shape
+mistakes in such a block still wait for a call (its axes have no sizes until then)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterator
+
+from nexusdsl.elaborate.modules import OPTION_FUNCTIONS, FileScope, lookup_global
+from nexusdsl.lang import ast
+from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError
+from nexusdsl.ops import REGISTRY
+from nexusdsl.resources import stdlib_blocks
+
+
+def check_uncalled_blocks(scope: FileScope, builtins, sink: DiagnosticSink) -> None:
+    referenced = _names_outside_blocks(scope)
+    for item in scope.defs.values():
+        if isinstance(item, ast.Block) and item.name not in referenced:
+            for error in _block_mistakes(scope, builtins, item):
+                sink.add(error)
+
+
+def _names_outside_blocks(scope: FileScope) -> set[str]:
+    """Every name a model, constant, modality, train section or another block mentions."""
+    names: set[str] = set()
+    for item in [*scope.defs.values(), *scope.models, *scope.trains]:
+        for node in _walk(item):
+            if isinstance(node, ast.Name) and not (isinstance(item, ast.Block)
+                                                   and node.id == item.name):
+                names.add(node.id)
+    return names
+
+
+def _block_mistakes(scope: FileScope, builtins, block: ast.Block) -> Iterator[NexusError]:
+    local = _local_names(block)
+    for call in (n for n in _walk(block) if isinstance(n, ast.Call)):
+        if not isinstance(call.func, ast.Name) or call.func.id in local:
+            continue
+        name = call.func.id
+        try:
+            found = lookup_global(scope, name, call.func.span, builtins)
+        except NexusError:
+            continue  # an ambiguity: reported where it is used
+        if found is None:
+            yield NexusError.at(call.span, f"unknown function `{name}`"
+                                + _suggestion(name, [*local, *scope.defs]))
+        elif found[0] == "builtin" and name in REGISTRY:
+            yield from _unknown_keywords(REGISTRY[name], call)
+
+
+def _unknown_keywords(op, call: ast.Call) -> Iterator[NexusError]:
+    fields = list(op.Attrs.model_fields)
+    if op.Attrs.model_config.get("extra") == "allow":
+        return
+    for kw in call.kwargs:
+        if kw.name not in fields and kw.name not in op.inputs:
+            close = difflib.get_close_matches(kw.name, fields, n=1)
+            yield NexusError.at(kw.span, f"`{op.name}` has no argument `{kw.name}` (it takes "
+                                f"{', '.join([*op.inputs, *fields])})"
+                                + (f"; did you mean `{close[0]}`?" if close else ""))
+
+
+def _local_names(block: ast.Block) -> set[str]:
+    """Parameters, the axis names of their shapes, and every name the body assigns."""
+    names = {p.name for p in block.params}
+    for p in block.params:
+        if p.type is not None:
+            names |= {d.name for d in p.type.shape.dims if d.name}
+    for node in _walk(block):
+        if isinstance(node, ast.Assign):
+            names |= set(node.targets)
+        elif isinstance(node, (ast.Experts, ast.Let)):
+            names.add(node.name)
+    return names
+
+
+def _suggestion(name: str, names: list[str]) -> str:
+    module = stdlib_blocks().get(name)
+    if module is not None:
+        return f"; `{name}` is a block of {module}: add `import {module}`"
+    close = difflib.get_close_matches(name, [*REGISTRY, *OPTION_FUNCTIONS, *names], n=1)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _walk(node) -> Iterator:
+    """Every AST node under `node` (itself included), depth first."""
+    yield node
+    if isinstance(node, (tuple, list)):
+        for item in node:
+            yield from _walk(item)
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if isinstance(value, (tuple, list)) or dataclasses.is_dataclass(value):
+                yield from _walk(value)
