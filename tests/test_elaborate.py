@@ -381,3 +381,19 @@ model M {
     assert found == [(4, 7, "unknown function `lienar`; did you mean `linear`?"),
                      (5, 24, "`linear` has no argument `bais` (it takes x, out, bias); "
                              "did you mean `bias`?")]
+
+
+def test_a_block_default_can_use_an_axis_of_its_inputs():
+    """LANGUAGE.md section 5: axis names bind from the argument and are integers in the
+    body; a hyperparameter's default may use them too (evaluated once the shapes bind)."""
+    src = """nexus 0.1
+block widen(x: [*, d], out = d * 2) -> [*, out] { return linear(x, out) }
+model M {
+  input x: float[B, 4]
+  output y = widen(x)
+  output z = widen(x, out = 3)
+}
+"""
+    graph = nexusdsl.loads(src, "t.nx").elaborate()
+    types = [str(graph.type_of(graph.outputs[n])) for n in ("y", "z")]
+    assert types == ["f32[B, out=8]", "f32[B, out=3]"]

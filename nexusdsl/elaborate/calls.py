@@ -292,9 +292,13 @@ class CallsMixin:
         return bound
 
     def _bind_block_params(self, ref: BlockRef, bound: dict[str, Arg], inner: Frame, span: Span) -> None:
+        later = []  # defaults that name the inputs' axes (`out = d`): after the shapes bind d
         for p in ref.block.params:  # hyperparameters first: shapes may refer to them
             if p.type is None:
-                inner.env[p.name] = self._hyper_value(ref, p, bound, inner, span)
+                if p.name in bound or not self._names_an_axis(ref, p):
+                    inner.env[p.name] = self._hyper_value(ref, p, bound, inner, span)
+                else:
+                    later.append(p)
         for p in ref.block.params:
             if p.type is None:
                 continue
@@ -308,6 +312,18 @@ class CallsMixin:
             inner.env[p.name] = arg.value
         for name in inner.axes.axes:
             inner.env.setdefault(name, inner.axes.value(name))
+        for p in later:
+            inner.env[p.name] = self._hyper_value(ref, p, bound, inner, span)
+
+    @staticmethod
+    def _names_an_axis(ref: BlockRef, p: ast.Param) -> bool:
+        """Whether a hyperparameter's default mentions an axis name of the block's tensor
+        parameters (and no hyperparameter of that name)."""
+        axes = {d.name for q in ref.block.params if q.type is not None
+                for d in q.type.shape.dims if d.name}
+        axes -= {q.name for q in ref.block.params if q.type is None}
+        return p.default is not None and any(
+            isinstance(n, ast.Name) and n.id in axes for n in ast.walk(p.default))
 
     def _unify_param(self, p: ast.Param, arg: Arg, inner: Frame, span: Span) -> None:
         try:

@@ -5,7 +5,6 @@ mistakes in such a block still wait for a call (its axes have no sizes until the
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from collections.abc import Iterator
 
@@ -28,7 +27,7 @@ def _names_outside_blocks(scope: FileScope) -> set[str]:
     """Every name a model, constant, modality, train section or another block mentions."""
     names: set[str] = set()
     for item in [*scope.defs.values(), *scope.models, *scope.trains]:
-        for node in _walk(item):
+        for node in ast.walk(item):
             if isinstance(node, ast.Name) and not (isinstance(item, ast.Block)
                                                    and node.id == item.name):
                 names.add(node.id)
@@ -37,7 +36,7 @@ def _names_outside_blocks(scope: FileScope) -> set[str]:
 
 def _block_mistakes(scope: FileScope, builtins, block: ast.Block) -> Iterator[NexusError]:
     local = _local_names(block)
-    for call in (n for n in _walk(block) if isinstance(n, ast.Call)):
+    for call in (n for n in ast.walk(block) if isinstance(n, ast.Call)):
         if not isinstance(call.func, ast.Name) or call.func.id in local:
             continue
         name = call.func.id
@@ -70,7 +69,7 @@ def _local_names(block: ast.Block) -> set[str]:
     for p in block.params:
         if p.type is not None:
             names |= {d.name for d in p.type.shape.dims if d.name}
-    for node in _walk(block):
+    for node in ast.walk(block):
         if isinstance(node, ast.Assign):
             names |= set(node.targets)
         elif isinstance(node, (ast.Experts, ast.Let)):
@@ -84,16 +83,3 @@ def _suggestion(name: str, names: list[str]) -> str:
         return f"; `{name}` is a block of {module}: add `import {module}`"
     close = difflib.get_close_matches(name, [*REGISTRY, *OPTION_FUNCTIONS, *names], n=1)
     return f"; did you mean `{close[0]}`?" if close else ""
-
-
-def _walk(node) -> Iterator:
-    """Every AST node under `node` (itself included), depth first."""
-    yield node
-    if isinstance(node, (tuple, list)):
-        for item in node:
-            yield from _walk(item)
-    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
-        for f in dataclasses.fields(node):
-            value = getattr(node, f.name)
-            if isinstance(value, (tuple, list)) or dataclasses.is_dataclass(value):
-                yield from _walk(value)

@@ -5,6 +5,7 @@ The parser builds these from Lark's tree; nothing after the parser sees Lark.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from nexusdsl.lang.diagnostics import Span
@@ -264,3 +265,16 @@ class Program:
     source: str
     version: str | None
     items: tuple[Stmt, ...]
+
+
+def walk(node):
+    """Every AST node under `node` (itself included), depth first, like Python's ast.walk."""
+    yield node
+    if isinstance(node, (tuple, list)):
+        for item in node:
+            yield from walk(item)
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if isinstance(value, (tuple, list)) or dataclasses.is_dataclass(value):
+                yield from walk(value)
