@@ -397,3 +397,27 @@ model M {
     graph = nexusdsl.loads(src, "t.nx").elaborate()
     types = [str(graph.type_of(graph.outputs[n])) for n in ("y", "z")]
     assert types == ["f32[B, out=8]", "f32[B, out=3]"]
+
+
+def test_an_output_given_several_tensors_says_how_to_name_them():
+    src = """nexus 0.1
+modality text = bytes(code = 0)
+modality image = patches(size = 4, channels = 1, code = 1)
+model M {
+  input t: text[B, T]
+  input p: image[B, 1, 8, 8]
+  s = concat(tag(embed(t, 16) as tok), tag(embed(p, 16)), axis = 1)
+  y = route(s) { text -> unembed(tie = tok); image -> linear(8) }
+  output logits = y
+}
+"""
+    with pytest.raises(nexusdsl.NexusError) as info:
+        nexusdsl.loads(src, "t.nx").elaborate()
+    (d,) = info.value.diagnostics
+    assert (d.span.line, d.span.col) == (9, 3)
+    assert d.message.startswith("output `logits` must be one tensor, but its value holds 2 (")
+    assert d.message.endswith("name each: `output logits_0, logits_1 = ...`")
+    assert [n.span.line for n in d.notes] == [8, 8]
+    fixed = src.replace("output logits = y", "output words, pixels = y")
+    graph = nexusdsl.loads(fixed, "t.nx").elaborate()
+    assert list(graph.outputs) == ["words", "pixels"]

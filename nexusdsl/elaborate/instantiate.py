@@ -195,6 +195,12 @@ class Builder(calls.CallsMixin, ExpertsMixin):
             raise NexusError.at(stmt.span, "`output` belongs in a model; blocks use `return`")
         expr = stmt.value or ast.Name(stmt.span, stmt.name)
         value = self.eval(expr, frame)
+        if isinstance(value, tuple) and value and all(isinstance(v, Tensor) for v in value):
+            names = ", ".join(f"{stmt.name}_{i}" for i in range(len(value)))
+            raise NexusError.at(stmt.span, f"output `{stmt.name}` must be one tensor, but its value "
+                                f"holds {len(value)} ({', '.join(str(v.type) for v in value)}); "
+                                f"name each: `output {names} = ...`",
+                                *(Note(f"result {i} was made", v.span) for i, v in enumerate(value)))
         if not isinstance(value, Tensor):
             raise NexusError.at(stmt.span, f"output `{stmt.name}` must be a tensor, got {describe(value)}")
         if stmt.name in self.graph.outputs:
