@@ -39,7 +39,8 @@ def test_block_axis_names_bind_and_are_usable_as_integers():
 def test_declared_return_shape_is_checked():
     err = error_of("block f(x: [*, d]) -> [*, d] { return linear(x, d + 1) }\n"
                    "model M { input x: float[B, 5]\n output y = f(x) }")
-    assert "axis d is 5 here but the tensor has 6" in err.render()
+    assert "the returned tensor does not match `-> [*, d]`: axis d is 5 here but the tensor has 6" \
+        in err.render()
 
 
 def test_new_axes_are_named_after_plain_hyperparameters():

@@ -330,8 +330,13 @@ class CallsMixin:
             unify(p.type.shape, arg.value.type, inner.axes, lambda e: self.int_of(e, inner, "an axis size"))
         except NexusError as err:
             d = err.diagnostics[0]
+            written = self.source_text(p.span)
+            if p.name == "return":  # the block's declared result, `-> [*, d]`
+                raise NexusError.at(arg.span, f"the returned tensor does not match `-> {written}`: "
+                                    f"{d.message}", Note(f"the result is declared `-> {written}`",
+                                                         p.span)) from None
             raise NexusError.at(arg.span, f"argument `{p.name}`: {d.message}",
-                                Note(f"the parameter is declared `{self.source_text(p.span)}`", p.span)) from None
+                                Note(f"the parameter is declared `{written}`", p.span)) from None
 
     def _hyper_value(self, ref: BlockRef, p: ast.Param, bound, inner: Frame, span: Span):
         if p.name in bound:
