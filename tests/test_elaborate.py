@@ -422,3 +422,12 @@ model M {
     fixed = src.replace("output logits = y", "output words, pixels = y")
     graph = nexusdsl.loads(fixed, "t.nx").elaborate()
     assert list(graph.outputs) == ["words", "pixels"]
+
+
+def test_a_block_calling_itself_is_one_error_with_a_counted_note():
+    err = error_of("block f(x: [*, d]) -> [*, d] { return f(x) }\n"
+                   "model M { input x: float[B, 4]\n output y = f(x) }")
+    (d,) = err.diagnostics
+    assert d.message == "block f calls itself (or nests more than 64 deep)"
+    assert [n.message for n in d.notes] == ["in block f called (63 times in a row)",
+                                            "in block f called"]

@@ -102,7 +102,14 @@ class Builder(calls.CallsMixin, ExpertsMixin):
         """Inside a block, say where the block was called from (innermost call first)."""
         if not self.calls:
             return err
-        notes = tuple(Note(f"in block {name} called", span) for name, span in reversed(self.calls))
+        runs: list[list] = []  # a block calling itself: one note with a count, not 64
+        for name, span in reversed(self.calls):
+            if runs and runs[-1][:2] == [name, span]:
+                runs[-1][2] += 1
+            else:
+                runs.append([name, span, 1])
+        notes = tuple(Note(f"in block {name} called" + (f" ({n} times in a row)" if n > 1 else ""),
+                           span) for name, span, n in runs)
         return NexusError([replace(d, notes=d.notes + notes) for d in err.diagnostics], err.sources)
 
     def _report_unknown_operands(self, stmt, frame: Frame) -> None:
