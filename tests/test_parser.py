@@ -130,3 +130,14 @@ def test_an_unexpected_character_is_the_one_under_the_caret(source, line, col, c
     (d,) = info.value.diagnostics
     assert (d.span.line, d.span.col) == (line, col)
     assert d.message == f"syntax error: unexpected character `{char}`"
+
+
+@pytest.mark.parametrize("source,word", [
+    ("model M {\n  input x: float[B, 4]\n  shared = linear(x, 4)\n}\n", "shared"),
+    ("let model = 3\n", "model"),
+])
+def test_a_reserved_word_used_as_a_name_says_it_is_reserved(source, word):
+    with pytest.raises(NexusError) as info:
+        parse(source, "t.nx")
+    (d,) = info.value.diagnostics
+    assert d.message.endswith(f"(`{word}` is a reserved word: it cannot name anything)")

@@ -292,6 +292,11 @@ KNOWN_MISTAKES: dict[str, list[str]] = {
 }
 
 
+# LANGUAGE.md section 2 (and `route`, reserved too: docs/design.md)
+RESERVED_WORDS = frozenset("nexus import as let modality block model input output return repeat "
+                           "shared reversible experts of train true false route".split())
+
+
 def _describe_token(tok) -> str:
     if tok.type == "$END":
         return "the end of the file"
@@ -341,6 +346,8 @@ def _syntax_diagnostic(err: UnexpectedInput, file: str, text: str) -> Diagnostic
         line, col = len(lines), len(lines[-1]) + 1
     else:
         message = f"syntax error: unexpected {_describe_token(err.token)}" + _expected_words(err.expected)
+        if str(err.token.value) in RESERVED_WORDS and "NAME" in (err.expected or ()):
+            message += f" (`{err.token.value}` is a reserved word: it cannot name anything)"
     friendly = _match_known(err, text)
     if friendly:
         message = f"syntax error: {friendly}"
