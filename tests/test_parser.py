@@ -141,3 +141,15 @@ def test_a_reserved_word_used_as_a_name_says_it_is_reserved(source, word):
         parse(source, "t.nx")
     (d,) = info.value.diagnostics
     assert d.message.endswith(f"(`{word}` is a reserved word: it cannot name anything)")
+
+
+def test_an_unclosed_string_and_an_unknown_version_say_so():
+    with pytest.raises(NexusError) as info:
+        parse('let name = "unterminated\nlet b = 2\n', "t.nx")
+    assert info.value.diagnostics[0].message.startswith("syntax error: this string is never closed")
+    with pytest.raises(NexusError) as info:
+        parse("nexus 0.2\nlet a = 1\n", "t.nx")
+    (d,) = info.value.diagnostics
+    assert (d.span.line, d.span.col) == (1, 1)
+    assert d.message.startswith("this is nexus 0.1; a file written for nexus 0.2 cannot be read")
+    assert parse("nexus 0.1\nlet a = 1\n", "t.nx").version == "0.1"

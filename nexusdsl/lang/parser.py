@@ -81,7 +81,7 @@ class _ToAst(Transformer):
         return list(items)
 
     def version(self, meta, c):
-        return ("version", str(c[0]))
+        return ("version", str(c[0]), self._span(meta))
 
     def dotted_name(self, meta, c):
         return ".".join(str(t) for t in c)
@@ -292,6 +292,7 @@ KNOWN_MISTAKES: dict[str, list[str]] = {
 }
 
 
+LANGUAGE_VERSION = "0.1"
 # LANGUAGE.md section 2 (and `route`, reserved too: docs/design.md)
 RESERVED_WORDS = frozenset("nexus import as let modality block model input output return repeat "
                            "shared reversible experts of train true false route".split())
@@ -339,7 +340,9 @@ def _syntax_diagnostic(err: UnexpectedInput, file: str, text: str) -> Diagnostic
     line, col = err.line, err.column
     notes = _unclosed_note(file, line or 0)  # read before match_examples re-parses
     if isinstance(err, UnexpectedCharacters):
-        message = f"syntax error: unexpected character `{_char_at(text, line, col)}`"
+        char = _char_at(text, line, col)
+        message = ("syntax error: this string is never closed (a string ends with `\"` on the "
+                   "same line)") if char == '"' else f"syntax error: unexpected character `{char}`"
     elif isinstance(err, UnexpectedEOF) or getattr(err, "token", None) is None or err.token.type == "$END":
         message = "syntax error: unexpected end of file" + _expected_words(err.expected)
         lines = text.splitlines() or [""]
@@ -407,6 +410,12 @@ def parse(text: str, file: str = "<string>") -> ast.Program:
         diagnostics = _errors_per_item(text, file) or [_syntax_diagnostic(err, file, text)]
         raise NexusError(diagnostics, {file: text}) from None
     items = _ToAst(file, text).transform(tree)
-    version = next((v for k, v in (i for i in items if isinstance(i, tuple))), None)
+    version, span = next(((v, at) for _, v, at in (i for i in items if isinstance(i, tuple))),
+                         (None, None))
+    if version is not None and version != LANGUAGE_VERSION:  # LANGUAGE.md section 3
+        error = NexusError.at(span, f"this is nexus {LANGUAGE_VERSION}; a file written for "
+                              f"nexus {version} cannot be read (write `nexus "
+                              f"{LANGUAGE_VERSION}`, or leave the line out)")
+        raise NexusError(error.diagnostics, {file: text})
     stmts = tuple(i for i in items if not isinstance(i, tuple))
     return ast.Program(file, text, version, stmts)
