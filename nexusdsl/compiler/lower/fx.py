@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from nexusdsl.ir.graph import Graph, Node, ParamSpec
+from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.ops import REGISTRY
 
 _DTYPES = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16, "f16": torch.float16}
@@ -66,6 +67,17 @@ class NexusModule(nn.Module):
             raise TypeError(f"model {self.graph.name}: {problem} (its inputs, in order: "
                             f"{', '.join(self.input_names)})")
         return (*args, *(kwargs[name] for name in rest))
+
+
+def _check_attribute_name(node: Node) -> None:
+    """A node's name becomes an attribute path of the compiled torch module. The elaborator
+    keeps torch's own names out (elaborate/frame.py); a library imported later can still add
+    one to nn.Module (transformers adds `smart_apply`): refuse it where it is written."""
+    taken = [part for part in node.name.split(".")
+             if hasattr(fx.GraphModule, part) or hasattr(NexusModule, part)]
+    if taken:
+        raise NexusError.at(node.span, f"`{taken[0]}` cannot name a node: torch modules have an "
+                            "attribute of that name in this process; choose another")
 
 
 def _argument_name(name: str) -> str:
@@ -140,6 +152,7 @@ def lower(graph: Graph, device="cpu", dtype: str = "f32", seed: int | None = 0) 
             values[node.id] = fxg.placeholder(_argument_name(node.name))
             continue
         target = node.shares or node.name
+        _check_attribute_name(node)
         if target not in modules:
             modules[target] = build_op_module(node, device, torch_dtype, generator)
         args = tuple(_value(values, graph, r) for r in node.inputs)
