@@ -119,8 +119,12 @@ class Builder(calls.CallsMixin, ExpertsMixin):
         values = [getattr(stmt, "value", None), *getattr(stmt, "values", ())]
         for expr in values:
             for name in _tensor_operands(expr):
-                if name.id in frame.env or lookup_global(frame.scope, name.id, name.span,
-                                                         _BUILTINS) is not None:
+                try:
+                    known = name.id in frame.env or lookup_global(
+                        frame.scope, name.id, name.span, _BUILTINS) is not None
+                except NexusError:
+                    known = True  # an ambiguous import: reported where it is resolved
+                if known:
                     continue
                 self.sink.add(NexusError.at(name.span, f"unknown name `{name.id}`"
                                             + self._suggest(name.id, frame)))
