@@ -41,13 +41,13 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def parse_sets(pairs: list[str]) -> dict[str, Any]:
+def parse_sets(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
     """`--set dim=256 --set act=gelu` -> {"dim": 256, "act": "gelu"}"""
     values: dict[str, Any] = {}
     for pair in pairs:
         key, eq, raw = pair.partition("=")
         if not eq or not key.strip().isidentifier():
-            fail(f"error: --set expects NAME=VALUE, got {pair!r}")
+            fail(f"error: {flag} expects NAME=VALUE, got {pair!r}")
         values[key.strip()] = parse_literal(raw.strip())
     return values
 
@@ -129,7 +129,8 @@ def compile_cmd(
     if target != "torch" or emit.value.startswith("mlir-"):
         from nexusdsl.cli_run import Backend, compile_backend
 
-        settings = Backend(target, via, parse_sets(sizes), dynamic, compile_mode, cuda_arch)
+        settings = Backend(target, via, parse_sets(sizes, "--size"), dynamic, compile_mode,
+                           cuda_arch)
         return compile_backend(program, graph, emit.value, output, device, settings)
     text = passes_text(records, flags) if emit == Emit.passes else render_emit(graph, emit,
                                                                               as_json, device)
@@ -189,12 +190,27 @@ import nexusdsl.cli_tools  # noqa: E402,F401  (registers `nexus fmt`, `viz`, `ls
 import nexusdsl.cli_train  # noqa: E402,F401  (registers `nexus train`, `eval`, `generate`)
 
 
+def _usage_errors():
+    """The exception class of bad flags: typer's own copy of click's, or click's."""
+    try:
+        from typer._click.exceptions import UsageError
+    except ImportError:
+        from click.exceptions import UsageError
+    return UsageError
+
+
 def main() -> None:
     from nexusdsl.allocator import keep_freed_memory
 
     keep_freed_memory()  # steps reuse freed blocks instead of faulting in fresh pages
+    from nexusdsl.fsutil import UnwritablePath
+
+    _usage_errors().exit_code = 1  # a mistaken flag is a user mistake: status 1, like the rest
     try:
         app()
+    except (UnwritablePath, PermissionError) as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

@@ -172,7 +172,7 @@ def run_cmd(
     """Run a model on inputs with a backend and print (or save) its outputs."""
     from nexusdsl.compiler.lower.backends import BackendError
 
-    settings = Backend(backend.value, via, parse_sets(sizes), (), compile_mode)
+    settings = Backend(backend.value, via, parse_sets(sizes, "--size"), (), compile_mode)
     _check_device(device)
     try:
         program, graph = _load(file, model, sets, opt)
@@ -245,7 +245,8 @@ def _check(module, tensors, results) -> None:
 def _show(graph, results, backend, first, rest) -> None:
     for name, t in _named(graph, results).items():
         t = t.detach().float().cpu()
-        out.print(f"{name}: {tuple(t.shape)}  mean {t.mean():.4g}  std {t.std():.4g}  "
+        std = t.std(correction=0)  # of the values as they are (one value: 0, not nan)
+        out.print(f"{name}: {tuple(t.shape)}  mean {t.mean():.4g}  std {std:.4g}  "
                   f"max|x| {t.abs().max():.4g}", markup=False)
     out.print(f"{backend}: first call {first * 1e3:.1f} ms (compilation included), then "
               f"{rest * 1e3:.2f} ms per call (median)", markup=False)

@@ -54,7 +54,9 @@ def fmt_cmd(
             broken = True
             continue
         except (OSError, UnicodeDecodeError) as e:
-            err.print(f"{file}:1:1: error: cannot read {file}: {e}", markup=False)
+            from nexusdsl.fsutil import os_reason
+
+            err.print(f"{file}:1:1: error: cannot read {file}: {os_reason(e)}", markup=False)
             broken = True
             continue
         if formatted == text:

@@ -63,11 +63,16 @@ def train_cmd(
     from nexusdsl.train.api import train
 
     settings = parse_sets(sets)
+    flags = {"data": data, "steps": steps, "batch": batch, "context": context, "lr": lr,
+             "seed": seed, "time": seconds}
+    for key in set(settings) & set(flags):  # `--set time=20` is `--time 20`
+        if flags[key] is not None:
+            fail(f"error: {key} is given twice, as --{key} and as --set {key}=...")
+        flags[key] = settings.pop(key)
     try:
         program = nexusdsl.load(file)
         name = program.model_ast(model).name
-        result = train(program, name, data=data, steps=steps, batch=batch, context=context,
-                       lr=lr, seed=seed, time=seconds, out=output or Path("runs") / name,
+        result = train(program, name, **flags, out=output or Path("runs") / name,
                        resume=resume, until=until, shard=shard, device=device, progress=not quiet,
                        console=out, **settings)
     except NexusError as e:

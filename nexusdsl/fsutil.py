@@ -15,8 +15,39 @@ def _umask() -> int:
     return mask
 
 
+def os_reason(err: OSError | UnicodeDecodeError) -> str:
+    """Why a file could not be read, in words (no errno numbers)."""
+    if isinstance(err, FileNotFoundError):
+        return "no such file"
+    if isinstance(err, IsADirectoryError):
+        return "it is a directory"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    if isinstance(err, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    return err.strerror or str(err)
+
+
+class UnwritablePath(Exception):
+    """An output path that cannot be written: the `nexus` command prints it as one error."""
+
+
+def check_writable(path: Path, directory: bool = False) -> None:
+    """Refuse, before anything is written, a path that is a directory (for a file) or a file
+    (for a directory), or that lies under a file."""
+    if path.exists() and path.is_dir() != directory:
+        what = "a directory" if path.is_dir() else "a file"
+        raise UnwritablePath(f"cannot write {path}: it is {what}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UnwritablePath(f"cannot write {path}: {parent} is a file, not a directory")
+            return
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -52,6 +83,7 @@ def atomic_directory(path: str | Path):
             (tmp / "model.safetensors").write_bytes(...)
     """
     path = Path(path)
+    check_writable(path.parent, directory=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 directories

@@ -71,3 +71,43 @@ def test_missing_file_is_a_clean_error():
     run = nexus("check", "no/such/file.nx")
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith("no/such/file.nx:1:1: error: cannot read")
+
+
+def _one_line_error(run, message):
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+    assert message in run.stderr, run.stderr
+
+
+def test_outputs_that_cannot_be_written_are_one_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    tiny = "examples/tiny_lm.nx"
+    _one_line_error(nexus("compile", tiny, "--emit", "ir", "-o", tmp_path / "afile" / "x.ir"),
+                    f"error: cannot write {tmp_path / 'afile' / 'x.ir'}: {tmp_path / 'afile'} "
+                    "is a file, not a directory")
+    _one_line_error(nexus("compile", tiny, "--emit", "ir", "-o", tmp_path / "adir"),
+                    f"error: cannot write {tmp_path / 'adir'}: it is a directory")
+    _one_line_error(nexus("viz", tiny, "-o", tmp_path / "afile" / "x.dot"), "is a file, not a")
+    assert (tmp_path / "afile").read_text() == "" and not any((tmp_path / "adir").iterdir())
+
+
+def test_bad_flags_exit_with_status_1_and_say_which(tmp_path):
+    run = nexus("compile", "examples/tiny_lm.nx", "--emit", "bogus")
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "bogus" in run.stderr
+    _one_line_error(nexus("run", "examples/tiny_lm.nx", "--size", "T"),
+                    "error: --size expects NAME=VALUE, got 'T'")
+    _one_line_error(nexus("fmt", tmp_path / "nofile.nx"),
+                    f"{tmp_path / 'nofile.nx'}:1:1: error: cannot read {tmp_path / 'nofile.nx'}: "
+                    "no such file")
+
+
+def test_training_settings_given_with_set_are_the_settings(tmp_path):
+    run = nexus("train", "examples/tiny_lm.nx", "--set", "steps=2", "--set", "batch=2",
+                "--set", "context=8", "--out", tmp_path / "o", "-q")
+    assert run.returncode == 0, run.stderr
+    assert "after 2 steps" in run.stdout
+    _one_line_error(nexus("train", "examples/tiny_lm.nx", "--set", "time=5", "--time", "5",
+                          "--out", tmp_path / "p"), "error: time is given twice")
+    _one_line_error(nexus("train", "examples/tiny_lm.nx", "--set", "lr=abc", "--out",
+                          tmp_path / "q"), "lr must be a positive number, got 'abc'")

@@ -190,6 +190,7 @@ def load(path: str | Path) -> Program:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        reason = "no such file" if isinstance(err, FileNotFoundError) else str(err)
-        raise NexusError.at(Span(str(path), 1, 1), f"cannot read {path}: {reason}") from None
+        from nexusdsl.fsutil import os_reason
+
+        raise NexusError.at(Span(str(path), 1, 1), f"cannot read {path}: {os_reason(err)}") from None
     return loads(text, str(path))

@@ -95,7 +95,10 @@ def attention_forward(attrs, head_dim: int | None = None):
         q, k, v = (t.unflatten(-1, (heads, size)).transpose(-2, -3)
                    for t in qkv.split(inner, dim=-1))  # (*, H, T, size)
         p = attrs.dropout if m.training else 0.0
+        lead = q.shape[:-3]  # SDPA on (batch, heads, T, size): torch.compile miscomputed more
+        q, k, v = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))  # leading axes (an axis=)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=attrs.causal)
+        y = y.reshape(*lead, *y.shape[-3:])
         y = F.linear(y.transpose(-2, -3).flatten(-2), m.out.weight,
                      m.out.bias if attrs.bias else None)  # (*, T, d)
         return y if axis is None else y.movedim(-2, axis)

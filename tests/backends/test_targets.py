@@ -213,3 +213,21 @@ def test_torch_compile_compiles_every_model_not_just_the_first_eight():
         assert model(torch.randn(2, 8)).shape == (2, width)
         assert len(graphs) == width, f"model {width} was not compiled"
         assert list(model.state_dict()) == ["linear.weight", "linear.bias"]
+
+
+def test_attention_along_a_grid_axis_under_inductor_equals_eager():
+    """Attention along one axis of a 5-d grid: SDPA is given 4-d (batch, heads, T, size)
+    tensors; with more leading axes inductor's code computed different numbers."""
+    src = """nexus 0.1
+model Grid(dim = 8) {
+  input x: float[B, 2, 3, 4, dim]
+  output y = x + attention(x, axis = 2, heads = 2)
+}
+"""
+    program = nexusdsl.loads(src, "grid.nx")
+    eager = nexusdsl.compile(program).eval()
+    compiled = nexusdsl.compile(program, target="torch.compile").eval()
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 2, 3, 4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
