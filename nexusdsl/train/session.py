@@ -131,13 +131,30 @@ def dry_run(session: Session) -> None:
         with torch.no_grad():
             obj.loss(session.trainee, batch)
     except (RuntimeError, ValueError, IndexError) as err:
+        fixed = _fixed_length_input(session, config.context)
+        if fixed is not None:  # the likeliest cause, said in the user's terms
+            raise NexusError(fixed.diagnostics, session.program.sources) from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise NexusError(NexusError.at(
             config.span("objective"), f"{session.model_name} cannot be trained with "
-            f"{config.objective.fn} on {session.data.name} (batch of 2, context "
+            f"{config.objective.fn} on {session.data.name} (a trial batch of 2, context "
             f"{config.context}): {reason}").diagnostics, session.program.sources) from None
     finally:
         collect_aux(session.trainee)
+
+
+def _fixed_length_input(session: Session, context: int) -> NexusError | None:
+    """A token input whose sequence axis has a fixed size other than the context."""
+    for port in session.objective.inputs:
+        sizes = port.type.sizes
+        if port.discrete and len(sizes) >= 2 and sizes[1] is not None and sizes[1] != context:
+            node = session.trainee.model.graph.by_name(port.name)
+            axis = port.type.axes[1].name or "its sequence axis"
+            return NexusError.at(node.span if node else session.config.span("objective"),
+                                 f"input {port.name} fixes {axis} = {sizes[1]}, but training "
+                                 f"feeds {context} tokens: use --context {sizes[1]} (or leave "
+                                 f"{axis} unsized)")
+    return None
 
 
 def collect_aux(module: torch.nn.Module) -> torch.Tensor | None:

@@ -111,3 +111,23 @@ def test_missing_checkpoint(tmp_path):
 def test_bad_flag_value(tmp_path):
     one_error(nexus("train", "examples/tiny_lm.nx", "--set", "clip=-1", "--out", tmp_path),
               "clip must be a number >= 0")
+
+
+def test_a_context_other_than_a_fixed_sequence_length_is_located_at_the_input(tmp_path):
+    path = tmp_path / "grid.nx"
+    path.write_text("""nexus 0.1
+modality text = bytes(code = 0)
+model Grid(dim = 8) {
+  input tokens: text[B, T=64]
+  x = embed(tokens, dim) as tok
+  g = layout(x, "b (i j k) d -> b i j k d", i = 4, j = 4)
+  g = mix(g, axes = [i, j, k], wiring = axial, share = axis)
+  y = layout(g, "b i j k d -> b (i j k) d")
+  output logits = unembed(y, tie = tok)
+}
+""")
+    run = nexus("train", path, "--steps", "2", "--batch", "4", "--context", "32", "--out",
+                tmp_path / "o", "-q")
+    one_error(run, f"{path}:4:3: error: input tokens fixes T = 64, but training feeds 32 "
+                   "tokens: use --context 64")
+    assert not (tmp_path / "o").exists()
