@@ -131,9 +131,12 @@ def _try_torch_compile(program, graph, device, settings: Backend) -> None:
     inputs = _random_inputs(graph, settings, device)
     diff, seconds = _compare_compiled(module, inputs, settings.compile_mode)
     mode = settings.compile_mode or "default"
+    verdict = "ok" if diff <= TOLERANCE else "MISMATCH"
     out.print(f"torch.compile (Inductor, mode {mode}): compiled and ran in {seconds:.1f} s; "
-              f"largest difference from eager {diff:.1e} of the output's magnitude",
-              markup=False)
+              f"largest difference from eager {diff:.1e} of the output's magnitude "
+              f"({verdict}, tolerance {TOLERANCE:g})", markup=False)
+    if diff > TOLERANCE:  # a compiler that changes the numbers is not a success
+        raise typer.Exit(1)
 
 
 def _compare_compiled(module, inputs, mode):
