@@ -124,12 +124,13 @@ def test_unsupported_op_is_a_located_error_before_any_mlir_work(program, monkeyp
     nexusdsl.compile(program, target="torch.compile", options={"backend": "eager"})  # fine
 
 
-def test_missing_cpp_compiler_is_one_clear_message(program, monkeypatch):
+def test_missing_cpp_compiler_is_one_clear_message(program):
     from torch._inductor import config
 
-    monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-compiler-nexus"))
-    with pytest.raises(BackendError, match="needs a C\\+\\+ compiler for CPU code, and none "
-                                           "was found: install g\\+\\+ \\(or set \\$CXX\\)"):
+    # torch's own patching: a monkeypatch of config.cpp.cxx leaves it unreadable afterwards
+    with config.patch({"cpp.cxx": (None, "no-such-compiler-nexus")}), \
+            pytest.raises(BackendError, match="needs a C\\+\\+ compiler for CPU code, and none "
+                                              "was found: install g\\+\\+ \\(or set \\$CXX\\)"):
         nexusdsl.compile(program, target="torch.compile")
 
 
