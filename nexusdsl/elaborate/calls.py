@@ -73,12 +73,7 @@ class CallsMixin:
         return f"; did you mean `{close[0]}`?" if close else ""
 
     def _suggest(self, name: str, frame: Frame) -> str:
-        module = stdlib_blocks().get(name)
-        if module is not None:  # the likeliest cause: a missing import
-            return f"; `{name}` is a block of {module}: add `import {module}`"
-        pool = [*REGISTRY, *OPTION_FUNCTIONS, *frame.env, *frame.scope.defs]
-        close = difflib.get_close_matches(name, pool, n=1)
-        return f"; did you mean `{close[0]}`?" if close else ""
+        return name_suggestion(name, [*frame.env, *frame.scope.defs])
 
     # ------------------------------------------------------------------ ops
     def call_op(self, op: Op, args: list[Arg], kwargs, span: Span, alias, frame: Frame):
@@ -111,9 +106,7 @@ class CallsMixin:
             if key in given:
                 raise NexusError.at(arg.span, f"argument `{key}` of `{op.name}` is given twice")
             if key not in fields and not extra_ok:
-                takes = ", ".join([*op.inputs, *fields])
-                unknown.append(NexusError.at(arg.span, f"`{op.name}` has no argument `{key}` "
-                                             f"(it takes {takes})" + _close(key, fields)))
+                unknown.append(no_such_argument(op, key, arg.span))
             given[key] = arg
         if unknown:
             raise NexusError([e.diagnostics[0] for e in unknown])
@@ -394,6 +387,21 @@ def _split_tensor_args(op: Op, args: list[Arg], kwargs) -> tuple[list[Arg], list
 
 def _param_specs(params) -> dict[str, ParamSpec]:
     return {k: v if isinstance(v, ParamSpec) else ParamSpec(**v) for k, v in params.items()}
+
+
+def name_suggestion(name: str, names: list[str]) -> str:
+    """What an unknown name may have meant: a stdlib block not imported, or a close name
+    (an op, an option function, or one of `names`)."""
+    module = stdlib_blocks().get(name)
+    if module is not None:  # the likeliest cause: a missing import
+        return f"; `{name}` is a block of {module}: add `import {module}`"
+    return _close(name, [*REGISTRY, *OPTION_FUNCTIONS, *names])
+
+
+def no_such_argument(op: Op, key: str, span: Span) -> NexusError:
+    fields = list(op.Attrs.model_fields)
+    return NexusError.at(span, f"`{op.name}` has no argument `{key}` (it takes "
+                         f"{', '.join([*op.inputs, *fields])})" + _close(key, fields))
 
 
 def _close(key: str, options) -> str:

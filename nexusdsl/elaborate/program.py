@@ -86,46 +86,44 @@ class Program:
         except NexusError as err:
             raise NexusError(err.diagnostics, self._loader.sources) from None
 
-    def check_train(self, model: str) -> None:
+    def check_train(self, model: str, graph: Graph | None = None) -> None:
         """The settings of the model's train section, checked as `nexus train` checks them
-        (names, objectives, ranges) without loading data or torch."""
+        (names, objectives, ranges) without loading data or torch. `graph`: the model as
+        already elaborated, if the caller has it."""
+        config = self._train_settings(model)
+        if config.freeze:
+            graph = graph or self.elaborate(model)
+            self._check_freeze(graph, config.freeze, config.span("freeze"))
+
+    def _train_settings(self, model: str):
         from nexusdsl.train.config import build_config
 
         tree = self.model_ast(model)
-        config = build_config(self.train_config(model),
-                              [p.name for p in tree.params if p.type is None])
-        if config.freeze:
-            self._check_freeze(model, config.freeze, config.span("freeze"))
+        return build_config(self.train_config(model),
+                            [p.name for p in tree.params if p.type is None])
 
     def check_data_paths(self) -> None:
         """The data files and folders the train sections name exist (relative paths: next to
         this file, as `nexus train` reads them). Asked by `nexus check`, not by loading: a file
         whose data lives elsewhere still compiles."""
-        from nexusdsl.train.config import build_config
+        from nexusdsl.train.config import resolve_data_path
 
         sink = DiagnosticSink()
         for train in self.scope.trains:
             if train.model not in self.models:
                 continue
-            tree = self.model_ast(train.model)
-            config = build_config(self.train_config(train.model),
-                                  [p.name for p in tree.params if p.type is None])
-            path = config.data.kwargs.get("path")
-            if not isinstance(path, str):
-                continue
-            where = Path(path).expanduser()
-            if not where.is_absolute():
-                where = Path(self.file).parent / where
-            if not where.exists():
+            config = self._train_settings(train.model)
+            path = resolve_data_path(config, self.file)
+            if path is not None and not path.expanduser().exists():
                 what = "folder" if config.data.fn == "folder" else "path"
-                sink.add(NexusError.at(config.data.span, f"data {what} {where} does not exist"))
+                sink.add(NexusError.at(config.data.span, f"data {what} {path} does not exist"))
         sink.raise_if_any(self._loader.sources)
 
-    def _check_freeze(self, model: str, names: list[str], span: Span) -> None:
+    @staticmethod
+    def _check_freeze(graph: Graph, names: list[str], span: Span) -> None:
         """`freeze` names a node of the model (or a part under one, or a group of nodes under
         a dotted prefix). Whether it holds parameters is left to `nexus train`, which sees
         the module."""
-        graph = self.elaborate(model)
         nodes = [node.name for node in graph.nodes()]
         for name in names:
             if not any(n == name or n.startswith(name + ".") or name.startswith(n + ".")
@@ -155,9 +153,10 @@ class Program:
     def check(self) -> None:
         """Elaborate every model with its defaults; raise one error listing every mistake."""
         sink = DiagnosticSink()
+        graphs = {}
         for tree in self.scope.models:
             try:
-                self.elaborate(tree.name)
+                graphs[tree.name] = self.elaborate(tree.name)
             except NexusError as err:
                 sink.add(err)
         self._check_modal_codes(sink)
@@ -168,7 +167,7 @@ class Program:
                 sink.add(NexusError.at(train.span, f"`train {train.model}`: no model named {train.model}"))
             elif train.model in self.models:
                 try:
-                    self.check_train(train.model)
+                    self.check_train(train.model, graphs.get(train.model))
                 except NexusError as err:
                     sink.add(err)
         sink.raise_if_any(self._loader.sources)

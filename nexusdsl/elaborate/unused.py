@@ -5,14 +5,13 @@ mistakes in such a block still wait for a call (its axes have no sizes until the
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator
 
-from nexusdsl.elaborate.modules import OPTION_FUNCTIONS, FileScope, lookup_global
+from nexusdsl.elaborate.calls import name_suggestion, no_such_argument
+from nexusdsl.elaborate.modules import FileScope, lookup_global
 from nexusdsl.lang import ast
 from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError
 from nexusdsl.ops import REGISTRY
-from nexusdsl.resources import stdlib_blocks
 
 
 def check_uncalled_blocks(scope: FileScope, builtins, sink: DiagnosticSink) -> None:
@@ -46,21 +45,17 @@ def _block_mistakes(scope: FileScope, builtins, block: ast.Block) -> Iterator[Ne
             continue  # an ambiguity: reported where it is used
         if found is None:
             yield NexusError.at(call.span, f"unknown function `{name}`"
-                                + _suggestion(name, [*local, *scope.defs]))
+                                + name_suggestion(name, [*local, *scope.defs]))
         elif found[0] == "builtin" and name in REGISTRY:
             yield from _unknown_keywords(REGISTRY[name], call)
 
 
 def _unknown_keywords(op, call: ast.Call) -> Iterator[NexusError]:
-    fields = list(op.Attrs.model_fields)
     if op.Attrs.model_config.get("extra") == "allow":
         return
     for kw in call.kwargs:
-        if kw.name not in fields and kw.name not in op.inputs:
-            close = difflib.get_close_matches(kw.name, fields, n=1)
-            yield NexusError.at(kw.span, f"`{op.name}` has no argument `{kw.name}` (it takes "
-                                f"{', '.join([*op.inputs, *fields])})"
-                                + (f"; did you mean `{close[0]}`?" if close else ""))
+        if kw.name not in op.Attrs.model_fields and kw.name not in op.inputs:
+            yield no_such_argument(op, kw.name, kw.span)
 
 
 def _local_names(block: ast.Block) -> set[str]:
@@ -75,11 +70,3 @@ def _local_names(block: ast.Block) -> set[str]:
         elif isinstance(node, (ast.Experts, ast.Let)):
             names.add(node.name)
     return names
-
-
-def _suggestion(name: str, names: list[str]) -> str:
-    module = stdlib_blocks().get(name)
-    if module is not None:
-        return f"; `{name}` is a block of {module}: add `import {module}`"
-    close = difflib.get_close_matches(name, [*REGISTRY, *OPTION_FUNCTIONS, *names], n=1)
-    return f"; did you mean `{close[0]}`?" if close else ""

@@ -10,6 +10,7 @@ field; mistakes in flags are one-line errors.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Span
@@ -133,6 +134,17 @@ _DESCRIBE = {_positive: "a positive number", _fraction: "a number in [0, 1)",
 # `text("corpus.txt")` names its path positionally; the others take keywords only.
 _POSITIONAL = {"text": ["path"], "folder": ["path"], "denoise": ["mask"],
                "contrastive": ["temperature"], "ppo": ["reward"]}
+
+
+def resolve_data_path(config: TrainConfig, nx_file: str) -> Path | None:
+    """The data path, made relative to the `.nx` file when it was written there (relative
+    paths given by flags stay relative to the working directory). Updates `config.data`."""
+    path = config.data.kwargs.get("path")
+    if not isinstance(path, str) or not path:
+        return None
+    if config.data.span.line and not Path(path).expanduser().is_absolute():
+        path = config.data.kwargs["path"] = str(Path(nx_file).parent / path)
+    return Path(path)
 
 
 def build_config(fields: dict[str, tuple[Any, Span]], hyper_names: list[str],

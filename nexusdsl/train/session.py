@@ -13,7 +13,7 @@ import torch
 from nexusdsl.elaborate.program import Program
 from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import checkpoint as ckpt
-from nexusdsl.train.config import NO_SPAN, TrainConfig, build_config
+from nexusdsl.train.config import NO_SPAN, TrainConfig, build_config, resolve_data_path
 from nexusdsl.train.data import Dataset, open_data
 from nexusdsl.train.distributed import Dist
 from nexusdsl.train.objectives import Objective, make_objective
@@ -79,10 +79,7 @@ def configure(program: Program, model: str | None, overrides: dict[str, Any]) ->
     section = program.train_section(tree.name)
     for name in ("objective", "data"):
         config.spans.setdefault(name, section.span if section else tree.span)
-    path = config.data.kwargs.get("path")
-    if path and config.data.span.line and not Path(path).expanduser().is_absolute():
-        # Paths written in a .nx file are relative to that file (flags: to the working dir).
-        config.data.kwargs["path"] = str(Path(program.file).parent / path)
+    resolve_data_path(config, program.file)
     return config
 
 
