@@ -63,25 +63,21 @@ def length_constants(m, T: int, attrs, channels: int, like: torch.Tensor):
     """The positional features (T, features) and the decay window (channels, T), constants of
     the length: made once per length and kept on the module (not parameters, not saved),
     except while a compiler traces."""
-    def make():
-        z, t = positional_features(T, attrs.features, attrs.max, like)
-        return z, decay_window(t, channels).transpose(0, 1).contiguous()
-
-    def make_for_any_mode():  # made in inference mode, they could not be saved for backward
-        with torch.inference_mode(False), torch.no_grad():
-            return make()
-
     if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
-        return make()
-    import os
-    if os.environ.get("NOCACHE"):
-        return make()
+        return _make_length_constants(T, attrs, channels, like)
     cache = m.__dict__.setdefault("_length_constants", {})
     key = (T, channels, like.device, like.dtype)
     if key not in cache:
         cache.clear()  # one length at a time: a model is trained at one length
-        cache[key] = make_for_any_mode()
+        # made in inference mode, they could not be saved for a later backward pass
+        with torch.inference_mode(False), torch.no_grad():
+            cache[key] = _make_length_constants(T, attrs, channels, like)
     return cache[key]
+
+
+def _make_length_constants(T: int, attrs, channels: int, like: torch.Tensor):
+    z, t = positional_features(T, attrs.features, attrs.max, like)
+    return z, decay_window(t, channels).transpose(0, 1).contiguous()
 
 
 # ---------------------------------------------------------------------------- long convolutions
