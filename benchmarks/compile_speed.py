@@ -21,6 +21,7 @@ from nexusdsl.compiler.lower.fx import lower  # noqa: E402
 from nexusdsl.elaborate.program import loads  # noqa: E402
 from nexusdsl.ir.verify import verify  # noqa: E402
 from nexusdsl.lang.parser import parse  # noqa: E402
+from nexusdsl.ops import REGISTRY  # noqa: E402
 from tests.reference_models import TinyLM  # noqa: E402
 
 SOURCE = (ROOT / "examples/tiny_lm.nx").read_text()
@@ -40,7 +41,7 @@ def stages(depth: int) -> dict[str, float]:
     t_parse, _ = best_of(lambda: parse(text, "tiny_lm.nx"))
     t_load, program = best_of(lambda: loads(text, "examples/tiny_lm.nx"))  # parse + elaborate + verify
     graph = program.elaborate()
-    t_verify, _ = best_of(lambda: verify(graph))
+    t_verify, _ = best_of(lambda: verify(graph, REGISTRY))
     t_lower, _ = best_of(lambda: lower(graph, device="meta"))
     return {"parse": t_parse, "elaborate": t_load - t_parse - t_verify, "verify": t_verify,
             "lower": t_lower, "total": t_load + t_lower}

@@ -164,7 +164,7 @@ def inference_time(module, tokens) -> float:
 
 
 def pruning() -> None:
-    from nexusdsl.compiler.prune import prune_checkpoint
+    from nexusdsl.train.prune import prune_checkpoint
     from nexusdsl.train.session import from_checkpoint
 
     program = nexusdsl.load(ROOT / "examples/tiny_lm.nx")

@@ -6,6 +6,7 @@ import nexusdsl
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.printer import print_graph
 from nexusdsl.ir.verify import VerifyError, verify
+from nexusdsl.ops import REGISTRY
 from tests.conftest import EXAMPLES, ROOT, check_golden
 
 
@@ -25,7 +26,7 @@ def test_json_round_trip_keeps_everything(path):
         assert again.to_json() == graph.to_json()
         assert again.content_hash() == graph.content_hash()
         assert print_graph(again) == print_graph(graph)
-        verify(again)
+        verify(again, REGISTRY)
 
 
 def test_hash_is_stable_and_sensitive():
@@ -53,7 +54,7 @@ def test_verifier_catches_a_missing_output_value():
     victim = next(n for n in graph.nodes() if n.op == "rmsnorm")
     graph.outputs = {"bad": victim.ref(3)}
     with pytest.raises(VerifyError, match="output bad refers to a missing value"):
-        verify(graph)
+        verify(graph, REGISTRY)
 
 
 def test_verifier_catches_a_mistied_parameter():
@@ -62,7 +63,7 @@ def test_verifier_catches_a_mistied_parameter():
     params = {"weight": head.params["weight"].model_copy(update={"tied_to": "rmsnorm.weight"})}
     graph.replace(head, head.model_copy(update={"params": params}))
     with pytest.raises(VerifyError, match="tied to rmsnorm.weight"):
-        verify(graph)
+        verify(graph, REGISTRY)
 
 
 def test_verifier_catches_a_duplicate_name():
@@ -70,4 +71,13 @@ def test_verifier_catches_a_duplicate_name():
     node = graph.by_name("rmsnorm")
     graph.replace(node, node.model_copy(update={"name": "tok"}))
     with pytest.raises(VerifyError, match="duplicate node name"):
-        verify(graph)
+        verify(graph, REGISTRY)
+
+
+def test_verifier_catches_an_unknown_op_when_given_the_registry():
+    graph = fresh_graph()
+    node = graph.by_name("rmsnorm")
+    graph.replace(node, node.model_copy(update={"op": "no_such_op"}))
+    verify(graph)  # structure alone is fine: the IR does not know the ops
+    with pytest.raises(VerifyError, match="unknown op no_such_op"):
+        verify(graph, REGISTRY)

@@ -33,6 +33,7 @@ from nexusdsl.compiler.passes.linear_fusion import LinearFusion
 from nexusdsl.compiler.passes.sparsity_pruning import SparsityPruning
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.verify import verify
+from nexusdsl.ops import REGISTRY
 
 CLEANUP: list[type[Pass]] = [DeadCode, FoldConstants, CommonSubexpressions, LayoutCancel,
                              DeadCode]
@@ -73,7 +74,7 @@ def passes_for(opt: int, options: PassOptions | None = None) -> list[type[Pass]]
 def options_for(target: str = "torch", route: str | None = None, **settings) -> PassOptions:
     """Pass options for a compile target: rewrites only into ops every backend it needs
     runs (fused ops are eager and torch.compile only)."""
-    from nexusdsl.compiler.lower.backends import DEFAULT_ROUTE, required_backends
+    from nexusdsl.compiler.backends import DEFAULT_ROUTE, required_backends
 
     return PassOptions(backends=required_backends(target, route or DEFAULT_ROUTE), **settings)
 
@@ -112,7 +113,7 @@ class PassManager:
         from nexusdsl.ir.printer import print_graph
 
         if self.check:
-            verify(graph)
+            verify(graph, REGISTRY)
         record = Changes(cls.name, nodes_before=len(graph))
         if self.explain:
             record.cost_before = graph_cost(graph, self.options.context)
@@ -121,7 +122,7 @@ class PassManager:
         graph = p(graph)
         record.seconds = time.perf_counter() - start
         if self.check:
-            verify(graph)
+            verify(graph, REGISTRY)
         record.changes, record.notes = dict(p.changes), list(p.notes)
         record.nodes_after = len(graph)
         if self.explain:

@@ -116,7 +116,7 @@ class ExpertsMixin:
         return _check_adaptable(out, x, index, member.name, span)
 
     def _pretrained_expert(self, call: OptionCall, x: Tensor, adapter: bool, frame: Frame):
-        from nexusdsl.experts.pretrained import PretrainedError, pretrained_attrs
+        from nexusdsl.weights.pretrained import PretrainedError, pretrained_attrs
 
         if call.name != "pretrained":
             raise NexusError.at(call.span, f"`{call.name}(...)` is not an expert; experts are "
@@ -135,7 +135,7 @@ class ExpertsMixin:
     def _file_expert(self, call: OptionCall, x: Tensor, adapter: bool, frame: Frame) -> Tensor:
         """`pretrained("w.safetensors", mlp(mult = 2), module = "prefix")`: the block (or op)
         with its parameters read from the file (frozen unless `frozen = false`)."""
-        from nexusdsl.experts.pretrained import PretrainedError, file_settings, file_tensors
+        from nexusdsl.weights.pretrained import PretrainedError, file_settings, file_tensors
 
         try:
             path, block, prefix, frozen = file_settings(call.args, call.kwargs, call.span.file)

@@ -13,6 +13,7 @@ from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.verify import verify
 from nexusdsl.lang import ast
 from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Note, Span
+from nexusdsl.ops import REGISTRY
 
 
 class Program:
@@ -63,7 +64,7 @@ class Program:
             except NexusError as err:
                 sink.add(err)
             sink.raise_if_any(self._loader.sources)
-            verify(graph)
+            verify(graph, REGISTRY)
             self._graphs[key] = graph
         return self._graphs[key]
 
@@ -96,7 +97,7 @@ class Program:
             self._check_freeze(graph, config.freeze, config.span("freeze"))
 
     def _train_settings(self, model: str):
-        from nexusdsl.train.config import build_config
+        from nexusdsl.elaborate.train_config import build_config
 
         tree = self.model_ast(model)
         return build_config(self.train_config(model),
@@ -106,7 +107,7 @@ class Program:
         """The data files and folders the train sections name exist (relative paths: next to
         this file, as `nexus train` reads them). Asked by `nexus check`, not by loading: a file
         whose data lives elsewhere still compiles."""
-        from nexusdsl.train.config import resolve_data_path
+        from nexusdsl.elaborate.train_config import resolve_data_path
 
         sink = DiagnosticSink()
         for train in self.scope.trains:

@@ -11,8 +11,8 @@ nodes; a `pretrained(...)` expert is a region holding one `pretrained_module` no
 elaborates to `modal_take` (the tokens of one modality) per branch and, when the branches agree
 in width, `modal_merge` (the branch results put back in token order).
 
-Torch code lives in `nexusdsl.experts` (routers, dispatch, loading) and is imported only when
-lowering.
+Torch code lives in `moe_torch.py` and `routers_torch.py` (dispatch, routers) and in
+`nexusdsl.weights` (loading pretrained modules), imported only when lowering.
 """
 
 from __future__ import annotations
@@ -187,13 +187,13 @@ class Moe(Op):
         return attrs.router["kwargs"].get("k", 1) / max(count, 1)
 
     def finish(self, module, attrs, node):
-        from nexusdsl.experts.pretrained import load_file_expert
+        from nexusdsl.weights.pretrained import load_file_expert
 
         for region in getattr(module, self.region_name):
             load_file_expert(region)
 
     def lower(self, attrs):
-        from nexusdsl.experts.dispatch import moe_forward
+        from nexusdsl.ops.moe_torch import moe_forward
 
         return moe_forward(attrs)
 
@@ -290,12 +290,12 @@ class PretrainedModule(Op):
         return numel(inputs[0][:-1]) * per_token
 
     def finish(self, module, attrs, node):
-        from nexusdsl.experts.pretrained import attach_weights
+        from nexusdsl.weights.pretrained import attach_weights
 
         attach_weights(module, attrs)
 
     def lower(self, attrs):
-        from nexusdsl.experts.pretrained import pretrained_forward
+        from nexusdsl.weights.pretrained import pretrained_forward
 
         return pretrained_forward(attrs)
 
@@ -349,7 +349,7 @@ class ModalTake(Op):
         return 0
 
     def lower(self, attrs):
-        from nexusdsl.experts.dispatch import modal_take
+        from nexusdsl.ops.moe_torch import modal_take
 
         return modal_take(attrs.code, attrs.segments)
 
@@ -385,7 +385,7 @@ class ModalMerge(Op):
         return 0
 
     def lower(self, attrs):
-        from nexusdsl.experts.dispatch import modal_merge
+        from nexusdsl.ops.moe_torch import modal_merge
 
         return modal_merge(attrs.order, attrs.segments)
 

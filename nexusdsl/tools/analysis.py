@@ -13,9 +13,9 @@ from pathlib import Path
 
 from lark.exceptions import LarkError
 
-import nexusdsl
 from nexusdsl.elaborate.instantiate import Builder
 from nexusdsl.elaborate.modules import FileScope, Loader, lookup_global
+from nexusdsl.elaborate.program import loads
 from nexusdsl.elaborate.values import Tensor
 from nexusdsl.ir.graph import Node
 from nexusdsl.ir.printer import format_type
@@ -138,7 +138,7 @@ def analyze(text: str, file: str) -> Analysis:
     """Check `text` (the contents of `file`) and note the value of each of its expressions."""
     result = Analysis(file, text)
     try:
-        nexusdsl.loads(text, file)
+        loads(text, file)
     except NexusError as err:
         result.error = err
     sink = DiagnosticSink()

@@ -22,9 +22,9 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path, to_fs_path
 
-from nexusdsl import __version__
 from nexusdsl.lang.diagnostics import Diagnostic, Span
 from nexusdsl.tools import analysis, completion
+from nexusdsl.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nexusdsl.elaborate.train_config import NO_SPAN
 from nexusdsl.fsutil import atomic_write_text
 from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import checkpoint as ckpt
 from nexusdsl.train import distributed
-from nexusdsl.train.config import NO_SPAN
 from nexusdsl.train.loop import Result, prepare_optimizer, run
 from nexusdsl.train.progress import Display
 from nexusdsl.train.session import Session, build, configure, dry_run, load_program, restore

@@ -25,9 +25,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from nexusdsl.elaborate.train_config import NO_SPAN
 from nexusdsl.fsutil import atomic_directory, atomic_write_text
 from nexusdsl.lang.diagnostics import Diagnostic, NexusError
-from nexusdsl.train.config import NO_SPAN
 
 FORMAT = "nexusdsl-checkpoint/1"
 MODEL, OPTIMIZER, STATE, POINTER = "model.safetensors", "optimizer.safetensors", "state.json", "latest"

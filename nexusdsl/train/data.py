@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nexusdsl.elaborate.train_config import Call
 from nexusdsl.lang.diagnostics import NexusError, Span
-from nexusdsl.train.config import Call
 from nexusdsl.train.waves import dtmf
 
 HELDOUT = 0.1  # the last 10% of a corpus (or of each class) is held out

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from nexusdsl.elaborate.train_config import NO_SPAN
 from nexusdsl.lang.diagnostics import NexusError
-from nexusdsl.train.config import NO_SPAN
 from nexusdsl.train.objectives import first_output, ports
 
 

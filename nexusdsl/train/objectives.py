@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nexusdsl.elaborate.train_config import Call
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.types import TensorType
 from nexusdsl.lang.diagnostics import NexusError, Span
-from nexusdsl.train.config import Call
 from nexusdsl.train.data import Dataset
 from nexusdsl.train.waves import SAMPLES
 
@@ -339,19 +339,3 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         swap = torch.rand(x.shape, generator=gen) < 0.1
         return torch.where(swap, torch.randint(0, 256, x.shape, generator=gen), x)
     return x + 0.1 * torch.randn(x.shape, generator=gen)
-
-
-OBJECTIVES = {"next_token": NextToken, "denoise": Denoise, "classify": Classify,
-              "contrastive": Contrastive}
-
-
-def make_objective(call: Call, span: Span, graph: Graph, data: Dataset) -> Objective:
-    inputs, outputs = ports(graph)
-    if call.fn != "ppo" and len(outputs) > 1:  # PPO's value head is for PPO only (train/ppo.py)
-        outputs = [o for o in outputs if o.name != "value"]
-    return OBJECTIVES[call.fn](call, span, graph.name, inputs, outputs, data)
-
-
-from nexusdsl.train.ppo import Ppo  # noqa: E402  (it builds on Objective, defined above)
-
-OBJECTIVES["ppo"] = Ppo

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from nexusdsl.train.config import Call, TrainConfig
+from nexusdsl.elaborate.train_config import Call, TrainConfig
 
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 

@@ -10,13 +10,16 @@ from typing import Any
 
 import torch
 
-from nexusdsl.elaborate.program import Program
+from nexusdsl.compiler.lower.fx import lower
+from nexusdsl.compiler.lower.program import compile_program
+from nexusdsl.elaborate.program import Program, load
+from nexusdsl.elaborate.train_config import NO_SPAN, TrainConfig, build_config, resolve_data_path
 from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import checkpoint as ckpt
-from nexusdsl.train.config import NO_SPAN, TrainConfig, build_config, resolve_data_path
 from nexusdsl.train.data import Dataset, open_data
 from nexusdsl.train.distributed import Dist
-from nexusdsl.train.objectives import Objective, make_objective
+from nexusdsl.train.objective_table import make_objective
+from nexusdsl.train.objectives import Objective
 from nexusdsl.train.trainee import Trainee, freeze
 
 
@@ -60,9 +63,7 @@ class Session:
 
 
 def load_program(program_or_path) -> Program:
-    import nexusdsl
-
-    return program_or_path if isinstance(program_or_path, Program) else nexusdsl.load(program_or_path)
+    return program_or_path if isinstance(program_or_path, Program) else load(program_or_path)
 
 
 def configure(program: Program, model: str | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -87,12 +88,9 @@ def build(program: Program, model: str | None, config: TrainConfig, d: Dist,
           data: Dataset | None = None, graph=None) -> Session:
     """Compile the model (or lower `graph`, a checkpoint's own IR: a pruned model), open the
     data, check the objective fits, apply freeze and prefix."""
-    import nexusdsl
-    from nexusdsl.compiler.lower.fx import lower
-
     try:
-        module = (nexusdsl.compile(program, model, seed=config.seed, device=d.device,
-                                   **config.hyper) if graph is None
+        module = (compile_program(program, model, seed=config.seed, device=d.device,
+                                  **config.hyper) if graph is None
                   else lower(graph, device=d.device, seed=config.seed))
         data = data or open_data(config.data)
         objective = make_objective(config.objective, config.span("objective"), module.graph, data)

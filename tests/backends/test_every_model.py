@@ -20,8 +20,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 import torch
 
-from nexusdsl.compiler.lower import backends, mlir
-from nexusdsl.compiler.lower.backends import BackendError
+from nexusdsl.compiler import backends
+from nexusdsl.compiler.backends import BackendError
+from nexusdsl.compiler.lower import mlir
 from nexusdsl.compiler.lower.fx import lower
 from nexusdsl.compiler.lower.iree import IreeRunner, compile_vmfb
 from nexusdsl.compiler.pipeline import optimize

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import nexusdsl
-from nexusdsl.compiler.lower import backends, mlir
-from nexusdsl.compiler.lower.backends import BackendError
+from nexusdsl.compiler import backends
+from nexusdsl.compiler.backends import BackendError
+from nexusdsl.compiler.lower import mlir
 from nexusdsl.ops import REGISTRY
 from tests.backends.cases import ROOT, all_cases
 
@@ -155,7 +156,7 @@ def test_importing_nexusdsl_does_not_import_torch_mlir_or_iree():
 def test_docs_table_is_generated_from_the_registry():
     docs = (ROOT / "docs" / "backends.md").read_text()
     assert backends.support_table() in docs, ("docs/backends.md is out of date: run "
-                                              "`python -m nexusdsl.compiler.lower.backends`")
+                                              "`python -m nexusdsl.compiler.backends`")
 
 
 def test_every_op_that_claims_an_mlir_backend_is_exercised_by_the_backend_tests():

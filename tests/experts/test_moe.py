@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import nexusdsl
-from nexusdsl.experts import dispatch
+from nexusdsl.ops import moe_torch as dispatch
 
 SOURCE = """
 import std.nn

@@ -14,8 +14,8 @@ import torch
 
 import nexusdsl
 from nexusdsl.compiler.summary import count_params
-from nexusdsl.experts import SourceChanged, frozen_sources, load_checkpoint, save_checkpoint
 from nexusdsl.lang.diagnostics import NexusError
+from nexusdsl.weights import SourceChanged, frozen_sources, load_checkpoint, save_checkpoint
 
 MODEL_DIR = minilm.get_model_path()
 LAYER = "encoder.layer.3"

@@ -13,7 +13,7 @@ import torch
 
 import nexusdsl
 from nexusdsl.compiler.lower.fx import lower
-from nexusdsl.compiler.prune import keep_count, prune_magnitude, prune_structured
+from nexusdsl.train.prune import keep_count, prune_magnitude, prune_structured
 from tests.conftest import ROOT
 from tests.passes.helpers import graph_of, source
 

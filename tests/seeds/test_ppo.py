@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import nexusdsl
-from nexusdsl.train.config import Call, build_config
+from nexusdsl.elaborate.train_config import NO_SPAN, Call, build_config
 from nexusdsl.train.data import digits_dataset
-from nexusdsl.train.objectives import make_objective
+from nexusdsl.train.objective_table import make_objective
 from nexusdsl.train.ppo import load_reward, match_label
 
 SOURCE = """nexus 0.1
@@ -28,7 +28,7 @@ DATA = digits_dataset()
 
 def objective(model, **options):
     call = Call("ppo", {"reward": match_label, **options})
-    return make_objective(call, nexusdsl.train.config.NO_SPAN, model.graph, DATA)
+    return make_objective(call, NO_SPAN, model.graph, DATA)
 
 
 def batch(n=8, seed=0):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from nexusdsl.tools.clidoc import commands, reference
+from nexusdsl.cli.docs import commands, reference
 from tests.conftest import ROOT
 
 DOC = ROOT / "docs" / "cli.md"
-HOW = "regenerate it with `python -m nexusdsl.tools.clidoc -o docs/cli.md`"
+HOW = "regenerate it with `python -m nexusdsl.cli.docs -o docs/cli.md`"
 
 
 def _sections(text: str) -> dict[str, str]:

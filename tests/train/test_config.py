@@ -3,7 +3,7 @@
 import pytest
 
 import nexusdsl
-from nexusdsl.train.config import TrainConfig
+from nexusdsl.elaborate.train_config import TrainConfig
 from nexusdsl.train.session import configure
 from tests.train.models import TINY
 

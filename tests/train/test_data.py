@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from nexusdsl.elaborate.train_config import Call
 from nexusdsl.lang.diagnostics import NexusError
-from nexusdsl.train.config import Call
 from nexusdsl.train.data import DIGIT_NAMES, default_corpus, open_data
 from tests.conftest import ROOT
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import nexusdsl
-from nexusdsl.train.config import Call
+from nexusdsl.elaborate.train_config import Call
 from nexusdsl.train.data import open_data
-from nexusdsl.train.objectives import info_nce, make_objective
+from nexusdsl.train.objective_table import make_objective
+from nexusdsl.train.objectives import info_nce
 from tests.train.models import FAST, PAIRED, TINY, write
 
 

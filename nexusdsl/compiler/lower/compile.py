@@ -12,7 +12,7 @@ deep traceback, so `compile_module` looks for one first and says plainly what is
 
 from __future__ import annotations
 
-from nexusdsl.compiler.lower.backends import BackendError
+from nexusdsl.compiler.backends import BackendError
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

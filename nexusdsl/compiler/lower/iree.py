@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from nexusdsl.compiler.lower.backends import IREE_ROUTES, BackendError
+from nexusdsl.compiler.backends import IREE_ROUTES, BackendError
 
 # target -> (IREE HAL target backend, runtime driver)
 TARGETS = {"iree-cpu": ("llvm-cpu", "local-task"), "iree-cuda": ("cuda", "cuda")}

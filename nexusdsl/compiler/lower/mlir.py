@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from nexusdsl.compiler.lower.backends import BackendError
+from nexusdsl.compiler.backends import BackendError
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ops import REGISTRY
 

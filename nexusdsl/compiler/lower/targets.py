@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from nexusdsl.compiler.lower.backends import DEFAULT_ROUTE, BackendError, check_backend
+from nexusdsl.compiler.backends import DEFAULT_ROUTE, BackendError, check_backend
 from nexusdsl.compiler.lower.iree import (
     DEFAULT_CPU,
     DEFAULT_CUDA_ARCH,

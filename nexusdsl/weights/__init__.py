@@ -1,10 +1,10 @@
-"""Experts from elsewhere: routers and dispatch for `moe`, modules of open-weight models loaded
-as (frozen) experts, and checkpoints that keep frozen weights by reference.
+"""Weights from elsewhere: modules of open-weight models loaded as (frozen) parts of a graph,
+and checkpoints that keep frozen weights by reference.
 
 Importing this package does not import torch; `frozen_sources` and the checkpoint helpers work
 on a compiled model (see `checkpoint.py`)."""
 
-from nexusdsl.experts.checkpoint import (
+from nexusdsl.weights.checkpoint import (
     SourceChanged,
     by_reference,
     check_sources,

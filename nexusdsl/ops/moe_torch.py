@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from nexusdsl.experts.routers import Routing, balance_loss, hash_route, knn_route, topk_route
+from nexusdsl.ops.routers_torch import Routing, balance_loss, hash_route, knn_route, topk_route
 
 
 def _tracing() -> bool:

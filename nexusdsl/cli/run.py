@@ -18,7 +18,7 @@ from typing import Optional
 
 import typer
 
-from nexusdsl.cli import app, fail, out, parse_sets, report
+from nexusdsl.cli.app import app, fail, out, parse_sets, report
 from nexusdsl.lang.diagnostics import NexusError
 
 TOLERANCE = 1e-4  # of the largest output magnitude, for --check
@@ -46,7 +46,7 @@ class RunBackend(str, Enum):
 def compile_backend(program, graph, emit: str, output: Path | None, device: str,
                     settings: Backend) -> None:
     """`nexus compile` for MLIR emission and the non-default targets."""
-    from nexusdsl.compiler.lower.backends import BackendError
+    from nexusdsl.compiler.backends import BackendError
 
     try:
         if emit.startswith("mlir-"):
@@ -64,7 +64,7 @@ def compile_backend(program, graph, emit: str, output: Path | None, device: str,
 
 
 def _emit_mlir(program, graph, dialect, output, device, settings: Backend) -> None:
-    from nexusdsl.compiler.lower.backends import check_backend
+    from nexusdsl.compiler.backends import check_backend
     from nexusdsl.compiler.lower.mlir import to_mlir
 
     check_backend(graph, dialect, sources=program.sources)
@@ -80,7 +80,7 @@ def _emit_mlir(program, graph, dialect, output, device, settings: Backend) -> No
 
 
 def _compile_vmfb(program, graph, output, settings: Backend) -> None:
-    from nexusdsl.compiler.lower.backends import check_backend
+    from nexusdsl.compiler.backends import check_backend
     from nexusdsl.compiler.lower.targets import IreeModule
 
     if output is None:
@@ -124,7 +124,7 @@ def _shape_note(mlir: str) -> str:
 
 def _try_torch_compile(program, graph, device, settings: Backend) -> None:
     """`--target torch.compile`: compile, run once on random inputs, compare with eager."""
-    from nexusdsl.compiler.lower.backends import check_backend
+    from nexusdsl.compiler.backends import check_backend
 
     check_backend(graph, "torch.compile", sources=program.sources)
     module = _lower(graph, device)
@@ -173,7 +173,7 @@ def run_cmd(
     repeat: int = typer.Option(3, "--repeat", min=1, help="timed calls after the first"),
 ) -> None:
     """Run a model on inputs with a backend and print (or save) its outputs."""
-    from nexusdsl.compiler.lower.backends import BackendError
+    from nexusdsl.compiler.backends import BackendError
 
     settings = Backend(backend.value, via, parse_sets(sizes, "--size"), (), compile_mode)
     _check_device(device)
@@ -203,7 +203,7 @@ def _load(file, model, sets, opt):
 
 def _runner(program, graph, backend: str, settings: Backend, device: str, seed: int):
     """A callable running the model on `backend`, after checking every op supports it."""
-    from nexusdsl.compiler.lower.backends import check_backend
+    from nexusdsl.compiler.backends import check_backend
 
     target = {"eager": "torch", "compile": "torch.compile"}.get(backend, backend)
     check_backend(graph, target, settings.via, program.sources)

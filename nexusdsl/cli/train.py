@@ -19,20 +19,8 @@ from typing import Optional
 
 import typer
 
-from nexusdsl.cli import app, fail, out, parse_sets
+from nexusdsl.cli.app import app, fail, out, parse_sets, render
 from nexusdsl.lang.diagnostics import NexusError
-
-
-def render(error: NexusError) -> str:
-    """Located diagnostics as usual; errors about flags or checkpoints (no source line) as
-    one `error:` line."""
-    parts = []
-    for d in error.diagnostics:
-        if d.span.line:
-            parts.append(NexusError([d], error.sources).render())
-        else:
-            parts.append(f"error: {d.message}")
-    return "\n".join(parts)
 
 
 def _rank() -> int:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nexusdsl.cli import app, err, fail, out, parse_sets, report, summary_text
+from nexusdsl.cli.app import app, err, fail, out, parse_sets, report, summary_text
 from nexusdsl.lang.diagnostics import NexusError
 
 # Folders `nexus fmt DIR` never enters: tools' and virtual environments' own files.

@@ -1,25 +1,16 @@
-"""The `nexus` command: check, compile (and, as they land, train, run, viz, fmt).
-
-User mistakes print located diagnostics and exit with status 1, never a traceback."""
+"""`nexus check` and `nexus compile`."""
 
 from __future__ import annotations
 
 import json
-import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from nexusdsl.cli.app import app, err, fail, out, parse_sets, report, summary_text
 from nexusdsl.lang.diagnostics import NexusError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="nexusdsl: compile, check and train modular neural networks from .nx files.")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Emit(str, Enum):
@@ -27,44 +18,11 @@ class Emit(str, Enum):
     ir = "ir"
     json = "json"
     fx = "fx"
-    mlir_torch = "mlir-torch"  # MLIR through torch-mlir: nexusdsl/cli_run.py
+    mlir_torch = "mlir-torch"  # MLIR through torch-mlir: nexusdsl/cli/run.py
     mlir_linalg = "mlir-linalg"
     mlir_stablehlo = "mlir-stablehlo"
     mlir_tosa = "mlir-tosa"
-    passes = "passes"  # what each optimisation pass changed: nexusdsl/cli_opt.py
-
-
-def fail(message: str) -> None:
-    from nexusdsl.tools.highlight import print_message  # colour on a terminal, plain otherwise
-
-    print_message(err, message)
-    raise typer.Exit(1)
-
-
-def parse_sets(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
-    """`--set dim=256 --set act=gelu` -> {"dim": 256, "act": "gelu"}"""
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, eq, raw = pair.partition("=")
-        if not eq or not key.strip().isidentifier():
-            fail(f"error: {flag} expects NAME=VALUE, got {pair!r}")
-        values[key.strip()] = parse_literal(raw.strip())
-    return values
-
-
-def parse_literal(raw: str) -> Any:
-    if raw in ("true", "false"):
-        return raw == "true"
-    for cast in (int, float):
-        try:
-            return cast(raw.replace("_", ""))
-        except ValueError:
-            pass
-    return raw
-
-
-def report(error: NexusError) -> None:
-    fail(error.render())
+    passes = "passes"  # what each optimisation pass changed: nexusdsl/cli/opt.py
 
 
 @app.command()
@@ -113,7 +71,7 @@ def compile_cmd(
 ) -> None:
     """Compile a model: check shapes, optimise, and build its torch module (or MLIR, a vmfb)."""
     import nexusdsl
-    from nexusdsl.cli_opt import PassFlags, optimize_for_cli, passes_text
+    from nexusdsl.cli.opt import PassFlags, optimize_for_cli, passes_text
 
     if target not in COMPILE_TARGETS:
         fail(f"error: unknown target {target}; choose {', '.join(COMPILE_TARGETS[:-1])} or "
@@ -127,7 +85,7 @@ def compile_cmd(
     except NexusError as e:
         report(e)
     if target != "torch" or emit.value.startswith("mlir-"):
-        from nexusdsl.cli_run import Backend, compile_backend
+        from nexusdsl.cli.run import Backend, compile_backend
 
         settings = Backend(target, via, parse_sets(sizes, "--size"), dynamic, compile_mode,
                            cuda_arch)
@@ -167,58 +125,3 @@ def build_module(graph, device: str):
         if not torch.cuda.is_available():
             fail("error: --device cuda was asked for, but no CUDA device is available")
     return lower(graph, device=device)
-
-
-def summary_text(info: dict) -> str:
-    table = Table(title=f"model {info['model']}", show_header=False, box=None)
-    for name, t in info["inputs"].items():
-        table.add_row("input", name, t)
-    for name, t in info["outputs"].items():
-        table.add_row("output", name, t)
-    p = info["params"]
-    table.add_row("nodes", str(info["nodes"]), "")
-    table.add_row("params", f"{p['total']:,}", f"trainable {p['trainable']:,}, frozen {p['frozen']:,}")
-    table.add_row("FLOPs/token", f"{info['flops_per_token']:,}", "forward, batch 1, context 256")
-    console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
-    console.print(table)
-    return console.export_text().rstrip()
-
-
-import nexusdsl.cli_opt  # noqa: E402,F401  (registers `nexus prune`)
-import nexusdsl.cli_run  # noqa: E402,F401  (registers `nexus run`)
-import nexusdsl.cli_tools  # noqa: E402,F401  (registers `nexus fmt`, `viz`, `lsp`, `summary`)
-import nexusdsl.cli_train  # noqa: E402,F401  (registers `nexus train`, `eval`, `generate`)
-
-
-def _usage_errors():
-    """The exception class of bad flags: typer's own copy of click's, or click's."""
-    try:
-        from typer._click.exceptions import UsageError
-    except ImportError:
-        from click.exceptions import UsageError
-    return UsageError
-
-
-def main() -> None:
-    from nexusdsl.allocator import keep_freed_memory
-
-    keep_freed_memory()  # steps reuse freed blocks instead of faulting in fresh pages
-    from nexusdsl.fsutil import UnwritablePath
-
-    _usage_errors().exit_code = 1  # a mistaken flag is a user mistake: status 1, like the rest
-    try:
-        app()
-    except (UnwritablePath, PermissionError) as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    # `python -m nexusdsl.cli` runs this file as __main__, a second copy of the module: the
-    # commands of the cli_* modules register on nexusdsl.cli's `app`, so run that one.
-    from nexusdsl.cli import main as registered_main
-
-    registered_main()

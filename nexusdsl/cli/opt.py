@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from nexusdsl.cli import app, fail, out
+from nexusdsl.cli.app import app, fail, out, render
 from nexusdsl.lang.diagnostics import NexusError
 
 
@@ -80,8 +80,7 @@ def prune_cmd(
     Held-out loss is reported before and after; the new checkpoint records the pruned IR
     (the widths), which `nexus eval` and `nexus generate` load."""
     import nexusdsl
-    from nexusdsl.cli_train import render
-    from nexusdsl.compiler.prune import prune_checkpoint
+    from nexusdsl.train.prune import prune_checkpoint
 
     if not 0.0 < amount < 1.0:
         fail(f"error: --amount must be between 0 and 1 (exclusive), got {amount}")

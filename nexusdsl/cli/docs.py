@@ -1,6 +1,6 @@
 """The CLI reference (`docs/cli.md`), generated from the `nexus` typer app itself:
 
-    python -m nexusdsl.tools.clidoc -o docs/cli.md
+    python -m nexusdsl.cli.docs -o docs/cli.md
 
 `tests/tools/test_clidoc.py` checks that every registered command and option is in the page."""
 
@@ -28,7 +28,7 @@ nexus fmt --check .                           # is every .nx file formatted?
 nexus train examples/tiny_lm.nx --steps 200
 ```
 
-This page is generated from the program (`python -m nexusdsl.tools.clidoc -o docs/cli.md`);
+This page is generated from the program (`python -m nexusdsl.cli.docs -o docs/cli.md`);
 the test suite checks that every command and option is here.
 """
 
@@ -37,7 +37,7 @@ def commands(app: typer.Typer | None = None) -> dict:
     """{name: click command} of the app (typer may ship its own copy of click, so the
     objects are read by their attributes, not their classes)."""
     if app is None:
-        from nexusdsl.cli import app
+        from nexusdsl.cli import app  # registers every command
     group = typer.main.get_command(app)
     return dict(group.commands) if hasattr(group, "commands") else {group.name: group}
 

@@ -1,0 +1,31 @@
+"""The `nexus` command. One module per command group, each registering its commands on the
+shared typer `app` (cli/app.py): check and compile (build.py), prune (opt.py), run (run.py),
+fmt, viz, lsp and summary (tools.py), train, eval and generate (train.py).
+
+User mistakes print located diagnostics and exit with status 1, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+from nexusdsl.cli import build, opt, run, tools, train  # noqa: F401  (registers, in this order)
+from nexusdsl.cli.app import app, err, usage_errors
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    from nexusdsl.allocator import keep_freed_memory
+
+    keep_freed_memory()  # steps reuse freed blocks instead of faulting in fresh pages
+    from nexusdsl.fsutil import UnwritablePath
+
+    usage_errors().exit_code = 1  # a mistaken flag is a user mistake: status 1, like the rest
+    try:
+        app()
+    except (UnwritablePath, PermissionError) as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

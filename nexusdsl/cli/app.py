@@ -1,0 +1,86 @@
+"""What every `nexus` command shares: the typer app, the consoles, and how a mistake is printed
+(a located diagnostic or one `error:` line, exit status 1, never a traceback)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nexusdsl.lang.diagnostics import NexusError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="nexusdsl: compile, check and train modular neural networks from .nx files.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str) -> None:
+    from nexusdsl.tools.highlight import print_message  # colour on a terminal, plain otherwise
+
+    print_message(err, message)
+    raise typer.Exit(1)
+
+
+def parse_sets(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
+    """`--set dim=256 --set act=gelu` -> {"dim": 256, "act": "gelu"}"""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or not key.strip().isidentifier():
+            fail(f"error: {flag} expects NAME=VALUE, got {pair!r}")
+        values[key.strip()] = parse_literal(raw.strip())
+    return values
+
+
+def parse_literal(raw: str) -> Any:
+    if raw in ("true", "false"):
+        return raw == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw.replace("_", ""))
+        except ValueError:
+            pass
+    return raw
+
+
+def report(error: NexusError) -> None:
+    fail(error.render())
+
+
+def render(error: NexusError) -> str:
+    """Located diagnostics as usual; errors about flags or checkpoints (no source line) as
+    one `error:` line."""
+    parts = []
+    for d in error.diagnostics:
+        if d.span.line:
+            parts.append(NexusError([d], error.sources).render())
+        else:
+            parts.append(f"error: {d.message}")
+    return "\n".join(parts)
+
+
+def summary_text(info: dict) -> str:
+    table = Table(title=f"model {info['model']}", show_header=False, box=None)
+    for name, t in info["inputs"].items():
+        table.add_row("input", name, t)
+    for name, t in info["outputs"].items():
+        table.add_row("output", name, t)
+    p = info["params"]
+    table.add_row("nodes", str(info["nodes"]), "")
+    table.add_row("params", f"{p['total']:,}", f"trainable {p['trainable']:,}, frozen {p['frozen']:,}")
+    table.add_row("FLOPs/token", f"{info['flops_per_token']:,}", "forward, batch 1, context 256")
+    console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(table)
+    return console.export_text().rstrip()
+
+
+def usage_errors():
+    """The exception class of bad flags: typer's own copy of click's, or click's."""
+    try:
+        from typer._click.exceptions import UsageError
+    except ImportError:
+        from click.exceptions import UsageError
+    return UsageError

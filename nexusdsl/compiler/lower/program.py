@@ -1,0 +1,40 @@
+"""A program compiled for a target: elaborate, optimise, lower (`nexusdsl.compile`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nexusdsl.compiler.lower.fx import lower
+from nexusdsl.compiler.lower.targets import TARGETS, build
+from nexusdsl.compiler.pipeline import optimize, options_for
+from nexusdsl.elaborate.program import Program
+
+
+def compile_program(program: Program, model: str | None = None, *, target: str = "torch",
+                    opt: int = 1, device: str = "cpu", dtype: str = "f32", seed: int | None = 0,
+                    options: dict[str, Any] | None = None, **hyper: Any):
+    """Build a `torch.nn.Module` from a program: what `nexusdsl.compile` does.
+
+    `hyper` overrides the model's hyperparameters; `seed` fixes the initial weights.
+    `target` "torch.compile" compiles the module in place, "iree-cpu"/"iree-cuda" return a
+    module run by IREE, "mlir-*" the MLIR text; `options` are the target's settings, e.g.
+    `{"mode": "max-autotune"}` or `{"sizes": {"T": 64}, "dynamic": ["B"]}`."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    _check_device(device)
+    passes = options_for(target, (options or {}).get("route"))
+    graph = optimize(program.elaborate(model, **hyper), opt, options=passes)
+    if target != "torch" or options:
+        return build(graph, target, device=device, dtype=dtype, seed=seed, options=options,
+                     sources=program.sources)
+    return lower(graph, device=device, dtype=dtype, seed=seed)
+
+
+def _check_device(device: str) -> None:
+    """A CUDA device asked for on a machine without one is the caller's mistake: say so plainly
+    rather than let torch fail deep inside weight initialisation."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here")
