@@ -70,6 +70,10 @@ class Op:
     # ModuleList of this name, so parameters read `moe.experts.3.mlp.linear.weight`.
     region_name: ClassVar[str] = "regions"
     backends: ClassVar[tuple[str, ...]] = ALL_BACKENDS
+    # Whether a .nx file may call the op by name. Internal ops are made only by the elaborator
+    # (`add` for `+`, `recur` for `repeat N shared reversible`) or by passes (`fused_rmsnorm`)
+    # and are not: they are no names of the language, and docs/ops.md does not list them.
+    public: ClassVar[bool] = True
 
     class Attrs(OpAttrs):
         pass

@@ -222,6 +222,7 @@ class Binary(Op):
 
     inputs = ("a", "b")
     symbol: ClassVar[str] = "+"
+    public = False  # written `a + b`, `a - b`, `a * b`
 
     class Attrs(OpAttrs):
         # how `operand` is aligned by axis name where that differs from numpy's alignment from
@@ -326,6 +327,7 @@ class Scale(Op):
     """A tensor times a number: `0.5 * x` and `x / 2` elaborate to `scale(x, factor)`."""
 
     name = "scale"
+    public = False  # written `0.5 * x`, `x / 2`
 
     class Attrs(OpAttrs):
         factor: Float
@@ -341,6 +343,7 @@ class Shift(Op):
     """A tensor plus a number: `x + 1.0` and `x - 1` elaborate to `shift(x, value)`."""
 
     name = "shift"
+    public = False  # written `x + 1.0`, `x - 1`
 
     class Attrs(OpAttrs):
         value: Float

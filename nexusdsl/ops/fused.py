@@ -42,6 +42,7 @@ class Params(Op):
 
     name = "params"
     family = "fused"
+    public = False
     backends = FUSED_BACKENDS
     inputs = ()
 
@@ -86,6 +87,7 @@ class LinearAct(Op):
 
     name = "linear_act"
     family = "fused"
+    public = False
     backends = FUSED_BACKENDS
 
     class Attrs(OpAttrs):
@@ -125,6 +127,7 @@ class AxialMix(Op):
 
     name = "axial_mix"
     family = "fused"
+    public = False
     backends = FUSED_BACKENDS
 
     class Attrs(OpAttrs):
@@ -185,6 +188,7 @@ class MixChain(Op):
 
     name = "mix_chain"
     family = "fused"
+    public = False
     backends = FUSED_BACKENDS
     variadic = True
 
@@ -223,6 +227,7 @@ class SparseMix(Op):
 
     name = "sparse_mix"
     family = "fused"
+    public = False
     backends = FUSED_BACKENDS
 
     class Attrs(OpAttrs):
@@ -263,6 +268,7 @@ class TopkMask(Op):
 
     name = "topk_mask"
     family = "fused"
+    public = False
     backends = FUSED_BACKENDS
 
     class Attrs(OpAttrs):
@@ -294,6 +300,7 @@ class PrunedAttention(Op):
 
     name = "pruned_attention"
     family = "fused"
+    public = False
     backends = FUSED_BACKENDS
 
     class Attrs(OpAttrs):
@@ -330,6 +337,7 @@ class FusedRMSNorm(Op):
 
     name = "fused_rmsnorm"
     family = "fused"
+    public = False
     backends = FUSED_BACKENDS
 
     class Attrs(OpAttrs):
@@ -358,6 +366,7 @@ class DepthwiseConv(Op):
 
     name = "depthwise_conv"
     family = "fused"
+    public = False
     backends = FUSED_BACKENDS
 
     class Attrs(OpAttrs):

@@ -35,6 +35,7 @@ class Recur(Op):
 
     name = "recur"
     family = "mnn"
+    public = False  # written `repeat N shared reversible { ... }`
     inputs = ("xs",)
     variadic = True
     region_name = "body"

@@ -206,6 +206,7 @@ class Adapter(Op):
 
     name = "adapter"
     family = "routing"
+    public = False  # made by the elaborator around every expert
 
     class Attrs(OpAttrs):
         out: PosInt
@@ -262,6 +263,7 @@ class PretrainedModule(Op):
 
     name = "pretrained_module"
     family = "routing"
+    public = False  # written `pretrained(source, module = ...)` as an expert
 
     class Attrs(OpAttrs):
         source: str
@@ -331,6 +333,7 @@ class ModalTake(Op):
 
     name = "modal_take"
     family = "routing"
+    public = False  # made by `route`
 
     class Attrs(OpAttrs):
         code: Int
@@ -360,6 +363,7 @@ class ModalMerge(Op):
 
     name = "modal_merge"
     family = "routing"
+    public = False  # made by `route`
     inputs = ("parts",)
     variadic = True
 
