@@ -110,21 +110,27 @@ def test_prune_command_end_to_end(tmp_path):
     assert amount.returncode == 1 and "--amount must be between 0 and 1" in amount.stderr
 
 
-def test_structured_pruning_removes_experts_the_router_never_picks():
+def test_structured_pruning_removes_the_experts_with_the_smallest_weights_and_their_router_rows():
+    """Experts are scored by the norm of their weights, not by how often the router picks
+    them. Here the two smallest experts are also ones the router never picks for the test
+    data (checked by routing it by hand), so removing them must leave the outputs unchanged."""
     text = ("import std.nn\nmodel M {\n  input x: float[B, T, d=8]\n"
             "  experts e = 6 of mlp(mult = 2)\n"
             "  output y = moe(x, e, router = topk(k = 2, normalize = true))\n}\n")
     graph = nexusdsl.loads(text, "t.nx").elaborate()
     model = lower(graph, seed=0).eval()
     weights = dict(model.state_dict())
-    silent = [1, 4]
+    small_experts = [1, 4]
     router = weights["moe.router.weight"].clone()
-    router[silent] = -10.0  # for positive inputs these experts never make the top 2
+    router[small_experts] = -10.0  # for positive inputs these experts never make the top 2
     weights["moe.router.weight"] = router
     for key in weights:
-        if any(key.startswith(f"moe.experts.{e}.") for e in silent):
-            weights[key] = weights[key] * 1e-3  # and their weights are the smallest
+        if any(key.startswith(f"moe.experts.{e}.") for e in small_experts):
+            weights[key] = weights[key] * 1e-3  # the smallest weights: what the score sees
     model.load_state_dict(weights)
+    x = torch.rand(3, 5, 8)
+    picked = torch.topk(x.reshape(-1, 8) @ router.t(), 2, dim=-1).indices
+    assert not torch.isin(picked, torch.tensor(small_experts)).any()
     pruned = prune_structured(graph, weights, 1 / 3)
     assert pruned.removed == {"experts": (4, 6)}
     node = pruned.graph.by_name("moe")
@@ -136,7 +142,6 @@ def test_structured_pruning_removes_experts_the_router_never_picks():
                            weights[f"moe.experts.{old}.mlp.linear.weight"])
     small = lower(pruned.graph, seed=1).eval()
     small.load_state_dict(pruned.weights)
-    x = torch.rand(3, 5, 8)
     torch.testing.assert_close(small(x), model(x))
 
 

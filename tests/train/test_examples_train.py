@@ -1,37 +1,47 @@
-"""Every example trains through the training layer (experts, axis layouts and modalities as
-they land): two steps with its own `train` section, on data its inputs can take."""
+"""Every example learns through the training layer (experts, axis layouts and modalities as
+they land): a short run on data its inputs can take lowers its held-out loss well below the
+loss of its initial weights, measured on the same held-out batches before and after."""
+
+import math
 
 import pytest
-import torch
 
 import nexusdsl
 from nexusdsl.train.objectives import ports
-from nexusdsl.train.session import configure
 from tests.conftest import EXAMPLES
+
+# 30 steps at a learning rate of 3e-3 (the examples' own rates are 2e-3 to 6e-3; the default
+# 1e-3 is meant for long runs) lower every example's held-out loss by 23% to 88%; the test asks
+# for 10%. The digit classifier gets 60 larger batches: it sits at the uniform guess (ln 10)
+# for about 40 steps before it starts telling digits apart.
+SHORT = {"steps": 30, "batch": 8, "lr": 3e-3, "eval_batches": 4, "save_every": 0}
+LONGER = {"DigitsClassifier": {"steps": 60, "batch": 32}}
 
 
 def settings_for(program, model):
     """Digits for image models (classify a [B, classes] output, else caption them), the
-    default corpus for byte models."""
+    default corpus for byte models; a short context unless the model fixes its own (MNN's
+    16 x 16 x 16 grid is 4096 bytes, so it takes two windows per batch)."""
+    settings = dict(SHORT, **LONGER.get(model, {}))
     inputs, outputs = ports(program.elaborate(model))
     if any(p.kind == "patches" for p in inputs):
-        kind = "classify" if outputs[0].type.rank == 2 else "next_token"
-        return {"data": "digits", "objective": kind}
-    return {}
+        settings["data"] = "digits"
+        settings["objective"] = "classify" if outputs[0].type.rank == 2 else "next_token"
+    context = program.train_config(model).get("context")
+    if context is None:
+        settings["context"] = 32
+    elif context[0] >= 1024:
+        settings["batch"] = 2
+    return settings
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_every_example_trains(path):
+def test_every_example_lowers_its_held_out_loss_in_a_short_run(path):
     program = nexusdsl.load(path)
     for model in program.models:
-        fields = program.train_config(model)
-        small = {"steps": 2, "batch": 2, "eval_batches": 1, "save_every": 0}
-        if "context" not in fields:
-            small["context"] = 16
-        hyper = configure(program, model, {}).hyper  # the section's sizes (THANN's default is huge)
-        initial = nexusdsl.compile(program, model, **hyper)
-        before = {k: v.clone() for k, v in initial.state_dict().items()}
-        r = nexusdsl.train(program, model, **small, **settings_for(program, model))
-        assert r.steps == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in r.history)
-        after = r.model.state_dict()
-        assert any(not torch.equal(after[k], before[k]) for k in before), f"{model}: no update"
+        settings = settings_for(program, model)
+        r = nexusdsl.train(program, model, **settings)
+        assert r.steps == settings["steps"]
+        assert all(math.isfinite(h["loss"]) for h in r.history), f"{model}: {r.history}"
+        before, after = r.before["loss"], r.after["loss"]
+        assert after < 0.9 * before, f"{model}: held-out loss {before:.3f} -> {after:.3f}"
