@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nexusdsl.ir.types import TensorType
 from nexusdsl.lang.diagnostics import Span
@@ -48,6 +49,12 @@ class ParamSpec(BaseModel):
         return n
 
 
+# A node's name is an attribute path of the compiled torch module and appears in the Python
+# source torch.fx generates, so a name read from a file (the IR a checkpoint stores) is held to
+# what the elaborator makes: identifiers and iteration numbers joined by dots (blocks.0.mlp).
+NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*")
+
+
 class Node(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -62,6 +69,14 @@ class Node(BaseModel):
     span: Span | None = None
     # Nested graphs an op runs (experts of a `moe`, the body of a reversible `repeat`).
     regions: list[Any] = Field(default_factory=list)
+
+    @field_validator("name", "shares")
+    @classmethod
+    def _dotted_identifier(cls, value: str | None) -> str | None:
+        if value is not None and not NODE_NAME.fullmatch(value):
+            shown = repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+            raise ValueError(f"a node name is identifiers joined by dots, got {shown}")
+        return value
 
     def ref(self, index: int = 0) -> ValueRef:
         return ValueRef(node=self.id, index=index)
