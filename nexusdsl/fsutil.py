@@ -197,8 +197,9 @@ def locked_directory(path: str | Path):
     """Hold an exclusive OS advisory lock (`flock`) on `PATH/.lock` while the block runs,
     creating `path` if needed. The kernel drops the lock when the file is closed or the process
     dies, so a crash never leaves a stale lock. The file holds the holder's pid, for the error
-    another process gets (`DirectoryInUse`). The file itself stays: removing it would let a
-    third process lock a new file while a second still waits on the old one."""
+    another process gets (`DirectoryInUse`) and is emptied on release. The file itself stays:
+    removing it would let a third process lock a new file while a second still holds the
+    old one open."""
     lock = Path(path) / LOCK
     Path(path).mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
@@ -211,7 +212,10 @@ def locked_directory(path: str | Path):
             raise DirectoryInUse(Path(path), _holder(fd)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # left empty: a finished run leaves the folder as it found it
     finally:
         os.close(fd)  # releases the lock
 

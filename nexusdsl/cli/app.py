@@ -46,6 +46,30 @@ def parse_literal(raw: str) -> Any:
     return raw
 
 
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """A seed the random generators can take (a traceback from deep in torch otherwise)."""
+    from nexusdsl.train.session import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
+        fail(f"error: {flag} must be a whole number from 0 to {MAX_SEED}, got {seed}")
+
+
+def check_finite(value: float, flag: str) -> None:
+    import math
+
+    if not math.isfinite(value):
+        fail(f"error: {flag} must be a finite number, got {value}")
+
+
+def utf8_flag(text: str, flag: str) -> bytes:
+    """A text flag's bytes. Arguments that are not UTF-8 reach Python as lone surrogates
+    (PEP 383), which cannot be printed back or encoded: one error instead."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        fail(f"error: {flag} is not UTF-8 text")
+
+
 def report(error: NexusError) -> None:
     fail(error.render())
 

@@ -18,7 +18,7 @@ from typing import Optional
 
 import typer
 
-from nexusdsl.cli.app import app, fail, out, parse_sets, report
+from nexusdsl.cli.app import app, check_seed, fail, out, parse_sets, report
 from nexusdsl.lang.diagnostics import NexusError
 
 TOLERANCE = 1e-4  # of the largest output magnitude, for --check
@@ -177,6 +177,7 @@ def run_cmd(
 
     settings = Backend(backend.value, via, parse_sets(sizes, "--size"), (), compile_mode)
     _check_device(device)
+    check_seed(seed)
     try:
         program, graph = _load(file, model, sets, opt)
         tensors = _read_inputs(graph, inputs, settings, device, seed)
@@ -296,11 +297,27 @@ def _checked_input(node, tensor, path):
     if tensor.dim() != t.rank or any(a.size not in (None, n) for a, n in zip(t.axes, tensor.shape)):
         fail(f"error: input `{node.name}` in {path} has shape {tuple(tensor.shape)}, but the "
              f"model declares {t}")
+    if tensor.numel() == 0:
+        fail(f"error: input `{node.name}` in {path} is empty (shape {tuple(tensor.shape)}): "
+             "every axis needs at least one element")
     if t.dtype == "i64":
-        if tensor.is_floating_point():
+        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
             fail(f"error: input `{node.name}` holds ids ({t}), but {path} has {tensor.dtype}")
+        _check_ids(node, tensor, path)
         return tensor.to(torch.int64)
     return tensor.to(torch.float32)
+
+
+def _check_ids(node, tensor, path) -> None:
+    """Token ids inside the input's vocabulary (an embedding lookup past its table is an
+    IndexError deep in torch otherwise)."""
+    vocab = node.attrs.get("vocab")
+    low, high = int(tensor.min()), int(tensor.max())
+    if low < 0 or (vocab and high >= vocab):
+        bad = low if low < 0 else high
+        limit = f"0 to {vocab - 1}" if vocab else "0 or more"
+        fail(f"error: input `{node.name}` in {path} holds the id {bad}, outside its "
+             f"vocabulary ({limit})")
 
 
 def _random_inputs(graph, settings: Backend, device: str, seed: int = 0):

@@ -19,7 +19,7 @@ from typing import Optional
 
 import typer
 
-from nexusdsl.cli.app import app, fail, out, parse_sets, render
+from nexusdsl.cli.app import app, check_finite, check_seed, fail, out, parse_sets, render, utf8_flag
 from nexusdsl.lang.diagnostics import NexusError
 
 
@@ -90,10 +90,15 @@ def eval_cmd(
 ) -> None:
     """Held-out loss of a checkpoint (bits per byte for byte models)."""
     from nexusdsl.train.loop import evaluate
+    from nexusdsl.train.session import check_memory
     from nexusdsl.train.threads import threads_for
 
     session = _session(file, model, checkpoint, {"data": data, "batch": batch,
                                                  "context": context, "eval_batches": batches})
+    try:
+        check_memory(session, training=False)
+    except NexusError as e:
+        fail(render(e))
     with threads_for(0):
         metrics = evaluate(session)
     if as_json:
@@ -118,13 +123,16 @@ def generate_cmd(
     from nexusdsl.train.generate import check_byte_model, sample
     from nexusdsl.train.threads import threads_for
 
+    check_seed(seed)
+    check_finite(temperature, "--temperature")
+    prompt_bytes = utf8_flag(prompt, "--prompt")
     session = _session(file, model, checkpoint, {})
     try:
         output = check_byte_model(session.module.graph)
     except NexusError as e:
         fail(render(e))
     with threads_for(0):
-        text = sample(session.trainee, output, prompt.encode("utf-8"), max_bytes,
+        text = sample(session.trainee, output, prompt_bytes, max_bytes,
                       session.config.context, temperature, top_k, seed)
     out.print(prompt + text.decode("utf-8", errors="replace"), markup=False)
 

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from nexusdsl.elaborate.train_config import NO_SPAN
-from nexusdsl.fsutil import atomic_write_text
+from nexusdsl.fsutil import (
+    LOCK,
+    DirectoryInUse,
+    UnwritablePath,
+    atomic_write_text,
+    check_writable,
+    locked_directory,
+    os_reason,
+)
 from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import checkpoint as ckpt
 from nexusdsl.train import distributed
 from nexusdsl.train.loop import Result, prepare_optimizer, run
 from nexusdsl.train.progress import Display
-from nexusdsl.train.session import Session, build, configure, dry_run, load_program, restore
+from nexusdsl.train.session import (
+    Session,
+    build,
+    check_memory,
+    check_values,
+    configure,
+    dry_run,
+    load_program,
+    restore,
+)
 from nexusdsl.train.threads import threads_for
 
 
@@ -33,7 +51,12 @@ def train(program_or_path, model: str | None = None, *, data: str | None = None,
     `settings` override any other training setting or model hyperparameter (`prefix=8`,
     `dim=64`, `objective="denoise"`). With `out`, checkpoints are written there; `resume`
     continues the newest one; `until` stops at that step (the schedule still spans `steps`),
-    to run a long schedule in pieces. Under torchrun, runs on every process (`shard`: FSDP)."""
+    to run a long schedule in pieces. Under torchrun, runs on every process (`shard`: FSDP).
+
+    Nothing is lost: `out` is locked for the run (another run into it fails at once, naming
+    this process), checked before any training (a file, an unwritable folder, a checkpoint
+    without `resume`), and a checkpoint newer than the one resumed is never overwritten."""
+    check_device(device)
     d = distributed.setup(shard, device)
     overrides = {"data": data, "steps": steps, "batch": batch, "context": context, "lr": lr,
                  "seed": seed, "time": time, **settings}
@@ -51,38 +74,101 @@ def _train(d, program_or_path, model, out, resume, until, progress, console,
            overrides) -> Result:
     program = load_program(program_or_path)
     config = configure(program, model, overrides)
+    check_values(config, program.sources)
     if config.batch % d.world:
         raise NexusError.at(NO_SPAN, f"batch {config.batch} does not divide evenly over "
                             f"{d.world} processes")
-    session = build(program, model, config, d)
-    session.until = until
-    dry_run(session)
-    display = Display(progress and d.main, console)
-    if out is not None:
-        _attach_output(session, Path(out), resume, display)
-    prepare_optimizer(session)
-    with threads_for(config.threads, d, display):
-        result = run(session, display)
-    if out is not None:
-        write_rank_report(session, result)
+    out = Path(out) if out is not None else None
+    existing = _existing_checkpoint(out, resume) if out is not None else None
+    with _claimed(out, d):
+        session = build(program, model, config, d)
+        session.until, session.out = until, out
+        dry_run(session)
+        check_memory(session)
+        display = Display(progress and d.main, console)
+        if existing is not None:
+            restore(session, ckpt.load(existing))
+            display.log(f"resuming from {session.resumed.path} (step {session.step})")
+        elif resume:
+            display.log(f"no checkpoint in {out} yet; starting at step 0")
+        prepare_optimizer(session)
+        with threads_for(config.threads, d, display):
+            result = run(session, display)
+        if out is not None:
+            write_rank_report(session, result)
     return result
 
 
-def _attach_output(session: Session, out: Path, resume: bool, display: Display) -> None:
-    session.out = out
-    if out.exists() and not out.is_dir():
-        raise ckpt.CheckpointError(f"--out {out} is a file, not a directory")
+def check_device(device: str) -> None:
+    """`cpu`, `cuda` or `cuda:N`, and CUDA only where there is a device."""
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise NexusError.at(NO_SPAN, f"device {device}: choose cpu or cuda")
+    import torch
+
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise NexusError.at(NO_SPAN, f"device {device}: no CUDA device is available here")
+
+
+def _existing_checkpoint(out: Path, resume: bool) -> Path | None:
+    """The checkpoint in `out` to resume, checked before anything is built: refuse an `out`
+    that is a file, a checkpoint without `resume`, and a resume that would overwrite a
+    checkpoint newer than the one resumed."""
+    try:
+        check_writable(out, directory=True)
+    except UnwritablePath as err:
+        raise ckpt.CheckpointError(f"--out {out}: {err}") from None
     existing = ckpt.find(out)
     if existing is None:
-        if resume:
-            display.log(f"no checkpoint in {out} yet; starting at step 0")
-        return
+        return None
     if not resume:
-        step = ckpt.latest_name(out) or existing.name
-        raise ckpt.CheckpointError(f"{out} already holds a checkpoint ({step}); pass --resume "
-                                   "to continue it, or choose another --out")
-    restore(session, ckpt.load(out))
-    display.log(f"resuming from {session.resumed.path} (step {session.step})")
+        raise ckpt.CheckpointError(f"{out} already holds a checkpoint ({existing.name}); pass "
+                                   "--resume to continue it, or choose another --out")
+    if ckpt.STEP_NAME.fullmatch(existing.name):
+        newer = [p for p in ckpt.complete_steps(out) if ckpt.step_of(p) > ckpt.step_of(existing)]
+        if newer:
+            raise ckpt.CheckpointError(
+                f"{out} holds {newer[-1].name}, newer than {existing.name} which "
+                f"{out / ckpt.POINTER} names: resuming would overwrite it; move it away, or "
+                f"point {ckpt.POINTER} at it")
+    return existing
+
+
+@contextlib.contextmanager
+def _claimed(out: Path | None, d: distributed.Dist):
+    """Hold `out`'s lock for the whole run (process 0 takes it; the others learn whether it
+    did). Taking it also proves `out` writable before any training time is spent. A run that
+    fails before writing anything leaves no `out` it created."""
+    if out is None:
+        yield
+        return
+    created, problem = not out.exists(), None
+    with contextlib.ExitStack() as held:
+        if d.main:
+            try:
+                held.enter_context(locked_directory(out))
+            except DirectoryInUse as err:
+                holder = f"process {err.pid}" if err.pid else "another process"
+                problem = (f"--out {out} is in use by another run ({holder}); wait for it to "
+                           "finish, or choose another --out")
+            except OSError as err:
+                problem = f"cannot write to --out {out}: {os_reason(err)}"
+        if not distributed.all_true(problem is None, d):
+            raise ckpt.CheckpointError(problem or f"--out {out} cannot be used (see process 0)")
+        try:
+            yield
+        except BaseException:
+            if created and d.main:
+                _remove_if_empty(out)
+            raise
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove an `out` this run created and left holding nothing but its lock file."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in out.iterdir()] == [LOCK]:
+            (out / LOCK).unlink()
+            out.rmdir()
 
 
 def write_rank_report(session: Session, result: Result) -> None:

@@ -10,28 +10,48 @@
 A checkpoint directory is written aside and renamed into place (`fsutil.atomic_directory`),
 then `latest` is replaced atomically. A kill at any moment leaves `latest` naming a complete
 checkpoint. Tensor names are the model's IR names; the prompt-tuning prefix is `@prefix`.
+
+Nothing is lost: a save never removes a checkpoint newer than itself nor a directory that is
+not a complete checkpoint, and keeps the newest `KEEP`. Nothing read is trusted: `latest`,
+`state.json` (checked against `StateFile` before use) and the safetensors files may be damaged
+or edited, and every such mistake is one `CheckpointError`, never a traceback.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from nexusdsl.elaborate.train_config import NO_SPAN
-from nexusdsl.fsutil import atomic_directory, atomic_write_text
+from nexusdsl.fsutil import atomic_directory, atomic_write_text, os_reason
 from nexusdsl.lang.diagnostics import Diagnostic, NexusError
 
 FORMAT = "nexusdsl-checkpoint/1"
 MODEL, OPTIMIZER, STATE, POINTER = "model.safetensors", "optimizer.safetensors", "state.json", "latest"
 KEEP = 2  # complete checkpoints kept; older ones are removed after a save
+STEP_NAME = re.compile(r"step-\d{8,}")  # what `latest` may name: step-00001000
+MAX_STEP = 10**12  # a step count beyond this is damage (it would overflow the step's seed)
 
 
 class CheckpointError(NexusError):
@@ -39,6 +59,128 @@ class CheckpointError(NexusError):
 
     def __init__(self, message: str):
         super().__init__(Diagnostic(NO_SPAN, message))
+
+
+# ----------------------------------------------------------------------------- state.json
+
+def _scalars(values: dict[str, Any], lists: bool = False) -> dict[str, Any]:
+    """Values of a settings dict: numbers, strings, booleans, null (and lists of them)."""
+    for key, value in values.items():
+        items = value if lists and isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, (bool, int, float, str)) for v in items):
+            raise ValueError(f"{key} must be a number, a string, true, false or null")
+    return values
+
+
+class _Record(BaseModel):
+    """A JSON object of a checkpoint: exact types (no "3" for 3), other keys allowed."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class SourceRecord(_Record):
+    file: StrictStr
+    sha256: StrictStr
+
+
+class RngRecord(_Record):
+    torch: list[list[StrictInt]] = Field(min_length=1)
+
+    @field_validator("torch")
+    @classmethod
+    def _bytes(cls, states: list[list[int]]) -> list[list[int]]:
+        if any(not 0 <= b <= 255 for state in states for b in state):
+            raise ValueError("an RNG state holds bytes (0 to 255)")
+        return states
+
+
+class GroupRecord(_Record):
+    params: list[StrictStr]
+
+
+class OptimizerRecord(_Record):
+    scalars: dict[StrictStr, Any]
+    param_groups: list[GroupRecord]
+
+    @field_validator("scalars")
+    @classmethod
+    def _plain(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return _scalars(values)
+
+
+class CallRecord(_Record):
+    """A configuration call, `adamw(lr = 3e-4)`: {"fn", "args", "kwargs"}."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    fn: StrictStr
+    args: list[Any]
+    kwargs: dict[StrictStr, Any]
+
+    @field_validator("args")
+    @classmethod
+    def _plain_args(cls, values: list[Any]) -> list[Any]:
+        return list(_scalars(dict(enumerate(values))).values())
+
+    @field_validator("kwargs")
+    @classmethod
+    def _plain_kwargs(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return _scalars(values)
+
+
+class ConfigRecord(_Record):
+    """The shape of the recorded training configuration; its values are checked as a train
+    section's are (`session.saved_config`)."""
+
+    data: CallRecord | None = None
+    objective: CallRecord | None = None
+    optimizer: CallRecord | None = None
+    schedule: CallRecord | None = None
+    hyper: dict[StrictStr, Any] = {}
+
+    @field_validator("hyper")
+    @classmethod
+    def _plain(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return _scalars(values, lists=True)
+
+
+class StateFile(_Record):
+    """What `state.json` must hold to be used: checked before any of it is read, so that an
+    edited or damaged file is one error (`load`) instead of a KeyError later."""
+
+    format: Literal["nexusdsl-checkpoint/1"]
+    step: StrictInt = Field(ge=0, le=MAX_STEP)
+    model: StrictStr
+    graph_hash: StrictStr
+    source: SourceRecord
+    hyper: dict[StrictStr, Any]
+    config: ConfigRecord
+    aliases: dict[StrictStr, StrictStr]
+    optimizer: OptimizerRecord
+    rng: RngRecord | None = None  # a pruned checkpoint has none
+    elapsed: StrictInt | StrictFloat = Field(default=0.0, ge=0)
+    metrics: dict[StrictStr, StrictInt | StrictFloat] = {}
+    world_size: StrictInt = Field(default=1, ge=1)
+    sharded: StrictBool = False
+    ir: dict[StrictStr, Any] | None = None  # the pruned IR (`nexus prune`)
+
+    @field_validator("hyper")
+    @classmethod
+    def _plain(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return _scalars(values, lists=True)
+
+    @field_validator("elapsed")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+def _first_problem(err: ValidationError) -> str:
+    """`optimizer.param_groups.0.params: Input should be a valid list` (of the first mistake)."""
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the top level"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 @dataclass
@@ -112,17 +254,47 @@ def unpack_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     return {"state": state, "param_groups": groups}
 
 
+def optimizer_state(ckpt: Checkpoint, fresh: list[dict[str, Any]]) -> dict:
+    """The FQN-keyed optimizer state to resume with, for an optimizer whose groups are `fresh`
+    (each its settings and `params`, checkpoint names). The saved groups must hold the same
+    parameters and every saved tensor must fit its parameter; the groups' settings (lr, betas)
+    come from this run's configuration, not from the file."""
+    meta = ckpt.state["optimizer"]
+    saved = [g["params"] for g in meta["param_groups"]]
+    if [sorted(p) for p in saved] != [sorted(g["params"]) for g in fresh]:
+        raise CheckpointError(f"checkpoint {ckpt.path}: its optimizer state groups other "
+                              "parameters than this model's optimizer (damaged, or another "
+                              "freeze or prefix setting)")
+    for key, tensor in ckpt.optimizer.items():
+        _check_slot(ckpt, key, tensor)
+    return unpack_optimizer(ckpt.optimizer, {"scalars": meta["scalars"], "param_groups": fresh})
+
+
+def _check_slot(ckpt: Checkpoint, key: str, tensor: torch.Tensor) -> None:
+    """An optimizer tensor (`tok.weight/exp_avg`) names a weight and has its shape (a step
+    count: one number), in floating point."""
+    pname, _, slot = key.rpartition("/")
+    weight = ckpt.model.get(pname)
+    shape = () if slot == "step" else (weight.shape if weight is not None else None)
+    if weight is None or tensor.numel() != math.prod(shape) or not tensor.is_floating_point() \
+            or (slot != "step" and tensor.shape != shape):
+        raise CheckpointError(f"checkpoint {ckpt.path} is damaged: {OPTIMIZER} holds {key} "
+                              f"{tuple(tensor.shape)} {tensor.dtype}, which fits no weight")
+
+
 def save(out: Path, step: int, model: dict[str, torch.Tensor], tied: dict[str, str],
          optim: dict, state: dict[str, Any]) -> Path:
-    """Write checkpoint `step` under `out` atomically and point `latest` at it."""
+    """Write checkpoint `step` under `out` atomically and point `latest` at it. Callers that
+    may race hold `out`'s lock (`fsutil.locked_directory`, taken by `nexusdsl.train`)."""
     out = Path(out)
     name = f"step-{step:08d}"
     if latest_name(out) == name:
         return out / name  # this exact state is already saved
     for leftover in out.glob(".step-*.tmp-*"):  # from a save that was killed
         shutil.rmtree(leftover, ignore_errors=True)
-    if (out / name).exists():  # a stale directory `latest` does not name
-        shutil.rmtree(out / name)
+    if (out / name).exists():  # never replaced: it may be the only copy of another run's work
+        raise CheckpointError(f"cannot write checkpoint {out / name}: it already exists and "
+                              f"{out / POINTER} does not name it; move it away")
     weights = {file_name(k): v.detach().cpu().contiguous() for k, v in model.items()
                if file_name(k) not in tied}
     optim_tensors, optim_meta = pack_optimizer(optim)
@@ -136,13 +308,30 @@ def save(out: Path, step: int, model: dict[str, torch.Tensor], tied: dict[str, s
     except OSError as err:  # disk full, no permission: the previous checkpoint is intact
         raise CheckpointError(f"cannot write checkpoint {out / name}: "
                               f"{err.strerror or err}") from None
-    _prune(out, keep=name)
+    _prune(out, step)
     return out / name
 
 
-def _prune(out: Path, keep: str) -> None:
-    steps = sorted(p for p in out.glob("step-*") if p.is_dir() and p.name != keep)
-    for old in steps[: max(len(steps) - (KEEP - 1), 0)]:
+def step_of(directory: Path) -> int:
+    return int(directory.name.removeprefix("step-"))
+
+
+def complete_steps(out: Path) -> list[Path]:
+    """The complete checkpoints directly under `out` (a `step-N` directory with its
+    state.json), oldest first."""
+    try:
+        found = [p for p in Path(out).iterdir()
+                 if STEP_NAME.fullmatch(p.name) and (p / STATE).is_file()]
+    except OSError:
+        return []
+    return sorted(found, key=step_of)
+
+
+def _prune(out: Path, saved: int) -> None:
+    """Keep the newest KEEP complete checkpoints up to `saved`; never touch a newer one or
+    a directory that is not a complete checkpoint."""
+    older = [p for p in complete_steps(out) if step_of(p) < saved]
+    for old in older[: max(len(older) - (KEEP - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -150,20 +339,37 @@ def _prune(out: Path, keep: str) -> None:
 
 
 def latest_name(out: Path) -> str | None:
+    """The step directory `out/latest` names; None without a pointer (or with an empty one).
+    A pointer that names no step directory is damage: CheckpointError."""
+    pointer = Path(out) / POINTER
     try:
-        return (Path(out) / POINTER).read_text().strip() or None
-    except OSError:
+        raw = pointer.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as err:
+        raise CheckpointError(f"cannot read {pointer}: {os_reason(err)}") from None
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{pointer} is damaged: it is not UTF-8 text") from None
+    if name and not STEP_NAME.fullmatch(name):
+        raise CheckpointError(f"{pointer} is damaged: it should name a step directory such as "
+                              f"step-00001000, not {name[:60]!r}")
+    return name or None
 
 
 def find(path: Path) -> Path | None:
-    """The checkpoint directory `path` names: a run directory (through `latest`) or a step
-    directory itself. None if there is none."""
+    """The checkpoint directory `path` names: a run directory (through `latest`, or its newest
+    complete checkpoint when `latest` is missing or empty) or a step directory itself. None if
+    there is none."""
     path = Path(path)
     name = latest_name(path)
     if name is not None:
         return path / name
-    return path if (path / STATE).is_file() else None
+    if (path / STATE).is_file():
+        return path
+    steps = complete_steps(path)
+    return steps[-1] if steps else None
 
 
 def load(path: Path) -> Checkpoint:
@@ -171,17 +377,47 @@ def load(path: Path) -> Checkpoint:
     if where is None:
         reason = "does not exist" if not Path(path).exists() else "holds no checkpoint"
         raise CheckpointError(f"checkpoint {path} {reason}")
-    try:
-        state = json.loads((where / STATE).read_text())
-        model = load_file(str(where / MODEL))
-        optimizer = load_file(str(where / OPTIMIZER))
-    except (OSError, ValueError, SafetensorError) as err:
-        raise CheckpointError(f"checkpoint {where} cannot be read: {err}") from None
-    if state.get("format") != FORMAT:
-        raise CheckpointError(f"{where} is not a nexusdsl checkpoint ({FORMAT})")
+    if not where.is_dir():
+        raise CheckpointError(f"checkpoint {where} does not exist (named by {path / POINTER})")
+    state = read_state(where)
+    model = _read_tensors(where / MODEL)
+    optimizer = _read_tensors(where / OPTIMIZER)
     for alias, canonical in state["aliases"].items():
+        if canonical not in model:
+            raise CheckpointError(f"checkpoint {where} is damaged: {STATE} ties {alias} to "
+                                  f"{canonical}, which {MODEL} does not hold")
         model[alias] = model[canonical]
     return Checkpoint(where, state, model, optimizer)
+
+
+def read_state(where: Path) -> dict[str, Any]:
+    """`state.json`, checked against `StateFile`."""
+    try:
+        state = json.loads((where / STATE).read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {where} cannot be read: {STATE}: "
+                              f"{os_reason(err)}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise CheckpointError(f"checkpoint {where} is damaged: {STATE} is not JSON") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{where} is not a nexusdsl checkpoint ({FORMAT})")
+    try:
+        StateFile.model_validate(state)
+    except ValidationError as err:
+        raise CheckpointError(f"checkpoint {where} is damaged: {STATE}: "
+                              f"{_first_problem(err)}") from None
+    return state
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {path.parent} cannot be read: {path.name}: "
+                              f"{os_reason(err)}") from None
+    except SafetensorError as err:
+        raise CheckpointError(f"checkpoint {path.parent} is damaged: {path.name}: "
+                              f"{err}") from None
 
 
 def check_compatible(ckpt: Checkpoint, model_name: str, graph_hash: str, file: str) -> None:

@@ -244,6 +244,9 @@ def open_data(call: Call) -> Dataset:
         return byte_dataset([default_corpus()], "pydoc_data.topics (CPython documentation)")
     if call.fn == "digits":
         return digits_dataset()
+    if not call.kwargs["path"].strip():  # Path("") is the working directory: never meant
+        raise NexusError.at(call.span, f"the data path is empty: name a file or folder, e.g. "
+                            f"{call.fn}(\"corpus.txt\")")
     path = Path(call.kwargs["path"]).expanduser()
     if call.fn == "folder":
         return folder_dataset(path, call.span)

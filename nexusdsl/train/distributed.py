@@ -126,6 +126,13 @@ def sum_all(values: dict[str, float], d: Dist) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def all_true(flag: bool, d: Dist) -> bool:
+    """Whether `flag` holds on every process (so that all of them take the same branch)."""
+    if not d.active:
+        return flag
+    return sum_all({"false": float(not flag)}, d)["false"] == 0
+
+
 def gather_bytes(data: bytes, d: Dist) -> list[bytes]:
     """Every process's byte string (same length on all), e.g. their RNG states."""
     if not d.active:

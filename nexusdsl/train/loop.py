@@ -12,6 +12,7 @@ gradient DDP averages is the full batch's gradient (as in one process).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import checkpoint as ckpt
 from nexusdsl.train import distributed
 from nexusdsl.train.data import slice_batch
@@ -111,6 +113,9 @@ def evaluate(s: Session) -> dict[str, float]:
 
 def save(s: Session, metrics: dict[str, float] | None = None) -> Path | None:
     model = distributed.model_state(s.trainee, s.dist)
+    finite = all(bool(torch.isfinite(t).all()) for t in model.values() if t.is_floating_point())
+    if not distributed.all_true(finite, s.dist):  # a NaN checkpoint would replace a good one
+        raise diverged(s, "the weights are no longer finite")
     optim = distributed.optimizer_state(s.trainee, s.optimizer, s.dist)
     rng = distributed.gather_bytes(bytes(torch.get_rng_state().tolist()), s.dist)
     path = None
@@ -122,6 +127,16 @@ def save(s: Session, metrics: dict[str, float] | None = None) -> Path | None:
     return path
 
 
+def diverged(s: Session, what: str) -> NexusError:
+    """Training that produced NaN or infinity: stopped, with nothing of it saved (earlier
+    checkpoints are kept), reported at the optimizer setting whose learning rate is the usual
+    cause."""
+    lr = s.config.optimizer.kwargs.get("lr", "the default")
+    return NexusError.at(s.config.span("optimizer"), f"training diverged at step {s.step}: "
+                         f"{what} (nan or inf), so nothing of it was saved; try a smaller "
+                         f"learning rate than {lr}")
+
+
 def prepare_optimizer(s: Session) -> None:
     """Wrap for several processes, build the optimizer, and restore its state and the RNG."""
     s.net = distributed.wrap(s.trainee, s.dist)
@@ -129,11 +144,18 @@ def prepare_optimizer(s: Session) -> None:
     torch.manual_seed(s.config.seed + s.dist.rank)
     if s.resumed is None:
         return
-    state = ckpt.unpack_optimizer(s.resumed.optimizer, s.resumed.state["optimizer"])
+    names = {id(p): ckpt.file_name(n) for n, p in s.trainee.named_parameters()}
+    fresh = [{**{k: v for k, v in g.items() if k != "params"},
+              "params": [names[id(p)] for p in g["params"]]} for g in s.optimizer.param_groups]
+    state = ckpt.optimizer_state(s.resumed, fresh)
     distributed.load_optimizer_state(s.trainee, s.optimizer, state, s.dist)
-    rngs = s.resumed.state["rng"]["torch"]
+    rngs = (s.resumed.state.get("rng") or {}).get("torch", [])
     if len(rngs) == s.dist.world:
-        torch.set_rng_state(torch.tensor(rngs[s.dist.rank], dtype=torch.uint8))
+        try:
+            torch.set_rng_state(torch.tensor(rngs[s.dist.rank], dtype=torch.uint8))
+        except RuntimeError:  # torch checks the generator state it is given
+            raise ckpt.CheckpointError(f"checkpoint {s.resumed.path} is damaged: its RNG "
+                                       "state is not a valid generator state") from None
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -165,6 +187,8 @@ def _loop(s: Session, display: Display) -> list[dict[str, float]]:
             lr = base_lr(config) * lr_factor(config, s.step, progress_of(s, s.step, s.elapsed))
             loss, n = train_step(s, s.step, lr)
             s.step, units = s.step + 1, units + n
+            if not distributed.all_true(math.isfinite(loss), s.dist):
+                raise diverged(s, "the loss is no longer finite")
             s.elapsed = start_elapsed + time.perf_counter() - start
             history.append({"step": s.step, "loss": loss, "lr": lr})
             _report(s, display, loss, lr, units, start_step, start_elapsed)

@@ -4,6 +4,7 @@ and `nexusdsl.train`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,15 @@ import torch
 from nexusdsl.compiler.lower.fx import lower
 from nexusdsl.compiler.lower.program import compile_program
 from nexusdsl.elaborate.program import Program, load
-from nexusdsl.elaborate.train_config import NO_SPAN, TrainConfig, build_config, resolve_data_path
+from nexusdsl.elaborate.train_config import (
+    NO_SPAN,
+    Call,
+    TrainConfig,
+    build_config,
+    resolve_data_path,
+)
 from nexusdsl.lang.diagnostics import NexusError
+from nexusdsl.memory import available_bytes, format_bytes
 from nexusdsl.train import checkpoint as ckpt
 from nexusdsl.train.data import Dataset, open_data
 from nexusdsl.train.distributed import Dist
@@ -84,6 +92,31 @@ def configure(program: Program, model: str | None, overrides: dict[str, Any]) ->
     return config
 
 
+MAX_SEED = 2**32 - 1  # numpy's range; step seeds are seed * 1,000,003 + step, within 64 bits
+
+
+def check_values(config: TrainConfig, sources: dict[str, str] | None = None) -> None:
+    """Settings the train section's checks let through but no run can use: a seed the random
+    generators cannot take (`--seed 99999999999999999999`), a number that is not finite
+    (`--lr inf`). Located in the file, or one line for a flag."""
+    problems = []
+    if not 0 <= config.seed <= MAX_SEED:
+        problems.append(NexusError.at(config.span("seed"), f"seed must be a whole number from "
+                                      f"0 to {MAX_SEED}, got {config.seed}"))
+    for name in ("clip", "time"):
+        if not math.isfinite(getattr(config, name)):
+            problems.append(NexusError.at(config.span(name), f"{name} must be a finite number, "
+                                          f"got {getattr(config, name)}"))
+    for name in ("data", "objective", "optimizer", "schedule"):
+        call = getattr(config, name)
+        for key, value in call.kwargs.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(NexusError.at(config.span(name), f"{key} must be a finite "
+                                              f"number, got {value} (in {name} {call.fn})"))
+    if problems:
+        raise NexusError([d for p in problems for d in p.diagnostics], sources)
+
+
 def build(program: Program, model: str | None, config: TrainConfig, d: Dist,
           data: Dataset | None = None, graph=None) -> Session:
     """Compile the model (or lower `graph`, a checkpoint's own IR: a pruned model), open the
@@ -138,6 +171,68 @@ def dry_run(session: Session) -> None:
         collect_aux(session.trainee)
 
 
+@dataclass
+class Footprint:
+    """Bytes one example's forward pass produces: in all (what training keeps for the
+    backward pass) and in the largest single tensor (what evaluation needs at most)."""
+
+    total: float
+    largest: float
+
+
+def footprint(session: Session) -> Footprint:
+    """Measured on a trial forward pass of 2 examples: every leaf module's outputs (in the
+    generated code every op is one), plus the batch itself."""
+    obj, config = session.objective, session.config
+    gen = torch.Generator().manual_seed(0)
+    batch = obj.prepare(session.data.train.sample(2, obj.length(config.context), gen), gen)
+    sizes = [_nbytes(batch)]
+    leaves = [m for m in session.trainee.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(lambda _m, _a, out: sizes.append(_nbytes(out)))
+             for m in leaves]
+    try:
+        with torch.no_grad():
+            obj.loss(session.trainee, {k: v.to(session.dist.device) for k, v in batch.items()})
+    finally:
+        for hook in hooks:
+            hook.remove()
+        collect_aux(session.trainee)
+    return Footprint(sum(sizes) / 2, max(sizes) / 2)
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def check_memory(session: Session, training: bool = True) -> None:
+    """Refuse, before allocating, a batch whose activations (training: all of them, kept for
+    the backward pass, plus gradients and two optimizer slots per weight; evaluation: the
+    largest tensor, twice) cannot fit in the memory this machine has left. A crude lower
+    estimate: it refuses only what cannot fit, instead of swapping for minutes and dying."""
+    have = available_bytes()
+    if have is None:
+        return
+    config, per = session.config, footprint(session)
+    examples = config.batch // session.dist.world
+    need = examples * (per.total if training else 2 * per.largest)
+    if training:
+        need += 3 * sum(p.numel() * p.element_size() for p in session.trainee.parameters()
+                        if p.requires_grad)
+    if need > have:
+        what = "training" if training else "evaluation"
+        raise NexusError(NexusError.at(
+            config.span("batch"), f"batch {config.batch} (context {config.context}) needs "
+            f"about {format_bytes(need)} of memory for {what}, this machine has "
+            f"{format_bytes(have)} available: use a smaller batch or context").diagnostics,
+            session.program.sources)
+
+
 def _fixed_length_input(session: Session, context: int) -> NexusError | None:
     """A token input whose sequence axis has a fixed size other than the context."""
     for port in session.objective.inputs:
@@ -180,7 +275,7 @@ def from_checkpoint(program: Program, model: str | None, path: Path,
     """A session rebuilt from a checkpoint's recorded configuration (for eval and generate):
     the same hyperparameters and prefix; `overrides` may change data, batch or context."""
     checkpoint = ckpt.load(path)
-    saved = TrainConfig.from_json(checkpoint.state["config"])
+    saved = saved_config(checkpoint)
     name = model or checkpoint.state["model"]
     if name not in program.models:
         raise ckpt.CheckpointError(
@@ -191,7 +286,9 @@ def from_checkpoint(program: Program, model: str | None, path: Path,
     config.hyper, config.prefix, config.objective = saved.hyper, saved.prefix, saved.objective
     config.data, config.context, config.batch = saved.data, saved.context, saved.batch
     config.eval_batches, config.seed = saved.eval_batches, saved.seed
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    config.objective = _reward_of_file(program, name, config.objective, overrides.pop("reward", None))
+    for key, value in overrides.items():
         if value is not None:
             config = _override(config, key, value)
     session = build(program, name, config, Dist(), graph=stored_graph(checkpoint))
@@ -199,12 +296,53 @@ def from_checkpoint(program: Program, model: str | None, path: Path,
     return session
 
 
+def saved_config(checkpoint: ckpt.Checkpoint) -> TrainConfig:
+    """The configuration a checkpoint recorded, checked as a train section is: an edited or
+    damaged state.json gives one error, not a wrong type deep inside a run."""
+    raw = checkpoint.state["config"]
+    fields = {k: (v, NO_SPAN) for k, v in raw.items() if k != "hyper"}
+    try:
+        config = build_config(fields, [], {})
+        config.hyper = dict(raw.get("hyper", {}))
+        check_values(config)
+    except NexusError as err:
+        raise ckpt.CheckpointError(f"checkpoint {checkpoint.path} is damaged: state.json's "
+                                   f"config: {err.diagnostics[0].message}") from None
+    return config
+
+
+def _reward_of_file(program: Program, model: str, objective: Call, given: Any = None) -> Call:
+    """A stored `ppo` objective with its reward taken from `given` (the caller's) or else from
+    the file's train section, never from the checkpoint: a state.json could otherwise name any
+    module to import (docs/decisions.md, "Training")."""
+    if objective.fn != "ppo":
+        return objective
+    kwargs = {k: v for k, v in objective.kwargs.items() if k != "reward"}
+    written = configure(program, model, {}).objective
+    if given is None and written.fn == "ppo":
+        given = written.kwargs.get("reward")
+    if given is not None:
+        kwargs["reward"] = given
+    return Call("ppo", kwargs, written.span if written.fn == "ppo" else objective.span)
+
+
 def stored_graph(checkpoint: ckpt.Checkpoint):
-    """The IR a checkpoint carries (`nexus prune` writes the pruned one), or None."""
+    """The IR a checkpoint carries (`nexus prune` writes the pruned one), or None. It must
+    hash to the checkpoint's graph hash, checked before anything is built from it."""
     from nexusdsl.ir.graph import Graph
 
     raw = checkpoint.state.get("ir")
-    return Graph.from_dict(raw) if raw else None
+    if not raw:
+        return None
+    try:
+        graph = Graph.from_dict(raw)
+        same = graph.content_hash() == checkpoint.state["graph_hash"]
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
+        same = False
+    if not same:
+        raise ckpt.CheckpointError(f"checkpoint {checkpoint.path} is damaged: the IR in its "
+                                   "state.json does not match its graph hash")
+    return graph
 
 
 def _override(config: TrainConfig, key: str, value: Any) -> TrainConfig:

@@ -118,7 +118,8 @@ while True:
     step += 1
     w.fill_(step)
     checkpoint.save(sys.argv[1], step, {"model.w": w}, {}, {"state": {}, "param_groups": []},
-                    {"model": "M"})
+                    {"model": "M", "graph_hash": "0", "source": {"file": "m.nx", "sha256": "0"},
+                     "hyper": {}, "config": {}})
     print(step, flush=True)
 """
 
