@@ -1,8 +1,6 @@
 """Hand-written PyTorch models, independent of nexusdsl, that the `.nx` examples must equal."""
 
-import math
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -22,15 +20,6 @@ class Attention(nn.Module):
         q, k, v = (t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, D/H), as nanoGPT
         return self.out(y.transpose(1, 2).reshape(B, T, D))
-
-
-def explicit_attention(q, k, v, causal):
-    """Softmax attention spelled out, to check `scaled_dot_product_attention` itself."""
-    T = q.shape[-2]
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, T)
-    if causal:
-        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-    return scores.softmax(-1) @ v
 
 
 class MLP(nn.Module):

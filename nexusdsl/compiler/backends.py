@@ -59,13 +59,8 @@ def _supported(op_name: str, backend: str) -> bool:
 
 def unsupported(graph: Graph, backend: str) -> list[Node]:
     """Every node (nested regions included) whose op does not lower to `backend`."""
-    found = []
-    for node in graph.nodes():
-        if node.op != "input" and not _supported(node.op, backend):
-            found.append(node)
-        for region in node.regions:
-            found.extend(unsupported(region, backend))
-    return found
+    return [node for _, node in graph.walk()
+            if not node.is_input and not _supported(node.op, backend)]
 
 
 def check_backend(graph: Graph, target: str, route: str = DEFAULT_ROUTE,
@@ -125,5 +120,5 @@ def update_docs(path) -> bool:
 if __name__ == "__main__":  # in a checkout: refresh docs/backends.md
     from pathlib import Path
 
-    docs = Path(__file__).resolve().parents[3] / "docs" / "backends.md"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "backends.md"
     print(f"{docs}: {'updated' if update_docs(docs) else 'up to date'}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import networkx as nx
@@ -68,7 +68,7 @@ class Node(BaseModel):
     shares: str | None = None  # the node whose parameters this one reuses (`repeat N shared`)
     span: Span | None = None
     # Nested graphs an op runs (experts of a `moe`, the body of a reversible `repeat`).
-    regions: list[Any] = Field(default_factory=list)
+    regions: list[Graph] = Field(default_factory=list)
 
     @field_validator("name", "shares")
     @classmethod
@@ -84,6 +84,18 @@ class Node(BaseModel):
     @property
     def type(self) -> TensorType:
         return self.outputs[0]
+
+    @property
+    def is_input(self) -> bool:
+        """A model input: a placeholder, not an op."""
+        return self.op == "input"
+
+    def owned_params(self) -> dict[str, ParamSpec]:
+        """The parameters this node holds itself: none when it shares another node's
+        (`repeat N shared`), and not the tied ones (they are another node's tensors)."""
+        if self.shares:
+            return {}
+        return {key: spec for key, spec in self.params.items() if not spec.tied_to}
 
 
 class Graph:
@@ -141,7 +153,17 @@ class Graph:
         return [self.node(i) for i in order]
 
     def inputs(self) -> list[Node]:
-        return [n for n in self.nodes() if n.op == "input"]
+        return [n for n in self.nodes() if n.is_input]
+
+    def walk(self, enter: Callable[[Node], bool] | None = None) -> Iterator[tuple[Graph, Node]]:
+        """Every node with the graph that holds it, nested regions included: each node in
+        topological order, followed by the nodes of its regions (depth first). Where `enter`
+        is given and says False for a node, its regions are skipped."""
+        for node in self.nodes():
+            yield self, node
+            if node.regions and (enter is None or enter(node)):
+                for region in node.regions:
+                    yield from region.walk(enter)
 
     def users(self, node: Node) -> list[Node]:
         return [self.node(i) for i in sorted(set(self._g.successors(node.id)))]
@@ -211,6 +233,9 @@ class Graph:
         Source locations are left out, so reformatting a file keeps the hash."""
         blob = json.dumps(_without_spans(self.to_dict()), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+Node.model_rebuild()  # `regions` names Graph, defined after Node
 
 
 def _node_dict(node: Node) -> dict[str, Any]:

@@ -26,9 +26,6 @@ class Axis(BaseModel):
             return self.size is None and other.size is None and self.name == other.name
         return self.size == other.size
 
-    def renamed(self, name: str | None) -> Axis:
-        return Axis(name=name, size=self.size)
-
 
 class CodeSegment(BaseModel):
     """A run of tokens along the sequence axis that all carry one modal code."""

@@ -23,13 +23,14 @@ from nexusdsl.ops.attrs import (
     resolve_axis,
 )
 from nexusdsl.ops.base import REGISTRY, Op, OpAttrs, OpError, same_type_as
+from nexusdsl.ops.traits import Traits
 
 
 class Activation(Op):
     """A float -> float function that keeps the shape, modality and codes of its input."""
 
     family = "activations"
-    elementwise: ClassVar[bool] = True  # acts on each element alone (so `partial` may use it)
+    traits = Traits(activation=True, elementwise=True, tokenwise=True)
 
     class Attrs(OpAttrs):
         pass
@@ -48,6 +49,11 @@ class Activation(Op):
     def lower(self, attrs):
         fn = self.torch_fn(attrs)
         return lambda m, x: fn(x)
+
+
+# Activations that combine channels of a token (sort2 pairs them, softmax and modnorm
+# normalise over them): still token by token, but not element by element.
+NOT_ELEMENTWISE = Traits(activation=True, tokenwise=True)
 
 
 class ReLU(Activation):
@@ -182,7 +188,7 @@ class Sort2(Activation):
     The last axis must have an even size."""
 
     name = "sort2"
-    elementwise = False
+    traits = NOT_ELEMENTWISE
 
     def check(self, x, attrs):
         width = fixed_width("sort2", x)
@@ -207,7 +213,7 @@ class ModNorm(Activation):
     out with unit RMS (an rmsnorm without its learned gain)."""
 
     name = "modnorm"
-    elementwise = False
+    traits = NOT_ELEMENTWISE
     EPS: ClassVar[float] = 1e-6
 
     def check(self, x, attrs):
@@ -223,7 +229,7 @@ class Softmax(Activation):
     """`softmax(x)` over the last axis, or over another: `softmax(x, axis = T)`."""
 
     name = "softmax"
-    elementwise = False
+    traits = NOT_ELEMENTWISE
 
     class Attrs(OpAttrs):
         axis: AxisRef = -1
@@ -242,7 +248,7 @@ def _activation_spec(act: Any) -> tuple[Activation, OpAttrs]:
     """`act` as an op value {"op": "gelu", "attrs": {...}} or a bare name, validated."""
     name, given = (act, {}) if isinstance(act, str) else (act.get("op"), act.get("attrs") or {})
     op = REGISTRY.get(name) if isinstance(name, str) else None
-    if not isinstance(op, Activation) or not op.elementwise:
+    if not isinstance(op, Activation) or not op.traits.elementwise:
         raise OpError(f"partial: act = {name} is not an elementwise activation (use one of "
                       f"{', '.join(sorted(elementwise_activations()))})")
     try:
@@ -252,7 +258,7 @@ def _activation_spec(act: Any) -> tuple[Activation, OpAttrs]:
 
 
 def elementwise_activations() -> list[str]:
-    return [n for n, op in REGISTRY.items() if isinstance(op, Activation) and op.elementwise]
+    return [n for n, op in REGISTRY.items() if isinstance(op, Activation) and op.traits.elementwise]
 
 
 class Partial(Activation):
@@ -261,10 +267,11 @@ class Partial(Activation):
     (`act` may carry settings: `partial(x, gelu(approx = tanh), 0.5)`)."""
 
     name = "partial"
-    elementwise = False
+    traits = NOT_ELEMENTWISE
 
     class Attrs(OpAttrs):
-        act: str | dict[str, Any]
+        act: str | dict[str, Any] = Field(description="an elementwise activation, with its "
+                                          "settings if any: `gelu(approx = tanh)`")
         fraction: Annotated[Float, Field(gt=0.0, le=1.0)] = 0.75
 
     def resolve(self, ctx, inputs, attrs):

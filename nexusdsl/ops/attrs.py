@@ -55,6 +55,12 @@ Probability = Annotated[Float, Field(ge=0.0, lt=1.0)]
 FLOAT_DTYPES = ("f16", "bf16", "f32", "f64")
 
 
+def set_by_compiler(**default: Any) -> Any:
+    """An attribute the compiler fills in when it resolves a call, which users do not write
+    (docs/ops.md leaves it out): `labels: list[str] | None = set_by_compiler(default=None)`."""
+    return Field(**default, json_schema_extra={"set_by_compiler": True})
+
+
 # ---------------------------------------------------------------------------- helpers
 
 

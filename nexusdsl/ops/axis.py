@@ -32,6 +32,8 @@ import math
 import string
 from typing import Any
 
+from pydantic import Field
+
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.ir.types import Axis, TensorType
 from nexusdsl.ops.attrs import (
@@ -43,9 +45,12 @@ from nexusdsl.ops.attrs import (
     numel,
     require_float,
     resolve_axis,
+    set_by_compiler,
     written_axis,
 )
 from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
+from nexusdsl.ops.cost import Cost, copy, elementwise, gemm, traffic
+from nexusdsl.ops.traits import AxisMap, Traits
 
 SHARES = ("none", "axis", "all")
 WIRINGS = ("axial", "full", "local", "random")
@@ -138,7 +143,8 @@ def _label(x: TensorType, pos: int) -> str:
 
 
 class Mix(Op):
-    """Mixing along named grid axes (the MNN multidimensional layer). See the module docstring.
+    """Mixing along named grid axes (the MNN multidimensional layer; docs/axes.md and this
+    module's docstring describe the wirings and the sharing).
 
     `mix(g, axis = i)`, `mix(g, axis = i, to = 32)`, `mix(g, axes = [i, j], wiring = full)`,
     `share = none | axis | all` (or a list), `separate = true` (= `share = none`),
@@ -148,18 +154,27 @@ class Mix(Op):
 
     name = "mix"
     family = "axis"
+    traits = Traits(projection_weights=True)
+    parameters = {
+        "<axis>.weight": "[to, n] for each mixed axis (n its size), with the axial wiring and "
+                         "share = axis; share = none puts the other grid axes' sizes in front "
+                         "(one matrix per row); share = all makes one `weight`",
+        "<axis>.bias": "[to] if bias, shaped and shared like the weight",
+        "weight": "[cells, cells] with wiring = full or random (cells: the product of the "
+                  "mixed axes' sizes); local(k): [k, ..., k], one k per mixed axis",
+        "bias": "[*grid] if bias (grid: the mixed axes' sizes; local: [1])"}
 
     class Attrs(OpAttrs):
         axis: AxisRef | None = None
         axes: list[AxisRef] | None = None
         to: PosInt | list[PosInt] | None = None
-        wiring: Any = "axial"
-        order: str | dict = "parallel"
-        share: Any = None
+        wiring: Any = Field("axial", description="axial | full | local(k) | random(density, seed)")
+        order: str | dict = Field("parallel", description="parallel | sequential")
+        share: Any = Field(None, description="none | axis | all, or a list of one per axis")
         separate: Bool | None = None
         bias: Bool = False
         causal: Bool = False
-        labels: list[str] | None = None  # filled in by the compiler: parameter names per axis
+        labels: list[str] | None = set_by_compiler(default=None)  # parameter names per axis
 
     # -- normalisation ------------------------------------------------------------------
     def resolve(self, ctx, inputs, attrs):
@@ -267,6 +282,17 @@ class Mix(Op):
 
     def flops(self, inputs, outputs, attrs):
         return plan(inputs[0], attrs).flops(numel(inputs[0]))
+
+    def bytes(self, inputs, outputs, attrs):
+        return running_cost(inputs[0], attrs).bytes
+
+    def kernels(self, inputs, attrs):
+        return running_cost(inputs[0], attrs).kernels
+
+    def axis_map(self, attrs, inputs):
+        if wiring_fn(attrs.wiring) != "axial":
+            return None
+        return one_axis_map(inputs[0], attrs)
 
     def lower(self, attrs):
         from nexusdsl.ops import axis_torch
@@ -415,6 +441,74 @@ def random_mask_count(cells_out: int, cells_in: int, density: float, causal: boo
 
 
 LETTERS = string.ascii_letters
+
+
+# ---------------------------------------------------------------------------- how it runs
+
+
+def one_axis_map(x: TensorType, attrs) -> AxisMap | None:
+    """An axial mix (or axial_mix) of one axis with one matrix for it, as an AxisMap."""
+    if len(attrs.axes) != 1 or attrs.share[0] == "none":
+        return None
+    p = attrs.axes[0]
+    key = "" if attrs.share[0] == "all" else attrs.labels[0]
+    step = {"n": x.axes[p].size, "to": attrs.to[0], "bias": attrs.bias, "causal": attrs.causal}
+    return AxisMap(axis=p, steps=(step,), key=key)
+
+
+def axial_costs(shape: tuple[int, ...], attrs) -> dict[str, Cost]:
+    """What an axial mix costs run each way: `einsum` (as written: each axis's product
+    permutes the input in and out), `products` (batched matmuls on views, `axial_mix`) and,
+    where possible, `dense` (one matrix over the flattened grid)."""
+    total = math.prod(shape)
+    costs = {"einsum": Cost(), "products": Cost()}
+    current = list(shape)
+    for p, to in zip(attrs.axes, attrs.to):
+        lead, n, rest = math.prod(current[:p]), current[p], math.prod(current[p + 1:])
+        product = gemm(to, n, rest, batch=lead)
+        costs["products"] += product
+        costs["einsum"] += product + copy(total).scaled(2)  # permute in and out
+        if attrs.order == "sequential":
+            current[p] = to
+    if attrs.order == "parallel" and len(attrs.axes) > 1:
+        costs["products"] += elementwise(total, 3).scaled(len(attrs.axes) - 1)
+        costs["einsum"] += elementwise(total, 3).scaled(len(attrs.axes) - 1)
+    if dense_possible(attrs):
+        grid = sorted(attrs.axes)
+        cells = math.prod(shape[p] for p in grid)
+        cells_out = math.prod(attrs.to)
+        lead, rest = math.prod(shape[:grid[0]]), math.prod(shape[grid[-1] + 1:])
+        # per axis two Kronecker products (each a few reshapes and a multiply), identities,
+        # the sum, and their backward passes: about eight small kernels per axis (measured)
+        build = elementwise(cells * cells_out, 2).scaled(8 * len(grid) + 2)
+        costs["dense"] = build + gemm(cells_out, cells, rest, batch=lead)
+    return costs
+
+
+def dense_possible(attrs) -> bool:
+    """Whether an axial mix can run as one matrix over its flattened grid: several adjacent
+    axes, no bias, a matrix per axis (not per row)."""
+    grid = sorted(attrs.axes)
+    adjacent = grid == list(range(grid[0], grid[0] + len(grid)))
+    return (len(grid) > 1 and adjacent and not attrs.bias
+            and all(s != "none" for s in attrs.share))
+
+
+def running_cost(shape: tuple[int, ...], attrs) -> Cost:
+    """A mix as ops/axis_torch.py runs it, at concrete sizes."""
+    fn = wiring_fn(attrs.wiring)
+    if fn == "axial":
+        return axial_costs(shape, attrs)["einsum"]
+    total = math.prod(shape)
+    grid = sorted(attrs.axes)
+    if fn == "local":  # grid axes moved last and padded, one convolution, moved back
+        taps = attrs.wiring["k"] ** len(grid)
+        conv = Cost(2.0 * total * taps, traffic(8.0 * total, 4.0 * total), 1)
+        return copy(total).scaled(3) + conv
+    cells = math.prod(shape[p] for p in grid)
+    # one einsum over the flattened grid with its operands copied in and out, and the
+    # weight masked (random, or causal) first
+    return gemm(cells, cells, total // cells) + copy(total).scaled(2) + elementwise(cells * cells)
 
 
 

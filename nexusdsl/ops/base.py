@@ -3,22 +3,33 @@
 - `Attrs`: its attributes (a pydantic model; field order is the positional order after the
   tensor inputs), validated when a call is elaborated;
 - `infer`: its shape rule (raises `OpError`, which the elaborator locates at the call);
-- `params`: the parameters it owns (`ParamSpec`s, named like a torch state_dict suffix);
-- `flops`: a FLOP estimate for concrete sizes;
+- `params`: the parameters it owns (`ParamSpec`s, named like a torch state_dict suffix), and
+  `parameters`, the same as formulas for docs/ops.md;
+- `flops`, `bytes`, `kernels`: what one run costs at concrete sizes (`cost` sums them up);
+- `traits` and a few attribute-dependent answers (`no_op`, `compose`, `fuse`, `axis_map`):
+  what passes may assume about it (ops/traits.py), so that they never name ops;
+- `public`: whether a .nx file may call it by name;
 - `lower`: its torch implementation, a closure `fn(module, *tensors)` built once. Torch is
   imported inside `lower` only, so checking a file never imports torch.
+
+A class that sets `name` registers itself when its module is imported, and importing
+`nexusdsl.ops` imports every module of the package (ops/__init__.py): an op is one file.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from nexusdsl.ir.graph import Node
 from nexusdsl.ir.types import Axis, ModalitySpec, TensorType
+from nexusdsl.ops.cost import Cost
+from nexusdsl.ops.traits import AxisMap, Traits
 
 REGISTRY: dict[str, Op] = {}
 
@@ -74,6 +85,13 @@ class Op:
     # (`add` for `+`, `recur` for `repeat N shared reversible`) or by passes (`fused_rmsnorm`)
     # and are not: they are no names of the language, and docs/ops.md does not list them.
     public: ClassVar[bool] = True
+    traits: ClassVar[Traits] = Traits()
+    # The op a fused form stands in for (same inputs and parameters); None for other ops.
+    replaces: ClassVar[str | None] = None
+    # The parameters `params` makes, as docs/ops.md shows them: state_dict name -> shape
+    # formula in the op's attribute names and `d` (the input's last axis), with a condition
+    # where a parameter is not always there. tests/ops/test_reference.py checks them.
+    parameters: ClassVar[dict[str, str]] = {}
 
     class Attrs(OpAttrs):
         pass
@@ -106,9 +124,41 @@ class Op:
         output element once). The cost model adds the parameters."""
         return 4 * sum(math.prod(s) for s in (*inputs, *outputs))
 
+    def kernels(self, inputs: list[tuple[int, ...]], attrs) -> float:
+        """Kernel launches of one run (an attribute read that launches nothing: a fraction)."""
+        return 1.0
+
+    def cost(self, inputs: list[tuple[int, ...]], outputs: list[tuple[int, ...]], attrs) -> Cost:
+        """One run at concrete sizes, parameters left out: `flops` (what the summary
+        reports), `bytes` and `kernels` together."""
+        return Cost(self.flops(inputs, outputs, attrs), float(self.bytes(inputs, outputs, attrs)),
+                    float(self.kernels(inputs, attrs)))
+
     def region_share(self, attrs, count: int) -> float:
         """The fraction of tokens each nested graph sees (top-k of n experts: k / n)."""
         return 1.0
+
+    # -- what passes may ask ------------------------------------------------------------
+    def no_op(self, attrs) -> bool:
+        """Whether a node with these attributes gives back its input unchanged (`identity`,
+        `dropout(0)`, `scale(1)`): `fold-constants` removes it."""
+        return False
+
+    def compose(self, first, second) -> dict[str, Any] | None:
+        """For an op that composes with itself (`scale`, `shift`): the attributes of one node
+        doing what a node with `first` and then one with `second` do; else None."""
+        return None
+
+    def fuse(self, attrs, inputs: list[TensorType]) -> dict[str, Any] | None:
+        """For a fused kernel: its attributes standing in for a node of `replaces` with these
+        attributes and input types (same parameters, same values), or None where it cannot
+        (`kernel-fusion` makes the swap)."""
+        return None
+
+    def axis_map(self, attrs, inputs: list[TensorType]) -> AxisMap | None:
+        """The node as linear maps of one axis (`linear`, a one-axis `mix`), for
+        `axis-fusion` to multiply out; None if it is not one."""
+        return None
 
     # -- lowering ---------------------------------------------------------------------
     def lower(self, attrs) -> Callable:
@@ -117,6 +167,32 @@ class Op:
 
 def get_op(name: str) -> Op | None:
     return REGISTRY.get(name)
+
+
+def op_of(node: Node) -> Op:
+    """The op a node applies."""
+    return REGISTRY[node.op]
+
+
+_VALIDATED: OrderedDict[tuple[str, int], tuple[dict, OpAttrs]] = OrderedDict()
+_KEPT = 4096  # recently read nodes' validated attributes
+
+
+def attrs_of(node: Node) -> Any:
+    """A node's attributes as its op's validated model (`attrs_of(node).out`), typed where
+    `node.attrs["out"]` is not. Cached per attribute dict: rewrites never change a node's
+    dict in place, they make a node with a new one (the cache holds the dict, so its id
+    cannot be reused while cached)."""
+    key = (node.op, id(node.attrs))
+    hit = _VALIDATED.get(key)
+    if hit is not None and hit[0] is node.attrs:
+        _VALIDATED.move_to_end(key)
+        return hit[1]
+    model = op_of(node).Attrs.model_validate(node.attrs)
+    _VALIDATED[key] = (node.attrs, model)
+    if len(_VALIDATED) > _KEPT:
+        _VALIDATED.popitem(last=False)
+    return model
 
 
 def same_type_as(x: TensorType, axes=None, **changes) -> TensorType:

@@ -23,27 +23,34 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nexusdsl.ir.graph import ParamSpec
+from nexusdsl.ir.graph import Node, ParamSpec
 from nexusdsl.ir.types import Axis, TensorType
 from nexusdsl.ops.attrs import Bool, Float, PosInt, numel
+from nexusdsl.ops.axis import AxialPlan, Mix, one_axis_map
 from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
+from nexusdsl.ops.traits import AxisMap, Traits
 
 # The optimizer makes these ops only for targets that run them (PassOptions.backends);
 # MLIR export of the fused forms is not tested, so they claim eager and torch.compile only.
 FUSED_BACKENDS = ("eager", "compile")
 
+
+class FusedOp(Op):
+    """An op made only by the optimizer (or `nexus prune`), never written in a .nx file."""
+
+    family = "fused"
+    public = False
+    backends = FUSED_BACKENDS
+
 # ---------------------------------------------------------------------------- params
 
 
-class Params(Op):
+class Params(FusedOp):
     """Holds the parameters of a node that a fusion absorbed and gives them, in the order of
     its specs, to the fused node as tensors: `%a = params() : f32[16, 16]`. Its name, specs and
     place in the graph are the absorbed node's, so state_dict keys and initial values stay."""
 
     name = "params"
-    family = "fused"
-    public = False
-    backends = FUSED_BACKENDS
     inputs = ()
 
     class Attrs(OpAttrs):
@@ -77,18 +84,26 @@ def params_types(specs: dict[str, ParamSpec]) -> list[TensorType]:
             for spec in specs.values()]
 
 
+def holding(node: Node, keys: list[str]) -> Node:
+    """`node` turned into a `params` node holding its parameters `keys` (same id, name and
+    specs): what a rewrite leaves of a node whose parameters must outlive its computation."""
+    specs = {k: node.params[k] for k in keys}
+    return node.model_copy(update={
+        "op": Params.name, "attrs": {"was": node.op, "keys": list(keys)}, "inputs": [],
+        "outputs": params_types(specs), "params": specs})
+
+
 # ---------------------------------------------------------------------------- linear_act
 
 
-class LinearAct(Op):
+class LinearAct(FusedOp):
     """`linear` and the activation after it as one module: [*, in] -> [*, out]. Parameters
     are the linear node's (`weight` [out, in], `bias` [out]); `act` is the activation as an op
     value, `{op: gelu, attrs: {approx: none}}`."""
 
     name = "linear_act"
-    family = "fused"
-    public = False
-    backends = FUSED_BACKENDS
+    replaces = "linear"  # and the activation that is its only reader
+    traits = Traits(tokenwise=True, token_projection=True)
 
     class Attrs(OpAttrs):
         out: PosInt
@@ -111,7 +126,7 @@ class LinearAct(Op):
 # ---------------------------------------------------------------------------- axial_mix
 
 
-class AxialMix(Op):
+class AxialMix(FusedOp):
     """An axial `mix` computed without the per-axis permutes of einsum: the same attributes
     and parameters as the `mix` it replaces, and a `strategy`:
 
@@ -126,9 +141,7 @@ class AxialMix(Op):
     layout read as a view before mixing, `post` the pattern applied after it."""
 
     name = "axial_mix"
-    family = "fused"
-    public = False
-    backends = FUSED_BACKENDS
+    replaces = "mix"
 
     class Attrs(OpAttrs):
         axes: list[int]
@@ -145,9 +158,18 @@ class AxialMix(Op):
     def infer(self, ctx, inputs, attrs):
         raise OpError("axial_mix nodes are made by the optimizer, with their types")
 
-    def flops(self, inputs, outputs, attrs):
-        from nexusdsl.ops.axis import AxialPlan
+    @staticmethod
+    def attrs_from(mix: dict[str, Any], strategy: str) -> dict[str, Any]:
+        """The attributes of the axial_mix standing in for a mix with attributes `mix`."""
+        return {**{k: v for k, v in mix.items() if k not in ("wiring", "axis", "separate")},
+                "strategy": strategy}
 
+    def axis_map(self, attrs, inputs):
+        if attrs.pre is not None or attrs.post is not None:
+            return None
+        return one_axis_map(inputs[0], attrs)
+
+    def flops(self, inputs, outputs, attrs):
         grid = math.prod(inputs[0][p] for p in attrs.axes)
         if attrs.strategy == "dense":
             out_grid = math.prod(attrs.to)
@@ -167,8 +189,6 @@ class AxialMix(Op):
 
 def _mix_like(attrs) -> Any:
     """The attributes of the `mix` an axial_mix was made from (for the shared plan code)."""
-    from nexusdsl.ops.axis import Mix
-
     return Mix.Attrs(axes=attrs.axes, to=attrs.to, wiring="axial", order=attrs.order,
                      share=attrs.share, bias=attrs.bias, causal=attrs.causal,
                      labels=attrs.labels)
@@ -177,7 +197,7 @@ def _mix_like(attrs) -> Any:
 # ---------------------------------------------------------------------------- mix_chain
 
 
-class MixChain(Op):
+class MixChain(FusedOp):
     """Consecutive linear maps of one axis with nothing between, as one: `y = W_k ... W_1 x`
     along axis `axis` with the biases folded (b = W_k (... (W_2 b_1 + b_2) ...) + b_k).
 
@@ -187,9 +207,6 @@ class MixChain(Op):
     map's {n, to, bias, causal}; a causal map uses its lower triangle, as `mix` does."""
 
     name = "mix_chain"
-    family = "fused"
-    public = False
-    backends = FUSED_BACKENDS
     variadic = True
 
     class Attrs(OpAttrs):
@@ -199,6 +216,9 @@ class MixChain(Op):
 
     def infer(self, ctx, inputs, attrs):
         raise OpError("mix_chain nodes are made by the optimizer, with their types")
+
+    def axis_map(self, attrs, inputs):
+        return AxisMap(axis=attrs.axis, steps=tuple(attrs.steps), key=attrs.key)
 
     def flops(self, inputs, outputs, attrs):
         x = inputs[0]
@@ -219,16 +239,14 @@ class MixChain(Op):
 # ---------------------------------------------------------------------------- sparse_mix
 
 
-class SparseMix(Op):
+class SparseMix(FusedOp):
     """A `random(density, seed)` mix with only its connections stored: `weight` [count] holds
     the values at the mask's positions (row-major), `bias` is the mix's. `kernel = gather`
     gathers each output node's inputs (rows padded to the longest), `csr` runs a sparse
     matrix product; the sparsity pass picks the faster one."""
 
     name = "sparse_mix"
-    family = "fused"
-    public = False
-    backends = FUSED_BACKENDS
+    replaces = "mix"  # with wiring = random(density, seed)
 
     class Attrs(OpAttrs):
         axes: list[int]
@@ -261,15 +279,13 @@ class SparseMix(Op):
 # ---------------------------------------------------------------------------- topk_mask
 
 
-class TopkMask(Op):
+class TopkMask(FusedOp):
     """Inference-time activation sparsity (`nexus compile --sparsity s`): applies `act` (an
     activation as an op value, if given), then keeps the `keep` largest-magnitude values
     along the last axis of each position and zeroes the rest."""
 
     name = "topk_mask"
-    family = "fused"
-    public = False
-    backends = FUSED_BACKENDS
+    traits = Traits(tokenwise=True)
 
     class Attrs(OpAttrs):
         keep: PosInt
@@ -293,15 +309,14 @@ class TopkMask(Op):
 # ---------------------------------------------------------------------------- pruned_attention
 
 
-class PrunedAttention(Op):
+class PrunedAttention(FusedOp):
     """`attention` after structured pruning (`nexus prune --structured`) removed some heads:
     `heads` heads of `head_dim` each, so the inner width heads * head_dim is below the model
     width d. Parameters: qkv [3 * inner, d], out [d, inner] (biases as `attention`)."""
 
     name = "pruned_attention"
-    family = "fused"
-    public = False
-    backends = FUSED_BACKENDS
+    replaces = "attention"
+    traits = Traits(projection_weights=True)
 
     class Attrs(OpAttrs):
         heads: PosInt
@@ -331,20 +346,22 @@ class PrunedAttention(Op):
 # ---------------------------------------------------------------------------- rms_norm
 
 
-class FusedRMSNorm(Op):
+class FusedRMSNorm(FusedOp):
     """`rmsnorm` with a hand-written backward pass (autograd's own backward of rms_norm runs
     some ten elementwise kernels). Same attributes and parameters (`weight` [d])."""
 
     name = "fused_rmsnorm"
-    family = "fused"
-    public = False
-    backends = FUSED_BACKENDS
+    replaces = "rmsnorm"
+    traits = Traits(tokenwise=True)
 
     class Attrs(OpAttrs):
         eps: Float = 1e-6
 
     def infer(self, ctx, inputs, attrs):
         return [same_type_as(inputs[0])]
+
+    def fuse(self, attrs, inputs):
+        return {"eps": attrs.eps}
 
     def flops(self, inputs, outputs, attrs):
         return 4 * numel(inputs[0])
@@ -358,16 +375,14 @@ class FusedRMSNorm(Op):
 # ---------------------------------------------------------------------------- depthwise_conv
 
 
-class DepthwiseConv(Op):
+class DepthwiseConv(FusedOp):
     """A `conv` with one filter per channel (groups = channels = out, stride 1) computed as
     `kernel` shifted multiply-adds on the channels-last tokens, with a hand-written backward
     pass: no transposes to channels-first and back. Same attributes and parameters (`weight`
     [C, 1, kernel], `bias` [C]) as the conv it replaces."""
 
     name = "depthwise_conv"
-    family = "fused"
-    public = False
-    backends = FUSED_BACKENDS
+    replaces = "conv"
 
     class Attrs(OpAttrs):
         out: PosInt
@@ -377,6 +392,13 @@ class DepthwiseConv(Op):
 
     def infer(self, ctx, inputs, attrs):
         return [same_type_as(inputs[0])]
+
+    def fuse(self, attrs, inputs):
+        width = inputs[0].axes[-1].size
+        if not (attrs.groups == attrs.out == width and attrs.stride == 1):
+            return None
+        return {"out": attrs.out, "kernel": attrs.kernel, "causal": attrs.causal,
+                "bias": attrs.bias}
 
     def flops(self, inputs, outputs, attrs):
         return 2 * numel(inputs[0]) * attrs.kernel

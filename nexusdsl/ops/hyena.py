@@ -69,6 +69,16 @@ class Hyena(Op):
 
     name = "hyena"
     family = "mixers"
+    parameters = {
+        "in_proj.weight": "[(order + 1) * d, d]", "in_proj.bias": "[(order + 1) * d] if bias",
+        "short.weight": "[(order + 1) * d, 1, short]", "short.bias": "[(order + 1) * d]",
+        "filter.linear_0.weight": "[filter, features]", "filter.linear_0.bias": "[filter]",
+        "filter.linear_<i>.weight": "[filter, filter] for i = 1, 2",
+        "filter.linear_<i>.bias": "[filter] for i = 1, 2",
+        "filter.freq": "[filter] (starts at omega)",
+        "filter.out.weight": "[order * d * directions, filter] (directions: 1 if causal, else 2)",
+        "filter.skip": "[order, d]",
+        "out_proj.weight": "[d, d]", "out_proj.bias": "[d] if bias"}
 
     class Attrs(OpAttrs):
         order: PosInt = 2

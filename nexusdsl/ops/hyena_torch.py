@@ -9,6 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from nexusdsl.ops.trace_torch import tracing
+
 FAST_DECAY, SLOW_DECAY, TARGET = 0.3, 1.5, 1e-2  # the paper's exponential modulation
 
 
@@ -63,7 +65,7 @@ def length_constants(m, T: int, attrs, channels: int, like: torch.Tensor):
     """The positional features (T, features) and the decay window (channels, T), constants of
     the length: made once per length and kept on the module (not parameters, not saved),
     except while a compiler traces."""
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+    if tracing():
         return _make_length_constants(T, attrs, channels, like)
     cache = m.__dict__.setdefault("_length_constants", {})
     key = (T, channels, like.device, like.dtype)

@@ -16,6 +16,7 @@ from nexusdsl.ops.attrs import (
     uniform,
 )
 from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
+from nexusdsl.ops.traits import Traits
 
 
 class Attention(Op):
@@ -31,6 +32,9 @@ class Attention(Op):
 
     name = "attention"
     family = "mixers"
+    traits = Traits(projection_weights=True)
+    parameters = {"qkv.weight": "[3 * d, d]", "out.weight": "[d, d]",
+                  "qkv.bias": "[3 * d] if bias", "out.bias": "[d] if bias"}
 
     class Attrs(OpAttrs):
         heads: PosInt

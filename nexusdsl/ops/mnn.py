@@ -25,6 +25,7 @@ from nexusdsl.ops.attrs import (
     uniform,
 )
 from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
+from nexusdsl.ops.traits import Traits
 
 # ---------------------------------------------------------------------------- selective_relu
 
@@ -80,6 +81,8 @@ class FastWeights(Op):
 
     name = "fast_weights"
     family = "mnn"
+    traits = Traits(projection_weights=True)
+    parameters = {"weight": "[out or d, d]", "bias": "[out or d] if bias"}
 
     class Attrs(OpAttrs):
         decay: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.9
@@ -164,6 +167,11 @@ class KnnAttention(Op):
 
     name = "knn_attention"
     family = "mnn"
+    traits = Traits(projection_weights=True)
+    parameters = {"q.weight": "[dim_qk, d]", "q.bias": "[dim_qk] if bias",
+                  "k.weight": "[dim_qk, d]", "k.bias": "[dim_qk] if bias",
+                  "v.weight": "[d, d]", "v.bias": "[d] if bias",
+                  "out.weight": "[d, d]", "out.bias": "[d] if bias"}
     EPS = 1e-6
     CHUNK = 1024  # queries per block, bounding the (T, T) distance matrix
 

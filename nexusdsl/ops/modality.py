@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.ir.types import Axis, CodeSegment, ModalitySpec, TensorType
 from nexusdsl.ops.attrs import (
@@ -23,6 +25,7 @@ from nexusdsl.ops.attrs import (
     operand,
     require_float,
     require_rank,
+    set_by_compiler,
     uniform,
 )
 from nexusdsl.ops.base import InferContext, Op, OpAttrs, OpError, same_type_as
@@ -117,11 +120,17 @@ class Embed(Op):
 
     name = "embed"
     family = "modality"
+    parameters = {"weight": "[vocab, dim] for discrete data (vocab 256 for bytes, the "
+                            "modality's `vocab` for ids)",
+                  "proj.weight": "[dim, values] for continuous data (values per token: "
+                                 "C * size * size for patches, frames * C * size * size for "
+                                 "tubelets, window for frames, channels for a signal)",
+                  "proj.bias": "[dim] for continuous data"}
 
     class Attrs(OpAttrs):
         dim: PosInt
-        kind: str | None = None
-        options: dict[str, int] | None = None
+        kind: str | None = set_by_compiler(default=None)
+        options: dict[str, int] | None = set_by_compiler(default=None)
 
     def resolve(self, ctx, inputs, attrs):
         spec = modality_of("embed", ctx, inputs[0])
@@ -210,9 +219,11 @@ class Unembed(Op):
 
     name = "unembed"
     family = "modality"
+    parameters = {"weight": "[vocab, d] (with `tie = t`: t's table itself, no new tensor)",
+                  "bias": "[vocab] if bias"}
 
     class Attrs(OpAttrs):
-        tie: str | None = None
+        tie: str | None = Field(None, description="the name of an embed: `embed(...) as tok`")
         vocab: PosInt | None = None
         bias: Bool = False
 
@@ -284,6 +295,7 @@ class Tag(Op):
 
     name = "tag"
     family = "modality"
+    parameters = {"code": "[d]"}
 
     class Attrs(OpAttrs):
         pass
@@ -324,9 +336,11 @@ class Generate(Op):
 
     name = "generate"
     family = "modality"
+    parameters = {"weight": "[values, d] (values per token of the modality, as for embed)",
+                  "bias": "[values]"}
 
     class Attrs(OpAttrs):
-        modality: str
+        modality: str = Field(description="a declared continuous modality")
 
     def _spec(self, ctx: InferContext, attrs) -> ModalitySpec:
         spec = ctx.modalities.get(attrs.modality)

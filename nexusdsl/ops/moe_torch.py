@@ -21,10 +21,7 @@ import math
 import torch
 
 from nexusdsl.ops.routers_torch import Routing, balance_loss, hash_route, knn_route, topk_route
-
-
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+from nexusdsl.ops.trace_torch import tracing as _tracing
 
 
 def route_tokens(m, attrs, x: torch.Tensor, seq: int) -> Routing:

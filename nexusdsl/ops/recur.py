@@ -22,7 +22,7 @@ from typing import Annotated
 from pydantic import Field
 
 from nexusdsl.ops.attrs import Bool, Int, PosInt
-from nexusdsl.ops.base import REGISTRY, Op, OpAttrs, OpError
+from nexusdsl.ops.base import REGISTRY, Op, OpAttrs, OpError, attrs_of
 
 ALLOWED = ("square linear and mix maps, leaky_relu (alpha > 0), partial of it, "
            "identity, scale and shift")
@@ -97,7 +97,7 @@ def why_not_invertible(op: str, attrs, x, y) -> str | None:
 def chain(region) -> list:
     """The region's nodes (not inputs) in order, if they form one chain from its single input
     to its single output; raises OpError naming the first node that branches."""
-    nodes = [n for n in region.nodes() if n.op != "input"]
+    nodes = [n for n in region.nodes() if not n.is_input]
     (start,) = [n.id for n in region.inputs()]
     current = start
     for node in nodes:
@@ -124,10 +124,8 @@ class NodeError(Exception):
 def check_reversible(region) -> None:
     """Raise NodeError at the first node of the body graph that cannot be inverted."""
     for node in chain(region):
-        op = REGISTRY[node.op]
-        attrs = op.Attrs.model_validate(node.attrs)
         x = region.type_of(node.inputs[0])
-        reason = why_not_invertible(node.op, attrs, x, node.outputs[0])
+        reason = why_not_invertible(node.op, attrs_of(node), x, node.outputs[0])
         if reason:
             raise NodeError(node, f"`{node.op}` cannot be inverted in a reversible repeat: "
                             f"{reason} (allowed: {ALLOWED})")
@@ -175,8 +173,8 @@ def body_inverse(body):
     """fn(y) -> x inverting one step of a lowered body module (a NexusModule)."""
     steps = []
     for node in chain(body.graph):
-        attrs = REGISTRY[node.op].Attrs.model_validate(node.attrs)
-        steps.append((body.get_submodule(node.shares or node.name), _inverse_fn(node.op, attrs)))
+        steps.append((body.get_submodule(node.shares or node.name),
+                      _inverse_fn(node.op, attrs_of(node))))
 
     def inverse(y):
         for module, fn in reversed(steps):

@@ -35,9 +35,11 @@ from nexusdsl.ops.attrs import (
     operand,
     require_float,
     require_rank,
+    set_by_compiler,
     uniform,
 )
-from nexusdsl.ops.base import ALL_BACKENDS, Op, OpAttrs, OpError, same_type_as
+from nexusdsl.ops.base import ALL_BACKENDS, Op, OpAttrs, OpError, op_of, same_type_as
+from nexusdsl.ops.traits import Traits
 
 NonNegative = Annotated[Float, Field(ge=0.0)]
 
@@ -101,20 +103,10 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-TOKENWISE_OPS = frozenset("adapter linear add sub mul scale shift identity dropout layernorm "
-                          "rmsnorm input".split())
-
-
 def is_tokenwise(region) -> bool:
     """Whether a region treats every token on its own (so tokens can be grouped by expert)."""
-    from nexusdsl.ops import REGISTRY
-
-    for node in region.nodes():
-        op = REGISTRY.get(node.op)
-        if node.regions or not (node.op in TOKENWISE_OPS or getattr(op, "family", "") ==
-                                "activations"):
-            return False
-    return True
+    return all(node.is_input or (not node.regions and op_of(node).traits.tokenwise)
+               for node in region.nodes())
 
 
 class Moe(Op):
@@ -139,19 +131,25 @@ class Moe(Op):
 
     name = "moe"
     family = "routing"
+    traits = Traits(pure=False)  # records its balance loss on its module
+    parameters = {"router.weight": "[experts, d] with router = topk",
+                  "router.proj": "[coords, d] with router = knn",
+                  "router.coords": "[experts, coords] with router = knn (each expert's place)"}
     region_name = "experts"
     # TOSA has no scatter-add (index_add_), which combining the experts' outputs needs
     backends = tuple(b for b in ALL_BACKENDS if b != "mlir-tosa")
 
     class Attrs(OpAttrs):
         experts: PosInt
-        router: dict[str, Any] = Field(default_factory=lambda: {"fn": "topk", "args": [],
+        router: dict[str, Any] = Field(description="topk(k, noise, normalize) | knn(k, coords, "
+                                                   "min_tokens) | hash(seed)",
+                                       default_factory=lambda: {"fn": "topk", "args": [],
                                                                 "kwargs": {"k": 1}})
         balance: NonNegative = 0.01
         capacity: NonNegative = 0.0
         adapter: Bool = False
         skip: Bool = False
-        sequence: list[bool] = Field(default_factory=list)  # per expert: runs on whole sequences
+        sequence: list[bool] = set_by_compiler(default_factory=list)  # per expert: on whole sequences
 
     def resolve(self, ctx, inputs, attrs):
         if len(ctx.regions) != attrs.experts:
@@ -186,6 +184,13 @@ class Moe(Op):
     def region_share(self, attrs, count):
         return attrs.router["kwargs"].get("k", 1) / max(count, 1)
 
+    @staticmethod
+    def expert_rows(attrs) -> str | None:
+        """The router parameter holding one row per expert (topk's gate, knn's expert
+        coordinates), which goes with an expert that is pruned; None for `hash`, whose
+        assignment by position has nothing to remove."""
+        return {"topk": "router.weight", "knn": "router.coords"}.get(attrs.router["fn"])
+
     def finish(self, module, attrs, node):
         from nexusdsl.weights.pretrained import load_file_expert
 
@@ -207,6 +212,7 @@ class Adapter(Op):
     name = "adapter"
     family = "routing"
     public = False  # made by the elaborator around every expert
+    traits = Traits(tokenwise=True, token_projection=True, projection_weights=True)
 
     class Attrs(OpAttrs):
         out: PosInt

@@ -97,12 +97,13 @@ class Swarm(Op):
 
     name = "swarm"
     family = "routing"
+    parameters = {"router.weight": "[agents, d] with combine = router"}
     region_name = "agents"
     takes_agents = True  # the elaborator turns the agents argument into regions
 
     class Attrs(OpAttrs):
         agents: PosInt
-        topology: Any = "ring"
+        topology: Any = Field("ring", description="ring(k) | star | tree(fanout) | full")
         rounds: Annotated[Int, Field(ge=0)] = 1
         combine: Choice("mean", "vote", "router") = "mean"
         count: PosInt | None = None

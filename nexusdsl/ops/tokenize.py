@@ -47,6 +47,10 @@ class LearnedTokenizer(Op):
 
     name = "learned_tokenizer"
     family = "mixers"
+    parameters = {"conv.<i>.weight": "[widths[i], d, kernels[i]] for each kernel i",
+                  "conv.<i>.bias": "[widths[i]] if bias",
+                  "attention.qkv.weight": "[3 * d, d]", "attention.out.weight": "[d, d]",
+                  "attention.qkv.bias": "[3 * d] if bias", "attention.out.bias": "[d] if bias"}
 
     class Attrs(OpAttrs):
         kernels: list[PosInt] = [3, 5, 7]

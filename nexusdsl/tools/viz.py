@@ -21,6 +21,7 @@ from pathlib import Path
 
 import graphviz
 
+from nexusdsl.compiler.summary import count_params, node_params
 from nexusdsl.ir.graph import Graph, Node
 from nexusdsl.ir.types import TensorType
 
@@ -43,8 +44,7 @@ def own_params(node: Node) -> int:
     """Parameters a node owns itself and in its regions; shared and tied ones count zero."""
     if node.shares:
         return 0
-    total = sum(s.numel for s in node.params.values() if not s.tied_to)
-    return total + sum(own_params(n) for region in node.regions for n in region.nodes())
+    return node_params(node) + sum(count_params(region)["total"] for region in node.regions)
 
 
 def shape_label(t: TensorType) -> str:

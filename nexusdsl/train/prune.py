@@ -1,13 +1,14 @@
 """Magnitude pruning of a trained model (`nexus prune`): a transformation of the IR *and* the
 weights, so it is not a pass of the pipelines (which see no weights).
 
-- unstructured (default): in every projection weight (linear, mix, conv, attention,
-  adapter; not embedding tables or norms) the `amount` of entries smallest in magnitude are
-  set to zero. The IR is unchanged, and so is the checkpoint's size (dense zeros).
+- unstructured (default): in every projection weight (ops declaring
+  `Traits.projection_weights`: linear, mix, conv, attention, adapter, ...; not embedding
+  tables or norms) the `amount` of entries smallest in magnitude are set to zero. The IR is
+  unchanged, and so is the checkpoint's size (dense zeros).
 - structured (`--structured`): whole units go, and the IR records the new widths:
-  * MLP hidden units (linear -> elementwise activation -> linear): a unit's score is
-    |W1[u, :]| * |W2[:, u]| (L2 norms of what goes in and comes out); the lowest `amount`
-    of them are removed from both linears;
+  * MLP hidden units (projection -> elementwise activation -> projection, the projections
+    declaring `Traits.token_projection`): a unit's score is |W1[u, :]| * |W2[:, u]| (L2
+    norms of what goes in and comes out); the lowest `amount` of them are removed from both;
   * attention heads: a head's score is the norm of its q, k, v rows times the norm of its
     columns of the output projection; the node becomes `pruned_attention` with fewer heads
     of the same width;
@@ -36,10 +37,11 @@ from nexusdsl.compiler.passes.base import private_params, sole_user
 from nexusdsl.compiler.passes.linear_fusion import is_activation
 from nexusdsl.ir.graph import Graph, Node, ParamSpec
 from nexusdsl.ir.types import Axis
+from nexusdsl.ops.base import attrs_of, op_of
+from nexusdsl.ops.fused import PrunedAttention
+from nexusdsl.ops.routing import Moe
 
 Weights = dict[str, torch.Tensor]
-PROJECTIONS = frozenset({"linear", "mix", "conv", "attention", "adapter", "pruned_attention",
-                         "fast_weights", "knn_attention"})
 
 
 @dataclass
@@ -65,7 +67,7 @@ def prune_magnitude(graph: Graph, weights: Weights, amount: float) -> Pruned:
     weights = dict(weights)
     zeroed = total = 0
     for node in graph.nodes():
-        if node.op not in PROJECTIONS or node.shares:
+        if node.is_input or node.shares or not op_of(node).traits.projection_weights:
             continue
         for key, spec in node.params.items():
             name = f"{node.name}.{key}"
@@ -88,14 +90,15 @@ def prune_structured(graph: Graph, weights: Weights, amount: float) -> Pruned:
     graph = Graph.from_json(graph.to_json())
     result = Pruned(graph, dict(weights))
     for node in graph.nodes():
-        if node.id not in graph:
+        if node.id not in graph or node.is_input:
             continue
         node = graph.node(node.id)
-        if node.op == "linear":
+        op = op_of(node)
+        if op.traits.token_projection:
             _prune_mlp(result, node, amount)
-        elif node.op == "attention":
+        elif node.op == PrunedAttention.replaces:
             _prune_heads(result, node, amount)
-        elif node.op == "moe":
+        elif isinstance(op, Moe):
             _prune_experts(result, node, amount)
     return result
 
@@ -108,14 +111,10 @@ def _count(result: Pruned, what: str, kept: int, total: int) -> None:
 def _mlp_match(graph: Graph, first: Node) -> tuple[Node, Node] | None:
     """first -> act -> second, each read only by the next: (act, second)."""
     act = sole_user(graph, first)
-    if act is None or not is_activation(act) or len(act.inputs) != 1:
-        return None
-    from nexusdsl.ops import REGISTRY
-
-    if not getattr(REGISTRY[act.op], "elementwise", False):
+    if act is None or not is_activation(act) or not op_of(act).traits.elementwise:
         return None
     second = sole_user(graph, act)
-    if second is None or second.op != "linear":
+    if second is None or not op_of(second).traits.token_projection:
         return None
     if not (private_params(graph, first) and private_params(graph, second)):
         return None
@@ -132,7 +131,7 @@ def _prune_mlp(result: Pruned, first: Node, amount: float) -> None:
     width = w1.shape[0]
     kept = top_indices(w1.norm(dim=1) * w2.norm(dim=0), keep_count(width, amount))
     w[f"{first.name}.weight"] = w1[kept]
-    if first.attrs["bias"]:
+    if attrs_of(first).bias:
         w[f"{first.name}.bias"] = w[f"{first.name}.bias"][kept]
     w[f"{second.name}.weight"] = w2[:, kept]
     n = len(kept)
@@ -161,7 +160,8 @@ def _prune_heads(result: Pruned, node: Node, amount: float) -> None:
     graph, w = result.graph, result.weights
     if not private_params(graph, node):
         return
-    heads = node.attrs["heads"]
+    attention = attrs_of(node)
+    heads = attention.heads
     qkv, proj = w[f"{node.name}.qkv.weight"], w[f"{node.name}.out.weight"]
     width = qkv.shape[1]
     size = width // heads
@@ -171,7 +171,7 @@ def _prune_heads(result: Pruned, node: Node, amount: float) -> None:
     n = len(kept)
     w[f"{node.name}.qkv.weight"] = rows[:, kept].reshape(3 * n * size, width)
     w[f"{node.name}.out.weight"] = proj.view(width, heads, size)[:, kept].reshape(width, n * size)
-    if node.attrs["bias"]:
+    if attention.bias:
         bias = w[f"{node.name}.qkv.bias"].view(3, heads, size)
         w[f"{node.name}.qkv.bias"] = bias[:, kept].reshape(3 * n * size)
     attrs = {**node.attrs, "heads": n, "head_dim": size}
@@ -183,20 +183,18 @@ def _prune_heads(result: Pruned, node: Node, amount: float) -> None:
     if "qkv.bias" in params:
         params["qkv.bias"] = ParamSpec(**{**params["qkv.bias"].model_dump(),
                                           "shape": (3 * n * size,)})
-    graph.replace(node, node.model_copy(update={"op": "pruned_attention", "attrs": attrs,
+    graph.replace(node, node.model_copy(update={"op": PrunedAttention.name, "attrs": attrs,
                                                 "params": params}))
     _count(result, "attention heads", n, heads)
 
 
-ROUTER_ROWS = {"topk": "router.weight", "knn": "router.coords"}  # one row per expert
-
-
 def _prune_experts(result: Pruned, node: Node, amount: float) -> None:
     graph, w = result.graph, result.weights
-    row_key = ROUTER_ROWS.get(node.attrs["router"]["fn"])
+    moe = attrs_of(node)
+    row_key = Moe.expert_rows(moe)
     if row_key is None or not private_params(graph, node):
         return
-    count, k = node.attrs["experts"], int(node.attrs["router"]["kwargs"].get("k", 1))
+    count, k = moe.experts, int(moe.router["kwargs"].get("k", 1))
     prefix = f"{node.name}.experts."
     scores = torch.zeros(count)
     for key, value in w.items():
@@ -215,8 +213,7 @@ def _prune_experts(result: Pruned, node: Node, amount: float) -> None:
     w[full] = w[full][kept]
     params = dict(node.params)
     params[row_key] = params[row_key].model_copy(update={"shape": tuple(w[full].shape)})
-    attrs = {**node.attrs, "experts": len(kept),
-             "sequence": [node.attrs["sequence"][i] for i in kept]}
+    attrs = {**node.attrs, "experts": len(kept), "sequence": [moe.sequence[i] for i in kept]}
     graph.replace(node, node.model_copy(update={
         "attrs": attrs, "params": params, "regions": [node.regions[i] for i in kept]}))
     _count(result, "experts", len(kept), count)

@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 
 from nexusdsl.ir.types import Axis, TensorType
 from nexusdsl.ops import REGISTRY
+from nexusdsl.ops.arithmetic import broadcast
 from nexusdsl.ops.base import OpError
-from nexusdsl.ops.core import broadcast
 
 from .conftest import context
 

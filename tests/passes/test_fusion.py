@@ -9,10 +9,11 @@ from safetensors.torch import load_file, save_file
 
 import nexusdsl
 from nexusdsl.compiler.lower.fx import lower
-from nexusdsl.compiler.passes.axis_fusion import AxisFusion, axial_costs
+from nexusdsl.compiler.passes.axis_fusion import AxisFusion
 from nexusdsl.compiler.passes.kernel_fusion import KernelFusion
 from nexusdsl.compiler.passes.linear_fusion import LinearFusion
 from nexusdsl.ir.graph import Graph
+from nexusdsl.ops.axis import Mix, axial_costs
 from tests.conftest import random_inputs
 from tests.passes.helpers import assert_same_function, golden, graph_of, ops, optimized, run, source
 
@@ -97,9 +98,9 @@ def test_the_cost_model_ranks_the_strategies_as_measured():
     # and the Kronecker products cost more than they save)
     for shape, axes in [((1, 4, 4, 8), [1, 2]), ((64, 4, 4, 64), [1, 2]),
                         ((2, 16, 16, 16, 64), [1, 2, 3])]:
-        costs = axial_costs(shape, {"axes": axes, "to": [shape[p] for p in axes],
-                                    "order": "parallel", "share": ["axis"] * len(axes),
-                                    "bias": False})
+        mix = Mix.Attrs(axes=axes, to=[shape[p] for p in axes], order="parallel",
+                        share=["axis"] * len(axes), bias=False)
+        costs = axial_costs(shape, mix)
         assert costs["products"].seconds() < costs["einsum"].seconds()
         assert costs["products"].seconds() < costs["dense"].seconds()
 

@@ -15,7 +15,6 @@ emits sm_80 code unless told otherwise.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 from nexusdsl.compiler.backends import IREE_ROUTES, BackendError
 
@@ -102,10 +101,6 @@ class IreeRunner:
         config = _runtime_config(TARGETS[target][1])
         module = rt.VmModule.copy_buffer(config.vm_instance, vmfb)
         self._function = rt.load_vm_module(module, config)[function]
-
-    @classmethod
-    def from_file(cls, path: str | Path, target: str = "iree-cpu") -> IreeRunner:
-        return cls(Path(path).read_bytes(), target)
 
     def __call__(self, *inputs):
         import torch

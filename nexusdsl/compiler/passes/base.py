@@ -1,14 +1,18 @@
 """The pass interface and the rewrite-pattern driver.
 
-A pass is a pure `Graph -> Graph` function with a kebab-case name and a docstring saying what
-it requires, what it guarantees and the invariant it keeps. Most passes are a list of small
-named rewrite patterns (xDSL's `RewritePattern`, tinygrad's `PatternMatcher`): each pattern
-looks at one node and either rewrites around it or leaves the graph alone; the pass body only
-orchestrates, running its patterns to a fixed point. A pass counts what it changed (per
-pattern) and keeps notes on the choices it made, for `--emit passes` and `--explain`.
+A pass is a `Graph -> Graph` function with a kebab-case name and a docstring saying what it
+requires, what it guarantees and the invariant it keeps. It rewrites the graph it is given in
+place and returns it: the pass manager hands every pipeline a copy (compiler/pipeline.py), so
+the caller's graph never changes. Most passes are a list of small named rewrite patterns
+(xDSL's `RewritePattern`, tinygrad's `PatternMatcher`): each pattern looks at one node and
+either rewrites around it or leaves the graph alone; the pass body only orchestrates, running
+its patterns to a fixed point. A pass counts what it changed (per pattern) and keeps notes on
+the choices it made, for `--emit passes` and `--explain`.
 
 Passes speak to the `Graph` API only (`users`, `replace_all_uses_with`, `replace`, `erase`,
-`insert`, `by_name`); the helpers below are built on it.
+`insert`, `by_name`); the helpers below are built on it. They never name an op: they ask what
+ops declare about themselves (`op_of(node).traits`, `Op.no_op`, `Op.fuse`, `Op.axis_map`, a
+fused op's `replaces`; ops/traits.py) and read attributes typed (`attrs_of(node).out`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from nexusdsl.ir.graph import Graph, Node, ValueRef
-from nexusdsl.ir.types import TensorType
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,9 @@ class RewritePattern:
 
     name: ClassVar[str]
 
-    def apply(self, graph: Graph, node: Node, p: Pass) -> bool:
-        """Rewrite at `node` if it matches; True if the graph changed."""
+    def apply(self, graph: Graph, node: Node, p: Pass) -> bool | str:
+        """Rewrite at `node` if it matches: True (or, to count it under a name of its own, a
+        string naming the change) if the graph changed."""
         raise NotImplementedError
 
 
@@ -98,8 +102,9 @@ class PatternPass(Pass):
             if node.id not in graph or graph.node(node.id) is not node:
                 continue  # erased or rewritten earlier in this sweep
             for pattern in patterns:
-                if pattern.apply(graph, node, self):
-                    self.record(pattern.name)
+                done = pattern.apply(graph, node, self)
+                if done:
+                    self.record(done if isinstance(done, str) else pattern.name)
                     changed = True
                     break
         return changed
@@ -137,44 +142,6 @@ def _referenced(graph: Graph, node: Node) -> bool:
         if any(s.tied_to and s.tied_to.startswith(prefix) for s in other.params.values()):
             return True
     return False
-
-
-def op_attrs(node: Node) -> Any:
-    """A node's attributes as its op's validated model."""
-    from nexusdsl.ops import REGISTRY
-
-    return REGISTRY[node.op].Attrs.model_validate(node.attrs)
-
-
-def input_types(graph: Graph, node: Node) -> list[TensorType]:
-    return [graph.type_of(r) for r in node.inputs]
-
-
-def build_node(graph: Graph, op: str, name: str, inputs: list[ValueRef], attrs: dict[str, Any],
-               *, node_id: int | None = None, params: dict | None = None, span=None,
-               outputs: list[TensorType] | None = None) -> Node:
-    """A node of `op` whose attributes are validated and whose output types come from the op's
-    own shape rule (or are given, where the rule cannot know them, e.g. axis names). Not yet
-    in the graph: `graph.insert` or `graph.replace` it."""
-    from nexusdsl.ops import REGISTRY, InferContext
-
-    impl = REGISTRY[op]
-    model = impl.Attrs.model_validate(attrs)
-    if outputs is None:
-        outputs = impl.infer(InferContext(), [graph.type_of(r) for r in inputs], model)
-    return Node(id=graph.fresh_id() if node_id is None else node_id, op=op, name=name,
-                attrs=model.model_dump(mode="json"), inputs=list(inputs), outputs=list(outputs),
-                params=dict(params or {}), span=span)
-
-
-def fresh_name(graph: Graph, base: str) -> str:
-    """`base`, or `base_1`, `base_2`, ... if taken."""
-    if graph.by_name(base) is None:
-        return base
-    i = 1
-    while graph.by_name(f"{base}_{i}") is not None:
-        i += 1
-    return f"{base}_{i}"
 
 
 def forward(graph: Graph, old: Node, new: ValueRef) -> None:

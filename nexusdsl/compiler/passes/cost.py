@@ -1,94 +1,45 @@
-"""The cost model the passes consult: FLOPs and bytes from the op registry (`Op.flops`,
-`Op.bytes`, parameters from the node's specs) and a kernel count, turned into an estimated
-time by a three-term roofline of one CPU core:
-
-    seconds = kernels * launch + flops / peak + bytes / bandwidth
+"""The cost model the passes consult, and the one place FLOPs are counted: every node costs
+what its op declares (`Op.cost`: FLOPs, bytes of activations moved, kernels; ops/cost.py) plus
+reading its weights, at concrete sizes, and a graph costs the sum over its nodes and the nodes
+of its nested graphs (weighted by the share of tokens each nested graph sees). `seconds()`
+turns a cost into an estimated time.
 
 It is a forward-pass estimate (a training step costs about three times as much, in the same
 proportions), with symbolic axes sized as `nexus compile`'s summary sizes them (batch 1,
-sequence `context`). The constants are round numbers measured on the 2-core CI machine with
-benchmarks/passes.py; decisions only compare alternatives, so they need the ratios right,
-not the absolute times. `--explain` prints the estimates.
+sequence `context`): the summary's FLOPs (compiler/summary.py) and `nexus summary --by-node`
+(tools/node_table.py) are this cost's FLOPs. `--explain` prints the estimates.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from nexusdsl.ir.graph import Graph, Node
 from nexusdsl.ir.types import TensorType
-
-
-@dataclass(frozen=True)
-class Machine:
-    flops: float = 2.0e10  # FLOP/s of a dense f32 GEMM on one core
-    bandwidth: float = 4.0e9  # bytes/s of elementwise traffic (allocation included)
-    launch: float = 1.5e-5  # seconds of Python and dispatch overhead per kernel
-
-
-CPU = Machine()
-
-
-@dataclass(frozen=True)
-class Cost:
-    flops: float = 0.0
-    bytes: float = 0.0
-    kernels: float = 0.0
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(self.flops + other.flops, self.bytes + other.bytes,
-                    self.kernels + other.kernels)
-
-    def scaled(self, factor: float) -> Cost:
-        return Cost(self.flops * factor, self.bytes * factor, self.kernels * factor)
-
-    def seconds(self, machine: Machine = CPU) -> float:
-        return (self.kernels * machine.launch + self.flops / machine.flops
-                + self.bytes / machine.bandwidth)
-
-    def __str__(self) -> str:
-        return (f"{_scaled(self.flops, 'FLOP')}, {_scaled(self.bytes, 'B')}, "
-                f"{self.kernels:g} kernels, ~{self.seconds() * 1e3:,.3g} ms")
-
-
-def _scaled(value: float, unit: str) -> str:
-    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= factor:
-            return f"{value / factor:,.3g} {prefix}{unit}"
-    return f"{value:,.0f} {unit}"
-
-
-CACHE = 1 << 20  # tensors below this many bytes stay in cache: their traffic is cheaper
-CACHED = 0.25  # ... by this factor (measured on the CI machine's 1 MB L2)
-
-
-def traffic(nbytes: float, largest: float | None = None) -> float:
-    """Bytes moved, discounted when the largest tensor involved fits in cache."""
-    return nbytes * (CACHED if (largest if largest is not None else nbytes) < CACHE else 1.0)
-
-
-def gemm(m: int, k: int, n: int, batch: int = 1) -> Cost:
-    """One (batched) matrix product (m x k) @ (k x n): reads both, writes the result."""
-    largest = 4.0 * batch * max(m * k, k * n, m * n)
-    return Cost(2.0 * batch * m * k * n, traffic(4.0 * batch * (m * k + k * n + m * n), largest),
-                1)
-
-
-def elementwise(count: int, operands: int = 2) -> Cost:
-    """One elementwise kernel over `count` elements reading `operands - 1` tensors."""
-    return Cost(float(count), traffic(4.0 * count * operands, 4.0 * count), 1)
-
+from nexusdsl.ops.base import attrs_of, op_of
+from nexusdsl.ops.cost import Cost
 
 # ---------------------------------------------------------------------------- sizes
 
 
+def symbolic_bindings(graph: Graph, context: int = 256) -> dict[str, int]:
+    """Sizes for symbolic axes when estimating: each input's first axis (the batch) is 1,
+    every other symbolic axis is `context` long."""
+    bindings: dict[str, int] = {}
+    for node in graph.inputs():
+        for i, axis in enumerate(node.type.axes):
+            if axis.size is None and axis.name and axis.name not in bindings:
+                bindings[axis.name] = 1 if i == 0 else context
+    return bindings
+
+
 class Sizes:
-    """Concrete sizes for a graph's types: symbolic axes bound as the summary binds them."""
+    """Concrete sizes for a graph's types: symbolic axes bound as `symbolic_bindings` says,
+    any other symbolic axis `context` long."""
 
     def __init__(self, graph: Graph, context: int = 256):
-        from nexusdsl.compiler.summary import symbolic_bindings
-
         self.context = context
         self.bindings = symbolic_bindings(graph, context)
 
@@ -98,47 +49,64 @@ class Sizes:
                      for a in t.axes)
 
 
-def node_cost(graph: Graph, node: Node, sizes: Sizes) -> Cost:
-    from nexusdsl.ops import REGISTRY
+# ---------------------------------------------------------------------------- nodes
 
-    if node.op == "input":
+
+def node_cost(graph: Graph, node: Node, sizes: Sizes) -> Cost:
+    """One run of the node itself (not of its nested graphs): its op's cost and the bytes of
+    the weights it reads."""
+    if node.is_input:
         return Cost()
-    op = REGISTRY[node.op]
-    attrs = op.Attrs.model_validate(node.attrs)
     ins = [sizes.of(graph.type_of(r)) for r in node.inputs]
     outs = [sizes.of(t) for t in node.outputs]
-    weights = sum(math.prod(s.shape) for s in node.params.values() if not s.tied_to)
-    if node.op in ESTIMATES:
-        return ESTIMATES[node.op](node, ins[0])
-    kernels = getattr(op, "kernels", None)
-    cost = Cost(float(op.flops(ins, outs, attrs)), float(op.bytes(ins, outs, attrs) + 4 * weights),
-                float(kernels(ins, attrs)) if kernels else 1.0)
-    if node.regions:
-        share = op.region_share(attrs, len(node.regions))
-        inner = sum((graph_cost(g, sizes.context) for g in node.regions), Cost())
-        cost = cost + inner.scaled(share)
-    return cost
+    weights = sum(spec.numel for spec in node.params.values() if not spec.tied_to)
+    return op_of(node).cost(ins, outs, attrs_of(node)) + Cost(bytes=4.0 * weights)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A node met by `weighted_walk`, with where it sits: the graph holding it, the share of
+    the tokens it sees (1 in the model; a nested graph's from its owner's `region_share`),
+    the names of its owners (`blocks.0.moe.experts.2.`), how deep it is nested, and whether
+    an owner shares another node's parameters (so they are not this node's to count)."""
+
+    graph: Graph
+    node: Node
+    share: float = 1.0
+    prefix: str = ""
+    depth: int = 0
+    shared: bool = False
+
+
+def weighted_walk(graph: Graph) -> Iterator[Placed]:
+    """Every node of `graph`, nested ones included (`Graph.walk`), with its place."""
+    places = {id(graph): (1.0, "", 0, False)}  # per graph: share, prefix, depth, shared
+    for g, node in graph.walk():
+        share, prefix, depth, shared = places[id(g)]
+        yield Placed(g, node, share, prefix, depth, shared)
+        if node.regions:
+            op = op_of(node)
+            inner = share * op.region_share(attrs_of(node), len(node.regions))
+            for i, region in enumerate(node.regions):
+                places[id(region)] = (inner, f"{prefix}{node.name}.{op.region_name}.{i}.",
+                                      depth + 1, shared or bool(node.shares))
 
 
 def graph_cost(graph: Graph, context: int = 256) -> Cost:
-    sizes = Sizes(graph, context)
-    return sum((node_cost(graph, n, sizes) for n in graph.nodes()), Cost())
+    """One forward pass of the model, nested graphs included."""
+    sizes: dict[int, Sizes] = {}
+    total = Cost()
+    for at in weighted_walk(graph):
+        of = sizes.setdefault(id(at.graph), Sizes(at.graph, context))
+        cost = node_cost(at.graph, at.node, of)
+        total += cost if at.share == 1.0 else cost.scaled(at.share)
+    return total
 
 
-def _mix_cost(node: Node, shape: tuple[int, ...]) -> Cost:
-    """A `mix` as written: per-axis einsums (permute copies included) for axial wirings, a
-    masked dense einsum over the flattened grid for full and random ones."""
-    from nexusdsl.compiler.passes.axis_fusion import axial_costs
-
-    attrs = node.attrs
-    if attrs["wiring"] == "axial":
-        return axial_costs(shape, attrs)["einsum"]
-    grid = sorted(attrs["axes"])
-    cells = math.prod(shape[p] for p in grid)
-    rest = math.prod(shape) // cells
-    total = math.prod(shape)
-    return gemm(cells, cells, rest) + elementwise(total, 2).scaled(2) + elementwise(cells * cells)
-
-
-# Ops whose registry estimate does not see how they run (written here, not in their files).
-ESTIMATES = {"mix": _mix_cost}
+def positions(graph: Graph, context: int = 256) -> int:
+    """Positions in one example: every axis after the batch of the first id input (a byte
+    sequence [B, T] has T tokens, fixed or not); 1 per example for float-only models."""
+    ids = [n.type for n in graph.inputs() if n.type.dtype == "i64"]
+    if not ids:
+        return 1
+    return max(1, math.prod(Sizes(graph, context).of(ids[0])[1:]))

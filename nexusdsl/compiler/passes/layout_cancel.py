@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from nexusdsl.compiler.passes.base import PatternPass, RewritePattern, forward, is_output
 from nexusdsl.ir.graph import Graph, Node
 from nexusdsl.ir.types import TensorType
-from nexusdsl.ops.core import ELLIPSIS, Layout, parse_pattern
+from nexusdsl.ops.base import attrs_of, op_of
+from nexusdsl.ops.layout import ELLIPSIS, Layout, parse_pattern
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,13 @@ class Plan:
         return [[e.name for e in g] for g in self.left] == [[e.name for e in g] for g in self.right]
 
 
+def is_layout(node: Node) -> bool:
+    return not node.is_input and isinstance(op_of(node), Layout)
+
+
 def plan_of(node: Node, x: TensorType) -> Plan:
     """The elementary axes of a resolved layout node applied to x."""
-    attrs = Layout.Attrs.model_validate(node.attrs)
+    attrs = attrs_of(node)
     left, right = parse_pattern(attrs.pattern)
     bound, _, lead = Layout._bind(x, left, attrs)
     lead_names = [f"{LEAD}{k}" for k in range(len(lead))]
@@ -175,7 +180,7 @@ class DropIdentityLayout(RewritePattern):
     name = "drop-identity-layout"
 
     def apply(self, graph, node, p):
-        if node.op != "layout":
+        if not is_layout(node):
             return False
         x = graph.type_of(node.inputs[0])
         if not plan_of(node, x).is_identity() or not same_shape(x, node.outputs[0]):
@@ -186,10 +191,10 @@ class DropIdentityLayout(RewritePattern):
 
 def _composed(graph: Graph, node: Node) -> tuple[Node, Plan] | None:
     """For layout(layout(x)): the inner layout and the plan doing both, if they compose."""
-    if node.op != "layout":
+    if not is_layout(node):
         return None
     inner = graph.node(node.inputs[0].node)
-    if inner.op != "layout":
+    if not is_layout(inner):
         return None
     plan = compose(plan_of(inner, graph.type_of(inner.inputs[0])),
                    plan_of(node, inner.outputs[0]))

@@ -22,9 +22,12 @@ from nexusdsl.compiler.passes.base import (
     can_emit,
     private_params,
 )
-from nexusdsl.compiler.passes.cost import Cost, Sizes
+from nexusdsl.compiler.passes.cost import Sizes
 from nexusdsl.ir.graph import Graph, Node, ParamSpec
-from nexusdsl.ops.axis import random_mask_count
+from nexusdsl.ops.axis import random_mask_count, wiring_fn
+from nexusdsl.ops.base import attrs_of
+from nexusdsl.ops.cost import Cost
+from nexusdsl.ops.fused import SparseMix
 
 
 def sparse_costs(cells: int, rest: int, count: int) -> dict[str, Cost]:
@@ -67,33 +70,33 @@ class CompactRandomWiring(RewritePattern):
     name = "compact-random-wiring"
 
     def apply(self, graph: Graph, node: Node, p: Pass) -> bool:
-        if node.op != "mix" or not isinstance(node.attrs["wiring"], dict):
+        if node.op != SparseMix.replaces or not can_emit(p, SparseMix.name):
             return False
-        wiring = node.attrs["wiring"]
-        grid = sorted(node.attrs["axes"])
-        if wiring["fn"] != "random" or grid != list(range(grid[0], grid[0] + len(grid))):
+        mix = attrs_of(node)
+        grid = sorted(mix.axes)
+        if wiring_fn(mix.wiring) != "random" or grid != list(range(grid[0], grid[-1] + 1)):
             return False
-        if not private_params(graph, node) or not can_emit(p, "sparse_mix"):
+        if not private_params(graph, node):
             return False
         shape = Sizes(graph, p.options.context).of(graph.type_of(node.inputs[0]))
         cells = math.prod(shape[q] for q in grid)
-        count = random_mask_count(cells, cells, wiring["density"], node.attrs["causal"])
+        count = random_mask_count(cells, cells, mix.wiring["density"], mix.causal)
         kernel = self._kernel(p, node, cells, math.prod(shape) // cells, count)
-        attrs = {"axes": node.attrs["axes"], "density": wiring["density"],
-                 "seed": wiring["seed"], "causal": node.attrs["causal"],
-                 "bias": node.attrs["bias"], "cells": cells, "count": count, "kernel": kernel}
+        attrs = {"axes": list(mix.axes), "density": mix.wiring["density"],
+                 "seed": mix.wiring["seed"], "causal": mix.causal, "bias": mix.bias,
+                 "cells": cells, "count": count, "kernel": kernel}
         dense = node.params["weight"]
         params = {**node.params, "weight": ParamSpec(shape=(count,), init=dense.init,
                                                      std=dense.std, frozen=dense.frozen)}
-        graph.replace(node, node.model_copy(update={"op": "sparse_mix", "attrs": attrs,
+        graph.replace(node, node.model_copy(update={"op": SparseMix.name, "attrs": attrs,
                                                     "params": params}))
         return True
 
     @staticmethod
     def _kernel(p: Pass, node: Node, cells: int, rest: int, count: int) -> str:
-        wiring = node.attrs["wiring"]
+        mix = attrs_of(node)
         if p.options.measure:
-            times = measured(cells, rest, wiring["density"], wiring["seed"], node.attrs["causal"])
+            times = measured(cells, rest, mix.wiring["density"], mix.wiring["seed"], mix.causal)
             how = "measured " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in times.items())
         else:
             costs = sparse_costs(cells, rest, count)
