@@ -3,7 +3,7 @@
     python benchmarks/overhead.py
 
 Prints forward+backward time of the compiled tiny_lm divided by the hand-written reference's,
-interleaved in one run. Target (issue 2): 1.05 or less.
+interleaved in one run. Target: 1.05 or less.
 """
 
 from __future__ import annotations
