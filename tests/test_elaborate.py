@@ -438,3 +438,14 @@ def test_a_block_calling_itself_is_one_error_with_a_counted_note():
     assert d.message == "block f calls itself (or nests more than 64 deep)"
     assert [n.message for n in d.notes] == ["in block f called (63 times in a row)",
                                             "in block f called"]
+
+
+@pytest.mark.parametrize("kind", ["bytes", "ids", "patches", "frames", "tubelets", "signal"])
+def test_every_modality_kind_is_a_configuration_function(kind):
+    from nexusdsl.elaborate.modality import KINDS
+
+    required, _ = KINDS[kind]
+    settings = ", ".join(["code = 3", *(f"{k} = 4" for k in required)])
+    program = nexusdsl.loads(f"modality m = {kind}({settings})\n"
+                             "model M { input x: m[B, T]\n output y = x }", "t.nx")
+    assert program.elaborate().inputs()[0].type.modality == "m"

@@ -1,4 +1,4 @@
-"""Experts and routes in the elaborator (LANGUAGE.md section 8).
+"""Experts in the elaborator (docs/decisions.md, "Experts, adapters and routers").
 
 An op that receives a set of experts (`moe(x, ffn, ...)`) gets one nested graph (region) per
 expert, built here on a fresh input of x's type. Each region is the MNN adapter around its
@@ -10,39 +10,30 @@ expert, made of `adapter` nodes:
 `linear_3` is there only with `skip = true`. Square adapters start as the identity and
 `linear_3` at zero, so a wrapped expert starts as itself. A `pretrained(...)` expert is a
 region around one `pretrained_module` node whose frozen parameters come from the model.
-
-`route(x) { text -> f; image -> g }` elaborates inline: `modal_take` picks each branch's
-tokens, the branch is applied to them, and `modal_merge` puts the results back in token order
-when every carried modality has a branch and the results agree in width (else the value is a
-tuple of the branch results, in branch order).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from nexusdsl.elaborate.frame import Frame, Namer
-from nexusdsl.elaborate.values import (
-    Arg,
-    ExpertSet,
-    Modality,
-    OptionCall,
-    Partial,
-    Symbol,
-    Tensor,
-    describe,
-)
+from nexusdsl.elaborate.core import Core
+from nexusdsl.elaborate.frame import Frame
+from nexusdsl.elaborate.modules import FileScope
+from nexusdsl.elaborate.nodes import NodeWriter
+from nexusdsl.elaborate.values import Arg, ExpertSet, OptionCall, Partial, Tensor, describe
 from nexusdsl.ir.graph import Graph
-from nexusdsl.ir.types import CodeSegment, TensorType
+from nexusdsl.ir.types import TensorType
 from nexusdsl.lang import ast
 from nexusdsl.lang.diagnostics import NexusError, Note, Span
 from nexusdsl.ops import REGISTRY
-from nexusdsl.ops.base import OpError
-from nexusdsl.ops.routing import check_segments, segments_json
 
 
-class ExpertsMixin:
-    # ------------------------------------------------------------------ moe
+class Experts:
+    def __init__(self, nodes: NodeWriter, core: Core, root: FileScope):
+        self.nodes = nodes
+        self.core = core
+        self.root = root
+
     def expert_args(self, op, tensors: list[Arg], rest: list[Arg], kwargs, span: Span):
         """Replace a set-of-experts argument by its size and build its regions."""
         found = [(i, a) for i, a in enumerate(rest) if isinstance(a.value, ExpertSet)]
@@ -72,11 +63,9 @@ class ExpertsMixin:
 
     def expert_region(self, member, xtype: TensorType, adapter: bool, skip: bool, label: str,
                       index: int, arg: Arg, span: Span) -> Graph:
-        saved = self.graph, self.namer
-        self.graph, self.namer = Graph(label), Namer()
-        try:
+        with self.nodes.region(label) as graph:
             frame = Frame(self.root, "")
-            x = self._region_input(xtype, 0, 1, span).value
+            x = self.nodes.region_input(xtype, 0, 1, span).value
             if isinstance(member, OptionCall):
                 out = self._pretrained_expert(member, x, adapter, frame)
             else:
@@ -84,16 +73,14 @@ class ExpertsMixin:
             y = self._adapt(out, xtype.axes[-1].size, adapter, "linear_2", span, frame)
             if skip:
                 side = self._adapter(x, xtype.axes[-1].size, "zero", "linear_3", span, frame)
-                y = self.add_op_node(REGISTRY["add"], [y, side], REGISTRY["add"].Attrs(), {},
-                                     span, None, frame)
-            self.graph.outputs["out"] = y.ref
-            return self.graph
-        finally:
-            self.graph, self.namer = saved
+                y = self.nodes.add_op(REGISTRY["add"], [y, side], REGISTRY["add"].Attrs(), {},
+                                      span, None, frame)
+            graph.outputs["out"] = y.ref
+            return graph
 
     def _adapter(self, x: Tensor, out: int, start: str, name: str, span: Span, frame: Frame):
         op = REGISTRY["adapter"]
-        return self.add_op_node(op, [x], op.Attrs(out=out, start=start), {}, span, name, frame)
+        return self.nodes.add_op(op, [x], op.Attrs(out=out, start=start), {}, span, name, frame)
 
     def _adapt(self, x: Tensor, width: int, adapter: bool, name: str, span: Span, frame: Frame):
         if x.type.axes[-1].size == width and not adapter:
@@ -107,7 +94,7 @@ class ExpertsMixin:
         width = _declared_width(member) or x.type.axes[-1].size
         h = self._adapt(x, width, adapter, "linear_1", span, frame)
         try:
-            out = self.apply(member, [Arg(h, None, span)], [], span, None, frame)
+            out = self.core.apply(member, [Arg(h, None, span)], [], span, None, frame)
         except NexusError as err:
             note = Note(f"while building expert {index} of {arg.value.name or 'the experts'}",
                         arg.value.span)
@@ -130,7 +117,7 @@ class ExpertsMixin:
             raise NexusError.at(call.span, str(err)) from None
         h = self._adapt(x, attrs["width"], adapter, "linear_1", call.span, frame)
         op = REGISTRY["pretrained_module"]
-        return self.add_op_node(op, [h], op.Attrs(**attrs), {}, call.span, "pretrained", frame)
+        return self.nodes.add_op(op, [h], op.Attrs(**attrs), {}, call.span, "pretrained", frame)
 
     def _file_expert(self, call: OptionCall, x: Tensor, adapter: bool, frame: Frame) -> Tensor:
         """`pretrained("w.safetensors", mlp(mult = 2), module = "prefix")`: the block (or op)
@@ -146,10 +133,11 @@ class ExpertsMixin:
                                 f"must be a block or op, got {describe(block)}")
         h = self._adapt(x, _declared_width(block) or x.type.axes[-1].size, adapter, "linear_1",
                         call.span, frame)
-        before = {n.id for n in self.graph.nodes()}
-        out = _check_adaptable(self.apply(block, [Arg(h, None, call.span)], [], call.span, None,
-                                          frame), h, 0, block.name, call.span)
-        made = [n for n in self.graph.nodes() if n.id not in before and n.params]
+        graph = self.nodes.graph  # the expert's region
+        before = {n.id for n in graph.nodes()}
+        out = _check_adaptable(self.core.apply(block, [Arg(h, None, call.span)], [], call.span,
+                                               None, frame), h, 0, block.name, call.span)
+        made = [n for n in graph.nodes() if n.id not in before and n.params]
         names = {f"{n.name}.{k}": f"{n.name.partition('.')[2] or n.name}.{k}"
                  for n in made for k in n.params}
         wanted = {f"{n.name}.{k}": spec.shape for n in made for k, spec in n.params.items()}
@@ -159,80 +147,10 @@ class ExpertsMixin:
             raise NexusError.at(call.span, str(err)) from None
         for n in made:
             params = {k: v.model_copy(update={"frozen": frozen}) for k, v in n.params.items()}
-            self.graph.replace(n, n.model_copy(update={"params": params}))
-        self.graph.hyper["pretrained"] = {"source": str(path), "module": prefix, "hash": digest,
-                                          "params": keys}
+            graph.replace(n, n.model_copy(update={"params": params}))
+        graph.hyper["pretrained"] = {"source": str(path), "module": prefix, "hash": digest,
+                                     "params": keys}
         return out
-
-    # ------------------------------------------------------------------ route
-    def route_expr(self, e: ast.Route, frame: Frame):
-        if e.kwargs or len(e.args) != 1:
-            raise NexusError.at(e.span, "`route` takes one tensor: `route(x) { text -> f; ... }`")
-        x = self.eval(e.args[0], frame)
-        if not isinstance(x, Tensor):
-            raise NexusError.at(e.args[0].span, f"`route` needs a tensor, got {describe(x)}")
-        codes = self._carried_codes(x, e)
-        segments = segments_json(codes)
-        try:
-            check_segments(segments)
-        except OpError as err:
-            raise NexusError.at(e.span, err.message) from None
-        parts, order = [], []
-        for branch in e.branches:
-            code = self._branch_code(branch, x, codes, order, frame)
-            take = REGISTRY["modal_take"]
-            taken = self.add_op_node(take, [x], take.Attrs(code=code, segments=segments), {},
-                                     branch.span, None, frame)
-            func = self.eval(branch.body, frame)
-            parts.append(self.apply(func, [Arg(taken, None, branch.span)], [],
-                                    branch.body.span, None, frame))
-            order.append(code)
-        result = self._merged(parts, order, x, codes, segments, e, frame)
-        if e.alias:
-            frame.env[e.alias] = result
-        return result
-
-    def _carried_codes(self, x: Tensor, e: ast.Route) -> tuple[CodeSegment, ...]:
-        if x.type.codes:
-            return x.type.codes
-        spec = self.modalities.get(x.type.modality) if x.type.modality else None
-        if spec is None or x.type.rank < 2:
-            raise NexusError.at(e.span, f"`route` needs tokens that carry modal codes, got "
-                                f"{x.type}: embed the input, or `tag` the parts before `concat`",
-                                Note("the input was made", x.span))
-        return (CodeSegment(code=spec.code, modality=spec.name, length=x.type.axes[-2]),)
-
-    def _branch_code(self, branch, x: Tensor, codes, seen: list[int], frame: Frame) -> int:
-        value = self.lookup(branch.modality, branch.span, frame)
-        if isinstance(value, Symbol):
-            carried = ", ".join(sorted({s.modality for s in codes})) or "none"
-            raise NexusError.at(branch.span, f"unknown modality `{branch.modality}` in a route "
-                                f"branch (the input carries: {carried})")
-        if not isinstance(value, Modality):
-            raise NexusError.at(branch.span, f"a route branch names a modality; "
-                                f"`{branch.modality}` is {describe(value)}")
-        code = value.spec.code
-        carried = sorted({s.modality for s in codes})
-        if code not in {s.code for s in codes}:
-            raise NexusError.at(branch.span, f"route: the input {x.type} carries no "
-                                f"{value.name} tokens (it carries {', '.join(carried)})",
-                                Note("the input was made", x.span))
-        if code in seen:
-            raise NexusError.at(branch.span, f"route: a second branch for {value.name}")
-        self.modalities.setdefault(value.name, value.spec)
-        return code
-
-    def _merged(self, parts, order, x: Tensor, codes, segments, e: ast.Route, frame: Frame):
-        covered = {s.code for s in codes} <= set(order)
-        same = all(isinstance(p, Tensor) for p in parts) and len(
-            {(p.type.rank, p.type.axes[-1].size, p.type.dtype) for p in parts}) == 1
-        if not (covered and same) or x.type.rank < 2:
-            return tuple(parts)
-        merge = REGISTRY["modal_merge"]
-        length = x.type.axes[-2]
-        attrs = merge.Attrs(order=order, segments=segments, length=length.model_dump(),
-                            codes=[c.model_dump(mode="json") for c in codes])
-        return self.add_op_node(merge, parts, attrs, {}, e.span, None, frame)
 
 
 def _declared_width(member: Partial) -> int | None:

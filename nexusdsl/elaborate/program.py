@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nexusdsl.elaborate.instantiate import _BUILTINS, Builder
+from nexusdsl.elaborate.elaborator import Elaborator
 from nexusdsl.elaborate.modules import FileScope, Loader
+from nexusdsl.elaborate.names import BUILTINS
 from nexusdsl.elaborate.unused import check_uncalled_blocks
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.verify import verify
@@ -58,9 +59,9 @@ class Program:
         key = (tree.name, tuple(sorted(hyper.items())))
         if key not in self._graphs:
             sink = DiagnosticSink()
-            builder = Builder(self.scope, sink, self._loader.sources)
+            elaborator = Elaborator(self.scope, sink, self._loader.sources)
             try:
-                graph = builder.build_model(tree, hyper)
+                graph = elaborator.build_model(tree, hyper)
             except NexusError as err:
                 sink.add(err)
             sink.raise_if_any(self._loader.sources)
@@ -81,9 +82,9 @@ class Program:
         section = self.train_section(model)
         if section is None:
             return {}
-        builder = Builder(self.scope, DiagnosticSink(), self._loader.sources)
+        elaborator = Elaborator(self.scope, DiagnosticSink(), self._loader.sources)
         try:
-            return builder.train_fields(section)
+            return elaborator.train_fields(section)
         except NexusError as err:
             raise NexusError(err.diagnostics, self._loader.sources) from None
 
@@ -136,18 +137,18 @@ class Program:
 
     def _check_modal_codes(self, sink: DiagnosticSink) -> None:
         """Modal codes are unique among the file's modalities, used or not (a model that
-        uses both would otherwise be the first to notice): the builder's own check, run over
+        uses both would otherwise be the first to notice): the elaborator's own check, run over
         every modality the file declares."""
-        builder = Builder(self.scope, DiagnosticSink(), self._loader.sources)
+        elaborator = Elaborator(self.scope, DiagnosticSink(), self._loader.sources)
         for item in self.scope.defs.values():
             if not isinstance(item, ast.Modality):
                 continue
             try:
-                value = builder.definition_value(self.scope, item, item.span)
+                value = elaborator.definition_value(self.scope, item, item.span)
             except NexusError:
                 continue  # a broken modality is reported where a model uses it
             try:
-                builder.register_modality(value)
+                elaborator.register_modality(value)
             except NexusError as err:
                 sink.add(err)
 
@@ -161,7 +162,7 @@ class Program:
             except NexusError as err:
                 sink.add(err)
         self._check_modal_codes(sink)
-        check_uncalled_blocks(self.scope, _BUILTINS, sink)
+        check_uncalled_blocks(self.scope, BUILTINS, sink)
         names = set(self.models) | {n for _, s in self.scope.imports for n in s.defs}
         for train in self.scope.trains:
             if train.model not in names:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from nexusdsl.elaborate.frame import Frame, Namer
+from nexusdsl.elaborate.core import Core
+from nexusdsl.elaborate.frame import Frame
+from nexusdsl.elaborate.nodes import NodeWriter
 from nexusdsl.elaborate.values import POISON, Poison, Skip, Tensor, describe
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.types import TensorType
@@ -59,7 +61,7 @@ def read_names(node) -> set[str]:
     return found
 
 
-def _carried(builder, stmt: ast.Repeat, frame: Frame) -> list[str]:
+def _carried(stmt: ast.Repeat, frame: Frame) -> list[str]:
     carried = [n for n in assigned_names(stmt.body) if n in frame.env]
     for name in carried:
         value = frame.env[name]
@@ -84,7 +86,7 @@ def _free(stmt: ast.Repeat, frame: Frame, carried: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------- the region
 
 
-def _region_frame(builder, frame: Frame, inputs: dict[str, TensorType], span) -> Frame:
+def _region_frame(nodes: NodeWriter, frame: Frame, inputs: dict[str, TensorType], span) -> Frame:
     """A frame for the body over a fresh graph: outer tensors are replaced by region inputs
     (or dropped when the body does not read them); every other binding stays visible."""
     inner = Frame(frame.scope, "", env={}, axes=frame.axes, is_model=False)
@@ -92,33 +94,26 @@ def _region_frame(builder, frame: Frame, inputs: dict[str, TensorType], span) ->
         if not isinstance(value, Tensor):
             inner.env[name] = value
     for name, ttype in inputs.items():
-        builder.namer.claim(name)
-        node = builder.graph.add("input", name, attrs={"name": name}, outputs=[ttype], span=span)
-        inner.env[name] = Tensor(node.ref(), ttype, span, name)
+        nodes.namer.claim(name)
+        inner.env[name] = nodes.add_input(name, ttype, span)
     return inner
 
 
-def build_body(builder, stmt: ast.Repeat, frame: Frame, carried: list[str],
+def build_body(nodes: NodeWriter, core: Core, stmt: ast.Repeat, frame: Frame, carried: list[str],
                free: list[str], label: str) -> Graph:
     """Elaborate the body once as its own graph; its outputs are the carried variables."""
     inputs = {n: frame.env[n].type for n in [*carried, *free]}
-    saved = builder.graph, builder.namer
-    builder.graph, builder.namer = Graph(label), Namer()
-    try:
-        inner = _region_frame(builder, frame, inputs, stmt.span)
-        reported = len(builder.sink.diagnostics)
-        builder.run_body(stmt.body, inner)
-        if len(builder.sink.diagnostics) > reported:
+    with nodes.region(label) as graph:
+        inner = _region_frame(nodes, frame, inputs, stmt.span)
+        if not core.run_body(stmt.body, inner):
             raise Skip()
         for name in carried:
-            _check_carried(builder, stmt, name, frame.env[name], inner.env.get(name))
-            builder.graph.outputs[name] = inner.env[name].ref
-        return builder.graph
-    finally:
-        builder.graph, builder.namer = saved
+            _check_carried(stmt, name, frame.env[name], inner.env.get(name))
+            graph.outputs[name] = inner.env[name].ref
+        return graph
 
 
-def _check_carried(builder, stmt, name: str, before: Tensor, after) -> None:
+def _check_carried(stmt, name: str, before: Tensor, after) -> None:
     if not isinstance(after, Tensor):
         raise NexusError.at(stmt.span, f"`{name}` is carried from step to step, but the body "
                             f"makes it {describe(after)}")
@@ -137,21 +132,22 @@ def _same_type(a: TensorType, b: TensorType) -> bool:
 # ---------------------------------------------------------------------------- the recur node
 
 
-def build_recurrence(builder, stmt: ast.Repeat, frame: Frame, count: int) -> None:
+def build_recurrence(nodes: NodeWriter, core: Core, stmt: ast.Repeat, frame: Frame,
+                     count: int) -> None:
     """Elaborate `repeat count shared reversible { ... }` into one `recur` node."""
     if not stmt.shared:
         raise NexusError.at(stmt.span, "reversible recursion applies the same parameters at "
                             "every step: write `repeat N shared reversible { ... }`")
-    carried = _carried(builder, stmt, frame)
+    carried = _carried(stmt, frame)
     free = _free(stmt, frame, carried)
     if len(carried) > 1 or free:
         names = ", ".join(f"`{n}`" for n in carried + free)
         raise NexusError.at(stmt.span, f"a reversible repeat carries one tensor and reads no "
                             f"other, but its body uses {names} (drop `reversible` to repeat it "
                             "with stored activations)")
-    name = builder.namer.fresh(frame, "blocks")
+    name = nodes.namer.fresh(frame, "blocks")
     try:
-        region = build_body(builder, stmt, frame, carried, free, name)
+        region = build_body(nodes, core, stmt, frame, carried, free, name)
         check_reversible(region)
     except NodeError as err:
         _poison(frame, carried)
@@ -162,7 +158,7 @@ def build_recurrence(builder, stmt: ast.Repeat, frame: Frame, count: int) -> Non
         raise
     attrs = {"count": count, "carried": len(carried), "reversible": True,
              "checkpoint_every": CHECKPOINT_EVERY}
-    _add_recur(builder, stmt, frame, name, region, attrs, carried)
+    _add_recur(nodes, stmt, frame, name, region, attrs, carried)
 
 
 def _poison(frame: Frame, names: list[str]) -> None:
@@ -170,15 +166,15 @@ def _poison(frame: Frame, names: list[str]) -> None:
         frame.env[n] = POISON
 
 
-def _add_recur(builder, stmt, frame: Frame, name: str, region: Graph, attrs: dict,
+def _add_recur(nodes: NodeWriter, stmt, frame: Frame, name: str, region: Graph, attrs: dict,
                carried: list[str]) -> None:
     op = REGISTRY["recur"]
     inputs = [frame.env[n] for n in carried]
     validated = op.Attrs(**attrs)
     outputs = op.infer(InferContext(regions=[region]), [t.type for t in inputs], validated)
     # Inside an outer `repeat N shared`, later iterations run the first one's body.
-    node = builder.graph.add("recur", name, attrs=validated.model_dump(mode="json"),
-                             inputs=[t.ref for t in inputs], outputs=outputs, span=stmt.span,
-                             regions=[region], shares=builder.namer.owner_of(name))
+    node = nodes.graph.add("recur", name, attrs=validated.model_dump(mode="json"),
+                           inputs=[t.ref for t in inputs], outputs=outputs, span=stmt.span,
+                           regions=[region], shares=nodes.namer.owner_of(name))
     for i, var in enumerate(carried):
         frame.env[var] = Tensor(node.ref(i), outputs[i], stmt.span, name)

@@ -1,17 +1,18 @@
 """Blocks no model reaches are never elaborated, so their mistakes would go unseen until the
 first call. This pass reads them as written and reports what needs no shapes to know: a
-call of a name that is defined nowhere, and a keyword a builtin op does not take. Shape
-mistakes in such a block still wait for a call (its axes have no sizes until then)."""
+call of a name that is defined nowhere (an internal op included), and a keyword a builtin op
+does not take. Shape mistakes in such a block still wait for a call (its axes have no sizes
+until then)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from nexusdsl.elaborate.calls import name_suggestion, no_such_argument
 from nexusdsl.elaborate.modules import FileScope, lookup_global
+from nexusdsl.elaborate.names import name_suggestion, public_op
+from nexusdsl.elaborate.op_calls import no_such_argument
 from nexusdsl.lang import ast
 from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError
-from nexusdsl.ops import REGISTRY
 
 
 def check_uncalled_blocks(scope: FileScope, builtins, sink: DiagnosticSink) -> None:
@@ -46,8 +47,8 @@ def _block_mistakes(scope: FileScope, builtins, block: ast.Block) -> Iterator[Ne
         if found is None:
             yield NexusError.at(call.span, f"unknown function `{name}`"
                                 + name_suggestion(name, [*local, *scope.defs]))
-        elif found[0] == "builtin" and name in REGISTRY:
-            yield from _unknown_keywords(REGISTRY[name], call)
+        elif found[0] == "builtin" and public_op(name) is not None:
+            yield from _unknown_keywords(public_op(name), call)
 
 
 def _unknown_keywords(op, call: ast.Call) -> Iterator[NexusError]:

@@ -13,9 +13,12 @@ from pathlib import Path
 
 from lark.exceptions import LarkError
 
-from nexusdsl.elaborate.instantiate import Builder
+from nexusdsl.elaborate.elaborator import Elaborator
 from nexusdsl.elaborate.modules import FileScope, Loader, lookup_global
+from nexusdsl.elaborate.names import BUILTINS, public_op
+from nexusdsl.elaborate.observer import Observer
 from nexusdsl.elaborate.program import loads
+from nexusdsl.elaborate.statements import bound_names
 from nexusdsl.elaborate.values import Tensor
 from nexusdsl.ir.graph import Node
 from nexusdsl.ir.printer import format_type
@@ -59,42 +62,27 @@ def _contains(key: SpanKey, line: int, col: int) -> bool:
     return (key[0], key[1]) <= (line, col) < (key[2], key[3])
 
 
-class _Recorder(Builder):
-    """The elaborator, noting the value of every expression of one file as it goes."""
+class _Recorder(Observer):
+    """Watches the elaborator, noting the value of every expression of one file as it goes."""
 
-    def __init__(self, scope: FileScope, sink: DiagnosticSink, sources, file: str, names):
-        super().__init__(scope, sink, sources)
+    def __init__(self, file: str, names):
         self.file = file
         self.names = names  # (line, name) -> the NAME token, for statement targets
         self.values: dict[SpanKey, list[Instance]] = {}
-        self._made: dict[SpanKey, list[Node]] = {}
+        self._made: dict[SpanKey, list[Node]] = {}  # by the call proper, not its arguments
 
-    def _nodes_since(self, graph, first: int) -> list[Node]:
-        made = []
-        for node_id in range(first, graph.fresh_id()):
-            try:
-                made.append(graph.node(node_id))
-            except KeyError:
-                continue
-        return made
-
-    def apply(self, func, args, kwargs, span, alias, frame):
-        graph, first = self.graph, self.graph.fresh_id()
-        value = super().apply(func, args, kwargs, span, alias, frame)
+    def on_call(self, span: Span, made: list[Node]) -> None:
         if span.file == self.file:
-            self._made[_key(span)] = self._nodes_since(graph, first)
-        return value
+            self._made[_key(span)] = made
 
-    def eval(self, expr, frame):
-        graph, first = self.graph, self.graph.fresh_id()
-        value = super().eval(expr, frame)
-        if expr.span.file == self.file:
-            key = _key(expr.span)
-            made = self._made.pop(key, None)
-            if made is None and not isinstance(expr, ast.Name):
-                made = self._nodes_since(graph, first)
-            self._note(key, value, made or [])
-        return value
+    def on_value(self, expr: ast.Expr, value, made: list[Node]) -> None:
+        if expr.span.file != self.file:
+            return
+        key = _key(expr.span)
+        own = self._made.pop(key, None)  # a call: its own nodes, not those of its arguments
+        if own is None and not isinstance(expr, ast.Name):
+            own = made
+        self._note(key, value, own or [])
 
     def _note(self, key: SpanKey, value, made: list[Node]) -> None:
         tensor = value[0] if isinstance(value, tuple) and value else value
@@ -102,13 +90,12 @@ class _Recorder(Builder):
             params = sum(own_params(n) for n in made)
             self.values.setdefault(key, []).append(Instance(tensor.type, tensor.node_name, params))
 
-    def run(self, stmt, frame):
-        super().run(stmt, frame)
+    def on_statement(self, stmt: ast.Stmt, env) -> None:
         if stmt.span.file != self.file:
             return
-        for name in getattr(stmt, "targets", None) or (getattr(stmt, "name", None),):
+        for name in bound_names(stmt):
             tok = self.names.get((stmt.span.line, name))
-            value = frame.env.get(name)
+            value = env.get(name)
             if isinstance(stmt, ast.Output) and stmt.value is not None:
                 found = self.values.get(_key(stmt.value.span))
                 if tok is not None and found:
@@ -150,9 +137,10 @@ def analyze(text: str, file: str) -> Analysis:
         return result  # a syntax error: nothing to elaborate
     names = _name_tokens(text)
     for model in result.scope.models:
-        recorder = _Recorder(result.scope, DiagnosticSink(), loader.sources, file, names)
+        recorder = _Recorder(file, names)
+        elaborator = Elaborator(result.scope, DiagnosticSink(), loader.sources, observer=recorder)
         try:
-            recorder.build_model(model, {})
+            elaborator.build_model(model, {})
         except NexusError:
             pass  # reported through `error`; what was built before the mistake is kept
         for k, found in recorder.values.items():
@@ -221,7 +209,7 @@ def _signature(result: Analysis, tok: Tok, before: list[Tok]) -> str | None:
             header = _source(scope.program.source, _key(item.span)).split("{")[0].strip()
             return f"```nx\n{header}\n```"
         return None
-    if tok.text in REGISTRY and target == "builtin":
+    if target == "builtin" and public_op(tok.text) is not None:
         return op_signature(tok.text)
     return None
 
@@ -247,7 +235,7 @@ def _resolve(result: Analysis, tok: Tok, before: list[Tok]):
         item = namespace.defs.get(tok.text) if namespace else None
         return (namespace, item) if item else None
     try:
-        found = lookup_global(scope, tok.text, Span(result.file, tok.line, tok.col), REGISTRY)
+        found = lookup_global(scope, tok.text, Span(result.file, tok.line, tok.col), BUILTINS)
     except NexusError:
         return None
     if found is None:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexusdsl.elaborate.modules import OPTION_FUNCTIONS
+from nexusdsl.elaborate.names import public_op, public_op_names
 from nexusdsl.lang import ast
-from nexusdsl.ops import REGISTRY
 from nexusdsl.tools.analysis import Analysis, field_detail, safe_tokens
 from nexusdsl.tools.tokens import KEYWORDS, Tok
 
@@ -24,14 +24,15 @@ class Completion:
 
 def completions(result: Analysis, text: str, line: int, col: int) -> list[Completion]:
     """What may be typed at the cursor: the keyword arguments of the call it is in (an op's
-    attributes or a block's hyperparameters), then op names, definitions, modules, keywords."""
+    attributes or a block's hyperparameters), then the names of the ops a file may call,
+    definitions, modules, keywords."""
     offset = _offset(text, line, col)
     tokens = [t for t in safe_tokens(text[:offset]) if t.kind not in ("WS", "NL", "COMMENT")]
     if tokens and tokens[-1].kind in ("NAME", "KEYWORD") and tokens[-1].end_col == col \
             and tokens[-1].line == line:
         tokens = tokens[:-1]  # the word being typed
     items = _keyword_arguments(result, tokens)
-    items += [Completion(name, "op", _first_line(op)) for name, op in sorted(REGISTRY.items())]
+    items += [Completion(name, "op", _first_line(public_op(name))) for name in public_op_names()]
     items += _definitions(result)
     items += [Completion(k, "keyword") for k in sorted(KEYWORDS)]
     items += [Completion(k, "option") for k in sorted(OPTION_FUNCTIONS)]
@@ -82,8 +83,8 @@ def _keyword_arguments(result: Analysis, tokens: list[Tok]) -> list[Completion]:
     if callee is None:
         return []
     name = callee[-1]
-    if len(callee) == 1 and name in REGISTRY and not _defined_here(result, name):
-        op = REGISTRY[name]
+    op = public_op(name) if len(callee) == 1 else None
+    if op is not None and not _defined_here(result, name):
         return [Completion(k, "keyword-argument", field_detail(k, f), f"{k} = ")
                 for k, f in op.Attrs.model_fields.items()]
     block = _block_named(result, callee)

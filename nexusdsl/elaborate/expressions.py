@@ -1,0 +1,136 @@
+"""Expression evaluation: numbers, strings, lists, names, module attributes, arithmetic, calls,
+pipes, `N of template` and `route`. Each AST class has one rule in `Expressions.rules`;
+adding an expression kind is one method and one entry there."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nexusdsl.elaborate.core import Core, int_of
+from nexusdsl.elaborate.evaluate import arithmetic, negate
+from nexusdsl.elaborate.frame import Frame
+from nexusdsl.elaborate.names import Names
+from nexusdsl.elaborate.nodes import NodeWriter
+from nexusdsl.elaborate.observer import Observer
+from nexusdsl.elaborate.op_calls import OpCalls
+from nexusdsl.elaborate.routes import Routes
+from nexusdsl.elaborate.values import (
+    Arg,
+    ExpertSet,
+    Namespace,
+    Partial,
+    Poison,
+    Skip,
+    Symbol,
+    Tensor,
+    describe,
+)
+from nexusdsl.lang import ast
+from nexusdsl.lang.diagnostics import NexusError
+
+MAX_EXPERTS = 4096
+
+
+class Expressions:
+    def __init__(self, core: Core, names: Names, ops: OpCalls, routes: Routes, nodes: NodeWriter,
+                 observer: Observer | None):
+        self.core = core
+        self.names = names
+        self.ops = ops
+        self.routes = routes
+        self.nodes = nodes
+        self.observer = observer
+        self.rules: dict[type, Callable[[Any, Frame], Any]] = {
+            ast.Int: self._literal,
+            ast.Float: self._literal,
+            ast.Str: self._literal,
+            ast.Bool: self._literal,
+            ast.ListExpr: self._list,
+            ast.TupleExpr: self._tuple,
+            ast.Name: self._name,
+            ast.Attribute: self._attribute,
+            ast.UnaryOp: self._unary,
+            ast.BinOp: self._binary,
+            ast.Of: self._of,
+            ast.Pipe: self._pipe,
+            ast.Call: self._call,
+            ast.Route: self.routes.route,
+        }
+
+    def eval(self, expr: ast.Expr, frame: Frame) -> Any:
+        if self.observer is None:
+            return self._value(expr, frame)
+        mark = self.nodes.mark()
+        value = self._value(expr, frame)
+        self.observer.on_value(expr, value, self.nodes.made_since(mark))
+        return value
+
+    def _value(self, expr: ast.Expr, frame: Frame) -> Any:
+        rule = self.rules.get(type(expr))
+        if rule is None:
+            raise TypeError(f"no evaluation rule for {type(expr).__name__}")
+        value = rule(expr, frame)
+        if isinstance(value, Poison):
+            raise Skip()
+        return value
+
+    # ------------------------------------------------------------------ rules
+    @staticmethod
+    def _literal(e: ast.Int | ast.Float | ast.Str | ast.Bool, frame: Frame):
+        return e.value
+
+    def _list(self, e: ast.ListExpr, frame: Frame):
+        return [self.eval(i, frame) for i in e.items]
+
+    def _tuple(self, e: ast.TupleExpr, frame: Frame):
+        return tuple(self.eval(i, frame) for i in e.items)
+
+    def _name(self, e: ast.Name, frame: Frame):
+        return self.names.lookup(e.id, e.span, frame)
+
+    def _attribute(self, e: ast.Attribute, frame: Frame):
+        base = self.names.module_named(e.value, frame) or self.eval(e.value, frame)
+        if isinstance(base, Symbol):
+            raise NexusError.at(e.value.span, f"unknown name `{base.name}`; a module is used after "
+                                f"`import std.{base.name}` or `import \"file.nx\" as {base.name}`")
+        if not isinstance(base, Namespace):
+            raise NexusError.at(e.span, f"{describe(base)} has no attributes")
+        if e.attr not in base.scope.defs:
+            raise NexusError.at(e.span, f"module {base.name} has no `{e.attr}`")
+        return self.names.definition_value(base.scope, base.scope.defs[e.attr], e.span)
+
+    def _unary(self, e: ast.UnaryOp, frame: Frame):
+        value = self.eval(e.operand, frame)
+        if e.op == "+":
+            return value
+        if isinstance(value, Tensor):
+            return self.ops.arithmetic("*", value, -1.0, e, frame)
+        return negate(value, e.span)
+
+    def _binary(self, e: ast.BinOp, frame: Frame):
+        left, right = self.eval(e.left, frame), self.eval(e.right, frame)
+        if isinstance(left, Tensor) or isinstance(right, Tensor):
+            return self.ops.arithmetic(e.op, left, right, e, frame)
+        return arithmetic(e.op, left, right, e.span)
+
+    def _of(self, e: ast.Of, frame: Frame):
+        count = int_of(self.core, e.count, frame, "an expert count")
+        if not 1 <= count <= MAX_EXPERTS:
+            raise NexusError.at(e.count.span, f"an expert count must be between 1 and {MAX_EXPERTS}, "
+                                f"got {count}")
+        template = self.eval(e.template, frame)
+        if not isinstance(template, Partial):
+            raise NexusError.at(e.template.span, f"`of` needs a block or op to copy, got {describe(template)}")
+        return ExpertSet([template] * count, e.span)
+
+    def _pipe(self, e: ast.Pipe, frame: Frame):
+        value = self.eval(e.value, frame)
+        func = self.eval(e.func, frame)
+        return self.core.apply(func, [Arg(value, e.value, e.value.span)], [], e.span, None, frame)
+
+    def _call(self, e: ast.Call, frame: Frame):
+        func = self.eval(e.func, frame)
+        args = [Arg(self.eval(a, frame), a, a.span) for a in e.args]
+        kwargs = [(k.name, Arg(self.eval(k.value, frame), k.value, k.span)) for k in e.kwargs]
+        return self.core.apply(func, args, kwargs, e.span, e.alias, frame)
