@@ -15,7 +15,9 @@ from nexusdsl.compiler.lower.fx import lower
 from nexusdsl.compiler.lower.program import compile_program
 from nexusdsl.elaborate.program import Program, load
 from nexusdsl.elaborate.train_config import (
+    CALLS,
     NO_SPAN,
+    SETTINGS,
     Call,
     TrainConfig,
     build_config,
@@ -93,28 +95,39 @@ def configure(program: Program, model: str | None, overrides: dict[str, Any]) ->
 
 
 MAX_SEED = 2**32 - 1  # numpy's range; step seeds are seed * 1,000,003 + step, within 64 bits
+MAX_LR = 1e3  # beyond, a typo (1e308 for 1e-3): the optimizer's own arithmetic overflows
+MAX_FLOAT32 = 3.4e38  # weights are float32: a setting beyond cannot be applied to them
+MAX_THREADS = 1024  # torch starts that many threads; more is a typo
 
 
 def check_values(config: TrainConfig, sources: dict[str, str] | None = None) -> None:
     """Settings the train section's checks let through but no run can use: a seed the random
     generators cannot take (`--seed 99999999999999999999`), a number that is not finite
-    (`--lr inf`). Located in the file, or one line for a flag."""
+    (`--lr inf`) or beyond float32, a learning rate above MAX_LR (`--lr 1e308`). Located in
+    the file, or one line for a flag."""
     problems = []
     if not 0 <= config.seed <= MAX_SEED:
         problems.append(NexusError.at(config.span("seed"), f"seed must be a whole number from "
                                       f"0 to {MAX_SEED}, got {config.seed}"))
-    for name in ("clip", "time"):
-        if not math.isfinite(getattr(config, name)):
-            problems.append(NexusError.at(config.span(name), f"{name} must be a finite number, "
-                                          f"got {getattr(config, name)}"))
-    for name in ("data", "objective", "optimizer", "schedule"):
+    for name in sorted(SETTINGS - set(CALLS) - {"freeze", "seed"}):  # the numeric ones
+        problems += _number_problems(name, getattr(config, name), config.span(name), "")
+    for name in CALLS:
         call = getattr(config, name)
         for key, value in call.kwargs.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                problems.append(NexusError.at(config.span(name), f"{key} must be a finite "
-                                              f"number, got {value} (in {name} {call.fn})"))
+            problems += _number_problems(key, value, config.span(name), f" (in {name} {call.fn})")
     if problems:
         raise NexusError([d for p in problems for d in p.diagnostics], sources)
+
+
+def _number_problems(key: str, value: Any, span, where: str) -> list[NexusError]:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return []
+    if not math.isfinite(value):
+        return [NexusError.at(span, f"{key} must be a finite number, got {value}{where}")]
+    limit = {"lr": MAX_LR, "threads": MAX_THREADS}.get(key, MAX_FLOAT32)
+    if abs(value) > limit:
+        return [NexusError.at(span, f"{key} must be at most {limit:g}, got {value:.4g}{where}")]
+    return []
 
 
 def build(program: Program, model: str | None, config: TrainConfig, d: Dist,
