@@ -36,6 +36,9 @@ def parse_sets(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
 
 
 def parse_literal(raw: str) -> Any:
+    """`256`, `3e-4`, `true`, a word, or a list of those: `[4096, 0, 4096]`."""
+    if raw.startswith("[") or raw.endswith("]"):
+        return [parse_literal(item) for item in _list_items(raw)]
     if raw in ("true", "false"):
         return raw == "true"
     for cast in (int, float):
@@ -44,6 +47,27 @@ def parse_literal(raw: str) -> Any:
         except ValueError:
             pass
     return raw
+
+
+def _list_items(raw: str) -> list[str]:
+    """The items of `[a, b, [c, d]]` as written (split at the commas outside inner brackets)."""
+    if not (raw.startswith("[") and raw.endswith("]")):
+        fail(f"error: {raw!r} is not a list: a list is written [a, b, ...]")
+    items, depth, start = [], 0, 1
+    for at, char in enumerate(raw[1:-1], start=1):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            fail(f"error: {raw!r}: a `]` closes no `[`")
+        if char == "," and depth == 0:
+            items.append(raw[start:at].strip())
+            start = at + 1
+    if depth:
+        fail(f"error: {raw!r}: a `[` is never closed")
+    last = raw[start:-1].strip()
+    items += [last] if last else []  # `[]` is empty; `[1, 2,]` ends with a comma
+    if any(not item for item in items):
+        fail(f"error: the list {raw!r} has an empty item")
+    return items
 
 
 def check_seed(seed: int, flag: str = "--seed") -> None:

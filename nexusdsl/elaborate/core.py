@@ -1,9 +1,9 @@
-"""The three ways elaboration recurses, as the parts of the elaborator see each other.
+"""The ways elaboration recurses, as the parts of the elaborator see each other.
 
 An expression may call a block, whose body is statements, whose statements hold expressions:
-evaluation, application and execution call one another. Each part receives this narrow
-interface (implemented by `elaborator.Elaborator`, which wires the parts) instead of the
-other parts themselves.
+evaluation, application and execution call one another, and an `if` statement asks for its
+condition to be decided. Each part receives this narrow interface (implemented by
+`elaborator.Elaborator`, which wires the parts) instead of the other parts themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class Core(Protocol):
 
     def run_body(self, body: tuple[ast.Stmt, ...], frame: Frame) -> bool:
         """Run statements, reporting each failing one; False when any reported a mistake."""
+
+    def decide(self, expr: ast.Expr, frame: Frame) -> bool:
+        """The condition of an `if`: true or false while elaborating (a tensor is an error)."""
 
 
 def int_of(core: Core, expr: ast.Expr, frame: Frame, what: str) -> int:

@@ -26,7 +26,7 @@ from nexusdsl.elaborate.experts import Experts
 from nexusdsl.elaborate.expressions import Expressions
 from nexusdsl.elaborate.frame import Frame
 from nexusdsl.elaborate.modules import FileScope
-from nexusdsl.elaborate.names import Names
+from nexusdsl.elaborate.names import BUILTINS, Names
 from nexusdsl.elaborate.nodes import NodeWriter
 from nexusdsl.elaborate.observer import Observer
 from nexusdsl.elaborate.op_calls import OpCalls
@@ -43,6 +43,7 @@ class Elaborator:
     def __init__(self, scope: FileScope, sink: DiagnosticSink, sources: dict[str, str],
                  observer: Observer | None = None):
         self.root = scope
+        self.sink = sink
         self.nodes = NodeWriter(sources)
         self.names = Names(self.eval)
         stack = CallStack()
@@ -64,6 +65,9 @@ class Elaborator:
     def run_body(self, body, frame: Frame) -> bool:
         return self.statements.run_body(body, frame)
 
+    def decide(self, expr: ast.Expr, frame: Frame) -> bool:
+        return self.expressions.condition(expr, frame)
+
     # ------------------------------------------------------------------ models
     def build_model(self, model: ast.Model, overrides: dict[str, Any]) -> Graph:
         graph = self.nodes.start(model.name)
@@ -72,6 +76,8 @@ class Elaborator:
         self._bind_model_hypers(model, frame, overrides)
         graph.hyper = {k: v for k, v in frame.env.items() if is_number(v) or isinstance(v, str)}
         clean = self.run_body(model.body, frame)
+        for error in self.statements.untaken.mistakes(BUILTINS):  # `if` branches never taken
+            self.sink.add(error)
         if not graph.outputs and clean:
             raise NexusError.at(model.span, f"model {model.name} has no `output`")
         return graph

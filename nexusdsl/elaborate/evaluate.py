@@ -1,12 +1,14 @@
 """Hyperparameter arithmetic: `+ - * / // % **` on numbers, with the guards a compiler needs
-(no division by zero, no astronomically large results from a typo like `2 ** 1000000`)."""
+(no division by zero, no astronomically large results from a typo like `2 ** 1000000`);
+comparisons, truth values and list items, decided while elaborating (docs/language.md,
+"Per-layer variation")."""
 
 from __future__ import annotations
 
 import math
 import operator
 
-from nexusdsl.elaborate.values import SymbolicAxis, describe
+from nexusdsl.elaborate.values import Symbol, SymbolicAxis, describe
 from nexusdsl.lang.diagnostics import NexusError, Span
 
 MAX_MAGNITUDE = 10**15  # beyond any sensible size or count; keeps typos from hanging the compiler
@@ -63,6 +65,76 @@ def _checked(result, span: Span):
     if abs(result) > MAX_MAGNITUDE:
         raise NexusError.at(span, f"the result {result:g} is too large")
     return result
+
+
+_COMPARE = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _kind(value) -> str:
+    """What `==` may compare a value with: numbers with numbers, words (an option value such
+    as `global`, or a string from --set) with words, booleans and lists with their own kind."""
+    if isinstance(value, bool):
+        return "bool"
+    if is_number(value):
+        return "number"
+    if isinstance(value, (str, Symbol)):
+        return "word"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    return type(value).__name__
+
+
+def _plain(value):
+    """A value as `==` sees it: a word by its text, lists item by item."""
+    if isinstance(value, Symbol):
+        return value.name
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def compare(op: str, left, right, span: Span) -> bool:
+    """`left op right` on hyperparameters: `==`/`!=` between values of one kind, the ordering
+    operators between numbers. (Tensors and names that mean nothing are refused by the caller,
+    which can point at them.)"""
+    for side in (left, right):
+        if isinstance(side, SymbolicAxis):
+            raise NexusError.at(span, f"axis {side.name} has no fixed size, so `{op}` cannot compare it")
+    if op in ("==", "!="):
+        if _kind(left) != _kind(right) or _kind(left) not in ("bool", "number", "word", "list"):
+            raise NexusError.at(span, f"`{op}` compares two values of one kind (numbers, "
+                                f"true/false, names, lists), got {describe(left)} and {describe(right)}")
+    elif not (is_number(left) and is_number(right)):
+        raise NexusError.at(span, f"`{op}` orders numbers, got {describe(left)} and {describe(right)}")
+    return _COMPARE[op](_plain(left), _plain(right))
+
+
+def truth(value, span: Span, what: str) -> bool:
+    """A value that decides something while elaborating (`what`: "the condition of `if`", "`and`"):
+    true or false, or a number (true when it is not 0)."""
+    if isinstance(value, bool):
+        return value
+    if is_number(value):
+        return value != 0
+    raise NexusError.at(span, f"{what} must be true or false (or a number), got {describe(value)}")
+
+
+def item(items: list | tuple, index, name: str, span: Span):
+    """`items[index]`, negative from the end as in Python; `name` is the list as written."""
+    index = as_int(index, span, "a list index")
+    if not -len(items) <= index < len(items):
+        valid = (f"0 to {len(items) - 1}, or -{len(items)} to -1 from the end" if items
+                 else "it has none")
+        raise NexusError.at(span, f"index {index} is outside `{name}`, a list of length "
+                            f"{len(items)} (its indexes: {valid})")
+    return items[index]
 
 
 def negate(value, span: Span):

@@ -1,6 +1,7 @@
-"""Expression evaluation: numbers, strings, lists, names, module attributes, arithmetic, calls,
-pipes, `N of template` and `route`. Each AST class has one rule in `Expressions.rules`;
-adding an expression kind is one method and one entry there."""
+"""Expression evaluation: numbers, strings, lists and their items, names, module attributes,
+arithmetic, comparisons and `and`/`or`/`not`, calls, pipes, `N of template` and `route`. Each
+AST class has one rule in `Expressions.rules`; adding an expression kind is one method and one
+entry there."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from nexusdsl.elaborate.core import Core, int_of
-from nexusdsl.elaborate.evaluate import arithmetic, negate
+from nexusdsl.elaborate.evaluate import arithmetic, compare, item, negate, truth
 from nexusdsl.elaborate.frame import Frame
-from nexusdsl.elaborate.names import Names
+from nexusdsl.elaborate.names import Names, suggest
 from nexusdsl.elaborate.nodes import NodeWriter
 from nexusdsl.elaborate.observer import Observer
 from nexusdsl.elaborate.op_calls import OpCalls
@@ -27,7 +28,7 @@ from nexusdsl.elaborate.values import (
     describe,
 )
 from nexusdsl.lang import ast
-from nexusdsl.lang.diagnostics import NexusError
+from nexusdsl.lang.diagnostics import NexusError, Note, Span
 
 MAX_EXPERTS = 4096
 
@@ -52,6 +53,9 @@ class Expressions:
             ast.Attribute: self._attribute,
             ast.UnaryOp: self._unary,
             ast.BinOp: self._binary,
+            ast.Compare: self._compare,
+            ast.BoolOp: self._bool,
+            ast.Index: self._index,
             ast.Of: self._of,
             ast.Pipe: self._pipe,
             ast.Call: self._call,
@@ -102,6 +106,8 @@ class Expressions:
 
     def _unary(self, e: ast.UnaryOp, frame: Frame):
         value = self.eval(e.operand, frame)
+        if e.op == "not":
+            return not self._decided(value, e.operand, "not", frame)
         if e.op == "+":
             return value
         if isinstance(value, Tensor):
@@ -113,6 +119,70 @@ class Expressions:
         if isinstance(left, Tensor) or isinstance(right, Tensor):
             return self.ops.arithmetic(e.op, left, right, e, frame)
         return arithmetic(e.op, left, right, e.span)
+
+    # ------------------------------------------------------------------ decided while compiling
+    def _compare(self, e: ast.Compare, frame: Frame) -> bool:
+        """`a < b <= c` is `a < b and b <= c`, each operand evaluated once, as in Python."""
+        left = self._known(e.operands[0], e.ops[0], frame)
+        for op, right_expr, at in zip(e.ops, e.operands[1:], e.op_spans or (None,) * len(e.ops)):
+            right = self._known(right_expr, op, frame)
+            for side, other in ((left, right), (right, left)):  # a word compares with words only
+                if op not in ("==", "!=") or not isinstance(other, (str, Symbol)):
+                    self._not_a_symbol(side, frame)
+            if not compare(op, left, right, at or e.span):
+                return False
+            left = right
+        return True
+
+    def _bool(self, e: ast.BoolOp, frame: Frame) -> bool:
+        """The right operand is evaluated only when the left does not decide (as in Python), so
+        `i < len(xs) and xs[i] > 0` never reads past the end."""
+        left = self._decided(self.eval(e.left, frame), e.left, e.op, frame)
+        if left == (e.op == "or"):
+            return left
+        return self._decided(self.eval(e.right, frame), e.right, e.op, frame)
+
+    def _index(self, e: ast.Index, frame: Frame):
+        items = self.eval(e.value, frame)
+        written = self.nodes.source_text(e.value.span)
+        self._not_a_tensor(items, e.value, "`[ ]` picks an item of a list while compiling")
+        self._not_a_symbol(items, frame)
+        if not isinstance(items, (list, tuple)):
+            raise NexusError.at(e.value.span, f"`{written}` is {describe(items)}, not a list: `[ ]` "
+                                "picks an item of a list")
+        return item(items, self.eval(e.index, frame), written, e.index.span)
+
+    def _known(self, expr: ast.Expr, op: str, frame: Frame):
+        """An operand of a comparison: a value known while compiling."""
+        value = self.eval(expr, frame)
+        self._not_a_tensor(value, expr, f"`{op}` compares values known while compiling")
+        return value
+
+    def _decided(self, value, expr: ast.Expr, op: str, frame: Frame) -> bool:
+        """An operand of `and`, `or`, `not`: true or false while compiling."""
+        self._not_a_tensor(value, expr, f"`{op}` is decided while compiling")
+        self._not_a_symbol(value, frame)
+        return truth(value, expr.span, f"an operand of `{op}`")
+
+    def condition(self, expr: ast.Expr, frame: Frame) -> bool:
+        """The condition of an `if` statement, decided while compiling."""
+        value = self.eval(expr, frame)
+        self._not_a_tensor(value, expr, "the condition of `if` is decided while compiling")
+        self._not_a_symbol(value, frame)
+        return truth(value, expr.span, "the condition of `if`")
+
+    def _not_a_tensor(self, value, expr: ast.Expr, what: str) -> None:
+        if isinstance(value, Tensor):
+            raise NexusError.at(expr.span, f"{what}; `{self.nodes.source_text(expr.span)}` is a "
+                                f"tensor ({value.type}), whose values are only known when the "
+                                "model runs", *_made_at(value, expr.span))
+
+    @staticmethod
+    def _not_a_symbol(value, frame: Frame) -> None:
+        """A bare name that means nothing, where a number, true/false or a list is needed, is a
+        typo (`if i == dpeth`), not an option value."""
+        if isinstance(value, Symbol):
+            raise NexusError.at(value.span, f"unknown name `{value.name}`" + suggest(value.name, frame))
 
     def _of(self, e: ast.Of, frame: Frame):
         count = int_of(self.core, e.count, frame, "an expert count")
@@ -134,3 +204,7 @@ class Expressions:
         args = [Arg(self.eval(a, frame), a, a.span) for a in e.args]
         kwargs = [(k.name, Arg(self.eval(k.value, frame), k.value, k.span)) for k in e.kwargs]
         return self.core.apply(func, args, kwargs, e.span, e.alias, frame)
+
+
+def _made_at(value: Tensor, span: Span) -> tuple[Note, ...]:
+    return (Note(f"{value.node_name} was made", value.span),) if value.span != span else ()

@@ -2,7 +2,7 @@
 import, a builtin, or nothing (an option value such as `axial`); and what an unknown name may
 have meant.
 
-Builtins are the public ops and the configuration functions. Internal ops (`Op.public` false:
+Builtins are the public ops, the configuration functions and `len`. Internal ops (`Op.public` false:
 `add` for `+`, the fused forms passes make, `recur`) are no names of the language: a file that
 writes one gets "unknown name", and suggestions never offer one. The elaborator still makes
 them itself, through the op registry.
@@ -27,6 +27,7 @@ from nexusdsl.elaborate.values import (
     Skip,
     Symbol,
     Tensor,
+    describe,
 )
 from nexusdsl.lang import ast
 from nexusdsl.lang.diagnostics import NexusError, Span
@@ -47,10 +48,11 @@ def public_op_names() -> list[str]:
 
 
 class Builtins:
-    """Public op names and configuration functions (the op registry is read when first needed)."""
+    """Public op names, configuration functions and functions of hyperparameters (the op
+    registry is read when first needed)."""
 
     def __contains__(self, name: str) -> bool:
-        return public_op(name) is not None or name in OPTION_FUNCTIONS
+        return public_op(name) is not None or name in OPTION_FUNCTIONS or name in HYPER_FUNCTIONS
 
 
 BUILTINS = Builtins()
@@ -67,6 +69,26 @@ class OptionFunction:
             if isinstance(a.value, Tensor):
                 raise NexusError.at(a.span, f"`{self.name}(...)` takes settings, not tensors")
         return OptionCall(self.name, tuple(a.value for a in args), {k: v.value for k, v in kwargs}, span)
+
+
+class Length:
+    """`len(xs)`: the number of items of a list, while elaborating."""
+
+    name = "len"
+
+    def __call__(self, args: list[Arg], kwargs, span: Span) -> int:
+        if len(args) != 1 or kwargs:
+            raise NexusError.at(span, "`len` takes one list: `len(xs)`")
+        value = args[0].value
+        if isinstance(value, Tensor):
+            raise NexusError.at(args[0].span, "`len` counts the items of a list while compiling; "
+                                "this is a tensor (its sizes are in its type)")
+        if not isinstance(value, (list, tuple)):
+            raise NexusError.at(args[0].span, f"`len` counts the items of a list, got {describe(value)}")
+        return len(value)
+
+
+HYPER_FUNCTIONS = {"len": Length()}
 
 
 class Names:
@@ -92,7 +114,9 @@ class Names:
             return Namespace(name, what)
         if kind == "builtin":
             op = public_op(name)
-            return Partial(op) if op is not None else OptionFunction(name)
+            if op is not None:
+                return Partial(op)
+            return HYPER_FUNCTIONS.get(name) or OptionFunction(name)
         scope, item = what
         return self.definition_value(scope, item, span)
 

@@ -80,9 +80,12 @@ class NodeWriter:
             raise self._op_error(op, err, tensors, labels or [], at or span, span) from None
         name = self.node_name(op.name, alias, span, frame)
         shares = self.namer.owner_of(name) if params else None
+        specs = _param_specs(params)
+        if shares is not None:
+            self._check_shared(op.name, name, specs, regions or [], shares, span)
         node = self.graph.add(op.name, name, attrs=attrs.model_dump(mode="json"),
                               inputs=[t.ref for t in tensors], outputs=list(outputs),
-                              params=_param_specs(params), shares=shares, span=span,
+                              params=specs, shares=shares, span=span,
                               regions=regions or [])
         self._check_size(span)
         results = tuple(Tensor(node.ref(i), t, span, name) for i, t in enumerate(outputs))
@@ -101,6 +104,27 @@ class NodeWriter:
         if message.startswith("shape mismatch") and op.name in ("add", "sub", "mul"):
             message = message.replace("shape mismatch", f"shape mismatch in `{self.source_text(whole)}`", 1)
         return NexusError.at(at, message, *notes)
+
+    def _check_shared(self, op: str, name: str, specs: dict[str, ParamSpec], regions: list[Graph],
+                      owner_name: str, span: Span) -> None:
+        """In `repeat N shared`, step i runs with the parameters step 0 made for the node of the
+        same name: that node must exist and hold the same parameters (a step that takes another
+        branch of an `if`, or sees other sizes, cannot share them)."""
+        owner = self.graph.by_name(owner_name)
+        why = "`repeat ... shared` runs every step with the parameters of the first"
+        if owner is None or owner.op != op:
+            raise NexusError.at(span, f"{why}, but `{name}` would use those of `{owner_name}`, "
+                                "which the first step did not make; drop `shared`, or make the "
+                                "same parameters at every step")
+        if owner.params != specs:
+            differ = f"needs {_shapes(specs)} where `{owner_name}` has {_shapes(owner.params)}"
+        elif _layout(owner.regions) != _layout(regions):
+            differ = f"holds other parameters in its nested graphs than `{owner_name}`"
+        else:
+            return
+        notes = [Note(f"{owner_name} was made", owner.span)] if owner.span != span else []
+        raise NexusError.at(span, f"{why}, but `{name}` {differ}; drop `shared`, or keep the "
+                            "shapes the same at every step", *notes)
 
     def _check_size(self, span: Span) -> None:
         if len(self.graph) > MAX_NODES:
@@ -134,6 +158,16 @@ class NodeWriter:
                 raise NexusError.at(value.span, f"modalities {other.name} and {value.name} both have "
                                     f"code {other.code}; modal codes must be unique")
         self.modalities[value.name] = value.spec
+
+
+def _layout(regions: list[Graph]) -> list:
+    """The parameters of nested graphs (experts, bodies), node by node."""
+    return [[(n.name, n.params, _layout(n.regions)) for n in g.nodes()] for g in regions]
+
+
+def _shapes(specs: dict[str, ParamSpec]) -> str:
+    """`weight [16, 8], bias [16]`"""
+    return ", ".join(f"{k} {list(v.shape)}" for k, v in specs.items()) or "no parameters"
 
 
 def _param_specs(params) -> dict[str, ParamSpec]:

@@ -56,7 +56,7 @@ class Program:
     def elaborate(self, model: str | None = None, **hyper: Any) -> Graph:
         """The model's IR graph for these hyperparameters, shape-checked and verified."""
         tree = self.model_ast(model)
-        key = (tree.name, tuple(sorted(hyper.items())))
+        key = (tree.name, _hashable(hyper))
         if key not in self._graphs:
             sink = DiagnosticSink()
             elaborator = Elaborator(self.scope, sink, self._loader.sources)
@@ -173,6 +173,16 @@ class Program:
                 except NexusError as err:
                     sink.add(err)
         sink.raise_if_any(self._loader.sources)
+
+
+def _hashable(value: Any):
+    """Hyperparameters as a cache key: lists (`windows = [4096, 0]`) become tuples, and every
+    value keeps its type (`1`, `1.0` and `true` are equal in Python, not as settings)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, *map(_hashable, value))
+    return (type(value).__name__, value)
 
 
 def loads(text: str, filename: str = "<string>") -> Program:

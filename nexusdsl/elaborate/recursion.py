@@ -31,7 +31,8 @@ CHECKPOINT_EVERY = 16
 
 
 def assigned_names(body) -> list[str]:
-    """Names the statements assign (in order of first assignment), nested repeats included."""
+    """Names the statements assign (in order of first assignment), nested repeats and both
+    branches of an `if` included."""
     names: list[str] = []
     for stmt in body:
         if isinstance(stmt, ast.Assign):
@@ -40,6 +41,8 @@ def assigned_names(body) -> list[str]:
             targets = (stmt.name,)
         elif isinstance(stmt, ast.Repeat):
             targets = tuple(assigned_names(stmt.body))
+        elif isinstance(stmt, ast.If):
+            targets = tuple(assigned_names((*stmt.body, *stmt.orelse)))
         else:
             targets = ()
         names += [t for t in targets if t not in names]
@@ -138,6 +141,11 @@ def build_recurrence(nodes: NodeWriter, core: Core, stmt: ast.Repeat, frame: Fra
     if not stmt.shared:
         raise NexusError.at(stmt.span, "reversible recursion applies the same parameters at "
                             "every step: write `repeat N shared reversible { ... }`")
+    if stmt.var is not None:
+        raise NexusError.at(stmt.var_span, f"`as {stmt.var}` cannot vary a reversible repeat: "
+                            "its body is built once, as one graph that runs every step and "
+                            f"recomputes each step's input backwards; drop `as {stmt.var}`, or "
+                            "`reversible` to unroll the steps")
     carried = _carried(stmt, frame)
     free = _free(stmt, frame, carried)
     if len(carried) > 1 or free:

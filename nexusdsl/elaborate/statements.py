@@ -16,14 +16,16 @@ from nexusdsl.elaborate.frame import Frame
 from nexusdsl.elaborate.names import Names, suggest
 from nexusdsl.elaborate.nodes import NodeWriter
 from nexusdsl.elaborate.observer import Observer
-from nexusdsl.elaborate.recursion import build_recurrence
+from nexusdsl.elaborate.recursion import assigned_names, build_recurrence
 from nexusdsl.elaborate.shapes import declared_type
+from nexusdsl.elaborate.unused import UntakenBranches
 from nexusdsl.elaborate.values import (
     POISON,
     ExpertSet,
     Modality,
     OptionCall,
     Partial,
+    Poison,
     Returned,
     Skip,
     Tensor,
@@ -31,6 +33,7 @@ from nexusdsl.elaborate.values import (
 )
 from nexusdsl.lang import ast
 from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Note
+from nexusdsl.ops.base import Op
 
 MAX_REPEAT = 10_000
 
@@ -62,7 +65,9 @@ class Statements:
             ast.Output: self._output,
             ast.Return: self._return,
             ast.Repeat: self._repeat,
+            ast.If: self._if,
         }
+        self.untaken = UntakenBranches()  # read as written once the model is elaborated
 
     def run_body(self, body, frame: Frame) -> bool:
         """Run statements until one returns; False when any of them reported a mistake."""
@@ -101,7 +106,8 @@ class Statements:
 
     @staticmethod
     def _poison(stmt, frame: Frame) -> None:
-        for name in bound_names(stmt):
+        names = assigned_names((stmt,)) if isinstance(stmt, ast.If) else bound_names(stmt)
+        for name in names:  # an `if` whose condition failed: what either branch would bind
             frame.env[name] = POISON
 
     # ------------------------------------------------------------------ rules
@@ -187,6 +193,8 @@ class Statements:
         count = int_of(self.core, stmt.count, frame, "a repeat count")
         if not 0 <= count <= MAX_REPEAT:
             raise NexusError.at(stmt.count.span, f"a repeat count must be between 0 and {MAX_REPEAT}, got {count}")
+        if stmt.var is not None:
+            self._check_loop_variable(stmt, frame)
         if stmt.reversible:  # one nested body graph run `count` times (recursion.py)
             build_recurrence(self.nodes, self.core, stmt, frame, count)
             return
@@ -197,6 +205,8 @@ class Statements:
             for i in range(count):
                 frame.prefix = f"{scope_name}.{i}"
                 namer.claim(frame.prefix)
+                if stmt.var is not None:
+                    frame.env[stmt.var] = i
                 if stmt.shared:
                     with namer.sharing(frame.prefix, f"{scope_name}.0"):
                         self.run_body(stmt.body, frame)
@@ -206,6 +216,29 @@ class Statements:
                     break
         finally:
             frame.prefix = outer
+            if stmt.var is not None:  # the index belongs to the body: a later loop may reuse it
+                frame.env.pop(stmt.var, None)
+
+    def _check_loop_variable(self, stmt: ast.Repeat, frame: Frame) -> None:
+        """`as i` names a new integer for the body; hiding a name already in use would make
+        the body read something else than the rest of the file under that name."""
+        name = stmt.var
+        if isinstance(frame.env.get(name), Poison):
+            raise Skip()
+        if not self.names.is_known(name, frame, stmt.var_span):
+            return
+        value = frame.env[name] if name in frame.env else self.names.lookup(name, stmt.var_span, frame)
+        what = (f"the {'op' if isinstance(value.target, Op) else 'block'} {name}"
+                if isinstance(value, Partial) else describe(value))
+        raise NexusError.at(stmt.var_span, f"`as {name}` would hide `{name}`, which already "
+                            f"names {what} here; choose another name for the iteration index")
+
+    def _if(self, stmt: ast.If, frame: Frame) -> None:
+        """Only the taken branch is elaborated, in this frame: what it binds is visible after
+        the `if`, and its nodes are named as if its statements were written in place."""
+        branch = stmt.body if self.core.decide(stmt.cond, frame) else stmt.orelse
+        self.untaken.record(stmt, branch, frame.scope, frame.env)
+        self.run_body(branch, frame)
 
 
 def _tensor_operands(expr) -> list[ast.Name]:

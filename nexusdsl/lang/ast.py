@@ -71,8 +71,36 @@ class BinOp(Expr):
 
 @dataclass(frozen=True)
 class UnaryOp(Expr):
-    op: str  # - +
+    op: str  # - + not
     operand: Expr
+
+
+@dataclass(frozen=True)
+class Compare(Expr):
+    """`a < b`, or a chain `a <= b < c` read as Python reads it (`a <= b and b < c`); on
+    hyperparameters, decided while elaborating."""
+
+    operands: tuple[Expr, ...]
+    ops: tuple[str, ...]  # == != < <= > >=, one fewer than operands
+    op_spans: tuple[Span | None, ...] = ()  # where each operator stands, for carets
+
+
+@dataclass(frozen=True)
+class BoolOp(Expr):
+    """`a and b`, `a or b`: the right operand is evaluated only when it decides (as in Python)."""
+
+    op: str  # and or
+    left: Expr
+    right: Expr
+    op_span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Index(Expr):
+    """`windows[i]`: an item of a list, chosen while elaborating (negative from the end)."""
+
+    value: Expr
+    index: Expr
 
 
 @dataclass(frozen=True)
@@ -203,6 +231,18 @@ class Repeat(Stmt):
     body: tuple[Stmt, ...]
     shared: bool = False
     reversible: bool = False
+    var: str | None = None  # `repeat depth as i`: the iteration index, 0-based
+    var_span: Span | None = None
+
+
+@dataclass(frozen=True)
+class If(Stmt):
+    """`if cond { ... } else { ... }`, decided while elaborating: only the taken branch makes
+    nodes. `else if` is an `If` alone in `orelse`."""
+
+    cond: Expr
+    body: tuple[Stmt, ...]
+    orelse: tuple[Stmt, ...] = ()
 
 
 # ----------------------------------------------------------------------------- top level

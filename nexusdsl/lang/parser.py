@@ -4,6 +4,7 @@ broken top-level items reports each of them."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from functools import cache
 
@@ -155,8 +156,39 @@ class _ToAst(Transformer):
         return ast.Return(self._span(meta), values)
 
     def repeat(self, meta, c):
-        flags = {str(t) for t in c if isinstance(t, Token)}
-        return ast.Repeat(self._span(meta), c[0], c[-1], "shared" in flags, "reversible" in flags)
+        flags = {str(t) for t in c if isinstance(t, Token) and t.type in ("SHARED", "REVERSIBLE")}
+        var = next((t for t in c[1:-1] if isinstance(t, Token) and t.type == "NAME"), None)
+        count, var_span = c[0], self._tok(var) if var is not None else None
+        if var is None:  # `repeat len(xs) as i`: the parser gave `as i` to the call
+            count, var, var_span = self._trailing_alias(count)
+        return ast.Repeat(self._span(meta), count, c[-1], "shared" in flags, "reversible" in flags,
+                          str(var) if var is not None else None, var_span)
+
+    def _trailing_alias(self, expr: ast.Expr) -> tuple[ast.Expr, str | None, Span | None]:
+        """`repeat n + len(xs) as i`: `as` went to the call at the right end of the count (an
+        LALR parser must choose before it sees `{`). Take it back: the count without it (its
+        spans ending at the call's `)`), the name, and where the name stands."""
+        if isinstance(expr, ast.Call) and expr.alias is not None:
+            s = expr.span
+            at = Span(s.file, s.end_line, s.end_col - len(expr.alias), s.end_line, s.end_col)
+            close = self.lines[s.end_line - 1].rfind(")", 0, at.col - 1) + 2 if s.end_line else s.end_col
+            return self._ending_at(dataclasses.replace(expr, alias=None), close), expr.alias, at
+        for field in ("right", "operand"):  # the right spine: the last thing written in the count
+            inner = getattr(expr, field, None)
+            if isinstance(inner, ast.Expr):
+                rest, name, at = self._trailing_alias(inner)
+                if name is None:
+                    break
+                return self._ending_at(dataclasses.replace(expr, **{field: rest}), rest.span.end_col), name, at
+        return expr, None, None
+
+    @staticmethod
+    def _ending_at(expr: ast.Expr, end_col: int) -> ast.Expr:
+        return dataclasses.replace(expr, span=dataclasses.replace(expr.span, end_col=end_col))
+
+    def if_(self, meta, c):
+        orelse = c[2] if len(c) > 2 else ()
+        return ast.If(self._span(meta), c[0], c[1], orelse if isinstance(orelse, tuple) else (orelse,))
 
     # -- types ------------------------------------------------------------------------
     def ttype(self, meta, c):
@@ -200,6 +232,25 @@ class _ToAst(Transformer):
 
     def neg(self, meta, c):
         return ast.UnaryOp(self._span(meta), "-", c[0])
+
+    def not_(self, meta, c):
+        return ast.UnaryOp(self._span(meta), "not", c[0])
+
+    def _bool(op):  # noqa: N805 - a rule factory used in the class body
+        def rule(self, meta, c):
+            return ast.BoolOp(self._span(meta), op, c[0], c[1], self._operator_span(op, c[0], c[1]))
+
+        return rule
+
+    and_, or_ = _bool("and"), _bool("or")
+
+    def compare(self, meta, c):
+        operands, ops = tuple(c[0::2]), tuple(str(t) for t in c[1::2])
+        spans = tuple(self._operator_span(op, a, b) for op, a, b in zip(ops, operands, operands[1:]))
+        return ast.Compare(self._span(meta), operands, ops, spans)
+
+    def index(self, meta, c):
+        return ast.Index(self._span(meta), c[0], c[1])
 
     def pos(self, meta, c):
         return ast.UnaryOp(self._span(meta), "+", c[0])
@@ -293,9 +344,10 @@ KNOWN_MISTAKES: dict[str, list[str]] = {
 
 
 LANGUAGE_VERSION = "0.1"
-# LANGUAGE.md section 2 (and `route`, reserved too: docs/design.md)
+# docs/language.md, "Lexical rules" (`route` too: docs/design.md)
 RESERVED_WORDS = frozenset("nexus import as let modality block model input output return repeat "
-                           "shared reversible experts of train true false route".split())
+                           "shared reversible experts of train true false route "
+                           "if else and or not".split())
 
 
 def _describe_token(tok) -> str:
@@ -351,12 +403,26 @@ def _syntax_diagnostic(err: UnexpectedInput, file: str, text: str) -> Diagnostic
         message = f"syntax error: unexpected {_describe_token(err.token)}" + _expected_words(err.expected)
         if str(err.token.value) in RESERVED_WORDS and "NAME" in (err.expected or ()):
             message += f" (`{err.token.value}` is a reserved word: it cannot name anything)"
-    friendly = _match_known(err, text)
+    friendly = _match_known(err, text) or _misplaced(err, text)
     if friendly:
         message = f"syntax error: {friendly}"
     if line is None or line < 1:
         line, col = 1, 1
     return Diagnostic(Span(file, line, col, line, col + 1), message, notes)
+
+
+def _misplaced(err: UnexpectedInput, text: str) -> str | None:
+    """Mistakes the unexpected token tells by itself (KNOWN_MISTAKES matches parser states,
+    which other tokens share): `else` starting a line, `=` in the condition of an `if`."""
+    tok = getattr(err, "token", None)
+    if tok is None or not tok.line or tok.line > len(text.splitlines()):
+        return None
+    before = text.splitlines()[tok.line - 1][: tok.column - 1].strip()
+    if tok.value == "else" and not before:
+        return "`else` goes on the line of the `}` that closes the `if` body: `} else {`"
+    if tok.value == "=" and re.match(r"(\}\s*else\s+)?if\b", before):
+        return "`=` binds a name; to compare two values, write `==`"
+    return None
 
 
 def _unclosed_note(file: str, line: int) -> tuple[Note, ...]:
