@@ -1,7 +1,7 @@
-"""MoE dispatch speed: top-4 of 16 experts (mlp, mult 4), 8192 tokens of width 512.
+"""MoE dispatch speed: top-4 of 16 experts (mlp, mult 4), 4096 tokens of width 512.
 
-    python benchmarks/moe.py [--tokens 8192] [--width 512] [--experts 16] [--k 4]
-                             [--capacity 0] [--rounds 2]
+    python benchmarks/moe.py [--tokens 4096] [--width 512] [--experts 16] [--k 4]
+                             [--capacity 0] [--rounds 2] [--threads N]
 
 Times the compiled `.nx` moe (each expert's tokens gathered into one block, no sort) against,
 in the same run, with the same weights and interleaved round by round:
@@ -106,13 +106,17 @@ def timed(fn, backward: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--experts", type=int, default=16)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--capacity", type=float, default=0.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: torch's own; 1 is steadier on a busy machine)")
     a = parser.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = nexusdsl.compile(nexusdsl.loads(SOURCE, "moe_bench.nx"), dim=a.width, n=a.experts,
                              k=a.k, cap=a.capacity)
