@@ -50,6 +50,9 @@ class Analysis:
     error: NexusError | None = None  # what `nexusdsl.loads` reports; None when the file is fine
     scope: FileScope | None = None  # the parsed file with its imports (None on a syntax error)
     values: dict[SpanKey, list[Instance]] = field(default_factory=dict)
+    # hyperparameter values (numbers, true/false, words, lists) of the expressions that are not
+    # literals: `i`, `ws[i]`, `i % 2 == 0`, one per evaluation (so one per step of a `repeat`)
+    settings: dict[SpanKey, list] = field(default_factory=dict)
 
 
 def _key(span: Span) -> SpanKey:
@@ -69,6 +72,7 @@ class _Recorder(Observer):
         self.file = file
         self.names = names  # (line, name) -> the NAME token, for statement targets
         self.values: dict[SpanKey, list[Instance]] = {}
+        self.settings: dict[SpanKey, list] = {}
         self._made: dict[SpanKey, list[Node]] = {}  # by the call proper, not its arguments
 
     def on_call(self, span: Span, made: list[Node]) -> None:
@@ -83,6 +87,8 @@ class _Recorder(Observer):
         if own is None and not isinstance(expr, ast.Name):
             own = made
         self._note(key, value, own or [])
+        if _is_setting(value) and not isinstance(expr, _LITERALS):
+            self.settings.setdefault(key, []).append(value)
 
     def _note(self, key: SpanKey, value, made: list[Node]) -> None:
         tensor = value[0] if isinstance(value, tuple) and value else value
@@ -102,6 +108,17 @@ class _Recorder(Observer):
                     self.values.setdefault((tok.line, tok.col, tok.line, tok.end_col), []).append(found[-1])
             elif tok is not None and isinstance(value, Tensor):
                 self._note((tok.line, tok.col, tok.line, tok.end_col), value, [])
+
+
+_LITERALS = (ast.Int, ast.Float, ast.Str, ast.Bool)
+
+
+def _is_setting(value) -> bool:
+    """A value known while compiling that hover can show: a number, true/false, a string, or a
+    list of those."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_setting(v) for v in value)
+    return isinstance(value, (int, float, str))
 
 
 def _name_tokens(text: str) -> dict[tuple[int, str], Tok]:
@@ -145,6 +162,8 @@ def analyze(text: str, file: str) -> Analysis:
             pass  # reported through `error`; what was built before the mistake is kept
         for k, found in recorder.values.items():
             result.values.setdefault(k, []).extend(found)
+        for k, found in recorder.settings.items():
+            result.settings.setdefault(k, []).extend(found)
     return result
 
 
@@ -163,11 +182,16 @@ def hover(result: Analysis, line: int, col: int) -> str | None:
     """Markdown: the type, maker and parameter count of the innermost value under the cursor,
     and the signature of the op or block named there."""
     parts = []
-    inside = [k for k in result.values if _contains(k, line, col)]
+    inside = [k for k in [*result.values, *result.settings] if _contains(k, line, col)]
     if inside:
         key = min(inside, key=lambda k: (k[2] - k[0], k[3] - k[1] if k[2] == k[0] else k[3]))
-        parts.append(_describe(result.values[key], _source(result.text, key)))
+        source = _source(result.text, key)
+        parts.append(_describe(result.values[key], source) if key in result.values
+                     else _describe_setting(result.settings[key], source))
     tok, before = token_at(result.text, line, col)
+    index = _loop_index(result, tok)
+    if index:
+        parts.append(index)
     if tok is not None and tok.kind == "NAME":
         signature = _signature(result, tok, before)
         if signature:
@@ -195,6 +219,30 @@ def _describe(instances: list[Instance], source: str) -> str:
     if len(instances) > 1:
         lines.append(f"{len(instances)} instances: `{instances[0].node}` ... `{instances[-1].node}`")
     return "  \n".join(lines)
+
+
+def _describe_setting(values: list, source: str, shown: int = 8) -> str:
+    """`ws[i]` : **`8` | `16`**: the values an expression took, each once, in order."""
+    unique = list(dict.fromkeys(_nx_literal(v) for v in values))
+    text = " | ".join(f"`{v}`" for v in unique[:shown])
+    if len(unique) > shown:
+        text += f" | ... ({len(unique)} values)"
+    return f"`{_shorten(source)}` : **{text}**"
+
+
+def _loop_index(result: Analysis, tok: Tok | None) -> str | None:
+    """On the `i` of `repeat n as i`: what it counts."""
+    if tok is None or result.scope is None:
+        return None
+    for node in ast.walk(result.scope.program.items):
+        span = getattr(node, "var_span", None)
+        if isinstance(node, ast.Repeat) and span and (span.line, span.col) == (tok.line, tok.col):
+            counts = set(result.settings.get(_key(node.count.span), []))
+            if isinstance(node.count, ast.Int):
+                counts = {node.count.value}
+            last = f" to `{counts.pop() - 1}`" if len(counts) == 1 else ""
+            return f"`{node.var}`: the index of each step of this `repeat`, from `0`{last}"
+    return None
 
 
 def _shorten(source: str, width: int = 60) -> str:
@@ -306,7 +354,12 @@ def _bindings(body, name: str, tokens: list[Tok], file: str) -> list[Span]:
     found: list[Span] = []
     for stmt in body:
         if isinstance(stmt, ast.Repeat):
+            if stmt.var == name and stmt.var_span is not None:  # `repeat n as i`
+                found.append(stmt.var_span)
             found += _bindings(stmt.body, name, tokens, file)
+            continue
+        if isinstance(stmt, ast.If):  # what a branch binds is visible after the `if`
+            found += _bindings((*stmt.body, *stmt.orelse), name, tokens, file)
             continue
         key = _key(stmt.span)
         named = [i for i, t in enumerate(tokens) if t.text == name and _contains(key, t.line, t.col)]
@@ -332,4 +385,6 @@ def _nx_literal(value) -> str:
         return "none"
     if isinstance(value, str):
         return value if value.isidentifier() else f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_nx_literal(v) for v in value) + "]"
     return repr(value)

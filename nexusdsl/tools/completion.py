@@ -24,15 +24,18 @@ class Completion:
 
 def completions(result: Analysis, text: str, line: int, col: int) -> list[Completion]:
     """What may be typed at the cursor: the keyword arguments of the call it is in (an op's
-    attributes or a block's hyperparameters), then the names of the ops a file may call,
-    definitions, modules, keywords."""
+    attributes or a block's hyperparameters), then the local names of the block or model it
+    is in (the index of an enclosing `repeat ... as i` included), the names of the ops a file
+    may call, `len`, definitions, modules, keywords."""
     offset = _offset(text, line, col)
     tokens = [t for t in safe_tokens(text[:offset]) if t.kind not in ("WS", "NL", "COMMENT")]
     if tokens and tokens[-1].kind in ("NAME", "KEYWORD") and tokens[-1].end_col == col \
             and tokens[-1].line == line:
         tokens = tokens[:-1]  # the word being typed
     items = _keyword_arguments(result, tokens)
+    items += _local_names(result, line, col)
     items += [Completion(name, "op", _first_line(public_op(name))) for name in public_op_names()]
+    items += [Completion("len", "op", "len(xs): the number of items of a list")]
     items += _definitions(result)
     items += [Completion(k, "keyword") for k in sorted(KEYWORDS)]
     items += [Completion(k, "option") for k in sorted(OPTION_FUNCTIONS)]
@@ -111,6 +114,30 @@ def _block_named(result: Analysis, callee: list[str]) -> ast.Block | None:
         for _, imported in scope.imports:
             item = item or imported.defs.get(callee[-1])
     return item if isinstance(item, ast.Block) else None
+
+
+def _local_names(result: Analysis, line: int, col: int) -> list[Completion]:
+    """The parameters of the block or model around the cursor, the names its statements bind on
+    earlier lines, and the index of every `repeat ... as i` whose body holds the cursor."""
+    scope = result.scope
+    item = next((i for i in scope.program.items if isinstance(i, (ast.Block, ast.Model))
+                 and _encloses(i.span, line, col)), None) if scope is not None else None
+    if item is None:
+        return []
+    items = [Completion(p.name, "value", "hyperparameter" if p.type is None else "tensor input")
+             for p in item.params]
+    for node in ast.walk(item.body):
+        if isinstance(node, ast.Repeat) and node.var and _encloses(node.span, line, col) \
+                and (node.var_span.line, node.var_span.col) < (line, col):
+            items.append(Completion(node.var, "value", "the index of each step of this repeat"))
+        elif isinstance(node, ast.Stmt) and node.span.line < line:
+            bound = getattr(node, "targets", None) or (getattr(node, "name", None),)
+            items += [Completion(n, "value", "local") for n in bound if isinstance(n, str)]
+    return items
+
+
+def _encloses(span, line: int, col: int) -> bool:
+    return (span.line, span.col) <= (line, col) <= (span.end_line, span.end_col)
 
 
 def _definitions(result: Analysis) -> list[Completion]:

@@ -5,10 +5,12 @@ changes whitespace, so the parser sees the same tokens before and after: the pro
 same, and `fmt(fmt(x)) == fmt(x)`. The layout:
 
 - two spaces of indentation per `{ }` body; `}` lines up with the line that opened it;
-- one space around binary operators, `=`, `->`, `|>`, `of`, `as`, after `,` `;` `:`; none
-  inside `( )` and `[ ]`, before `(` of a call, before `[` of a shape (`text[B, T]`), around `.`,
-  after a prefix `-`/`+`, after the `*` of a shape (`[*, d]`), or around the `=` of a named axis
+- one space around binary operators (comparisons, `and`, `or` too), `=`, `->`, `|>`, `of`,
+  `as`, after `,` `;` `:` and `not`; none inside `( )` and `[ ]`, before `(` of a call, before
+  `[` of a shape or an index (`text[B, T]`, `windows[i]`, `f(x)[0]`), around `.`, after a
+  prefix `-`/`+`, after the `*` of a shape (`[*, d]`), or around the `=` of a named axis
   (`[B, T=1024]`, the way types are printed);
+- `} else {` and `} else if c {` stay on one line (the grammar wants them there);
 - line breaks are the author's: a statement is never split or joined. A line continued inside
   `( )` or `[ ]` is aligned one column after the open bracket, or, when the bracket ends its
   line, indented four spaces past the line that opened it;
@@ -29,6 +31,7 @@ from nexusdsl.tools.tokens import CLOSE, OPEN, Tok, significant, tokenize
 _OPERAND_END = frozenset({")", "]", "}", "true", "false"})
 _NO_SPACE_BEFORE = frozenset({")", "]", ",", ";", ":", "."})
 _CALLABLE_END = frozenset({")", "]", "route"})
+_INDEXABLE_END = frozenset({")", "]"})  # `f(x)[0]`, `grid[i][j]`: an index, not a list
 
 
 @dataclass
@@ -55,7 +58,7 @@ def _space_between(prev: Tok, tok: Tok, prev_prefix: bool) -> bool:
     if tok.text == "(":
         return not (prev.kind == "NAME" or prev.text in _CALLABLE_END)
     if tok.text == "[":
-        return prev.kind != "NAME"
+        return prev.kind != "NAME" and prev.text not in _INDEXABLE_END
     return True
 
 

@@ -18,7 +18,8 @@ from pygments.token import (
 )
 
 _DECLARATIONS = ("nexus", "import", "let", "modality", "block", "model", "train", "experts")
-_STATEMENTS = ("input", "output", "return", "repeat", "shared", "reversible", "route", "of", "as")
+_STATEMENTS = ("input", "output", "return", "repeat", "shared", "reversible", "route", "of", "as",
+               "if", "else", "and", "or", "not")
 
 
 def _builtin_names() -> tuple[str, ...]:
@@ -53,7 +54,7 @@ class NexusLexer(RegexLexer):
             (words(_builtin_names(), suffix=r"\b"), Name.Builtin),
             (r"[A-Za-z_]\w*(?=\s*\()", Name.Function),
             (r"[A-Za-z_]\w*", Name),
-            (r"\|>|->|//|\*\*|[-+*/%=]", Operator),
+            (r"\|>|->|//|\*\*|==|!=|<=|>=|[-+*/%=<>]", Operator),
             (r"[()\[\]{},;:.]", Punctuation),
         ],
     }

@@ -2,12 +2,14 @@
 
 - diagnostics as you type: every error `nexusdsl.loads` reports, at its place, with its notes
   as related locations;
-- hover: the shape and parameter count of the value under the cursor, and the signature of
-  the op or block named there;
+- hover: the shape and parameter count of the value under the cursor (for a hyperparameter
+  expression such as `ws[i]` or `i % 2 == 0`, the values it took, one per `repeat` step), and
+  the signature of the op or block named there;
 - go to definition: blocks, models, constants and modalities (also in imported files), local
   values, and imported modules;
 - completion: keyword arguments of the call around the cursor (an op's attributes, a block's
-  hyperparameters), op names, the file's and its imports' definitions, keywords.
+  hyperparameters), the local names in scope (the index of an enclosing `repeat ... as i`
+  too), op names, the file's and its imports' definitions, keywords.
 
 The answers come from `tools/analysis.py` and `tools/completion.py`; this module converts
 positions (LSP's are 0-based) and speaks the protocol.
