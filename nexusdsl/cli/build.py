@@ -34,13 +34,30 @@ def check(files: list[Path] = typer.Argument(..., help=".nx files to check")) ->
     failed = False
     for file in files:
         try:
-            nexusdsl.load(file).check_data_paths()
-            out.print(f"{file}: ok", markup=False)
+            program = nexusdsl.load(file)
+            program.check_data_paths()
         except NexusError as e:
             print_message(err, e.render())
             failed = True
+            continue
+        for warning in _memory_warnings(program):
+            print_message(err, warning.render())
+        out.print(f"{file}: ok", markup=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _memory_warnings(program) -> list[NexusError]:
+    """Models whose weights (f32, default hyperparameters) do not fit in this machine's memory
+    now: a warning, not an error, since the file may be meant for a larger machine;
+    `nexus compile` refuses to build them."""
+    from nexusdsl.compiler.lower.footprint import too_big
+    from nexusdsl.memory import available_bytes
+
+    available = available_bytes()
+    found = (too_big(program.elaborate(name), "f32", available, "warning")
+             for name in program.models)
+    return [NexusError(w.diagnostics, program.sources) for w in found if w is not None]
 
 
 COMPILE_TARGETS = ("torch", "torch.compile", "iree-cpu", "iree-cuda")
@@ -90,8 +107,11 @@ def compile_cmd(
         settings = Backend(target, via, parse_sets(sizes, "--size"), dynamic, compile_mode,
                            cuda_arch)
         return compile_backend(program, graph, emit.value, output, device, settings)
-    text = passes_text(records, flags) if emit == Emit.passes else render_emit(graph, emit,
-                                                                              as_json, device)
+    try:  # lowering refuses names it cannot compile and weights too big for the device
+        text = passes_text(records, flags) if emit == Emit.passes else render_emit(graph, emit,
+                                                                                  as_json, device)
+    except NexusError as e:
+        report(NexusError(e.diagnostics, program.sources))
     if output is None:
         out.print(text, markup=False)
         return

@@ -42,12 +42,13 @@ def fmt_cmd(
 ) -> None:
     """Format .nx files in the canonical layout, keeping every comment."""
     from nexusdsl.fsutil import atomic_write_text
+    from nexusdsl.lang.source import read_source
     from nexusdsl.tools.fmt import format_text
 
     changed, broken = [], False
-    for file in nx_files(paths, exclude):
+    for file in nx_files(paths, exclude):  # a bad file is reported and the others still done
         try:
-            text = file.read_text(encoding="utf-8")
+            text = read_source(file)  # not a FIFO or device, not too large: it could hang
             formatted = format_text(text, str(file))
         except NexusError as e:
             report_error(e)

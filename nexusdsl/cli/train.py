@@ -127,13 +127,13 @@ def generate_cmd(
     check_finite(temperature, "--temperature")
     prompt_bytes = utf8_flag(prompt, "--prompt")
     session = _session(file, model, checkpoint, {})
-    try:
+    try:  # a model that is not a byte model, or whose weights are not finite numbers
         output = check_byte_model(session.module.graph)
+        with threads_for(0):
+            text = sample(session.trainee, output, prompt_bytes, max_bytes,
+                          session.config.context, temperature, top_k, seed)
     except NexusError as e:
         fail(render(e))
-    with threads_for(0):
-        text = sample(session.trainee, output, prompt_bytes, max_bytes,
-                      session.config.context, temperature, top_k, seed)
     out.print(prompt + text.decode("utf-8", errors="replace"), markup=False)
 
 

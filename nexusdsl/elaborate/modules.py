@@ -5,12 +5,14 @@ builtins, then imported modules in import order."""
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
 from nexusdsl.lang import ast
 from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Note, Span
 from nexusdsl.lang.parser import parse
+from nexusdsl.lang.source import read_source
 from nexusdsl.resources import stdlib_path
 
 # Configuration functions: calling them makes an `OptionCall` for the op or section that
@@ -112,18 +114,15 @@ class Loader:
     def _cycle(self, key: str, path: Path, item: ast.Import) -> NexusError:
         """Blame the import that entered the cycle, in the file where the cycle starts."""
         start = self._loading.index(key)
+        if start == len(self._via):  # the file being read imports itself: no import led here
+            return NexusError.at(item.span, f"{path.name} imports itself")
         chain = " -> ".join(Path(k).name for k in self._loading[start:])
         return NexusError.at(self._via[start], f"import cycle: {chain} -> {path.name}",
                              Note("the cycle closes here", item.span))
 
     def _resolve_import(self, scope: FileScope, item: ast.Import) -> tuple[Path, str]:
         if item.is_file:
-            base = Path(scope.file).parent if Path(scope.file).exists() else Path.cwd()
-            path = base / item.module
-            alias = item.alias or Path(item.module).stem
-            if not path.is_file():
-                raise NexusError.at(item.span, f'cannot import "{item.module}": no such file {path}')
-            return path, alias
+            return _file_import(scope, item), item.alias or Path(item.module).stem
         parts = item.module.split(".")
         if parts[0] != "std" or len(parts) < 2:
             raise NexusError.at(item.span, f"unknown module `{item.module}`; "
@@ -138,15 +137,39 @@ class Loader:
 
     def _load_path(self, path: Path, key: str, span: Span) -> FileScope:
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise NexusError.at(span, f"cannot read {path}: {err}") from None
+            text = read_source(path)
+        except UnicodeDecodeError:
+            raise NexusError.at(span, f"cannot read {path}: it is not UTF-8 text") from None
+        except OSError as err:
+            raise NexusError.at(span, f"cannot read {path}: {err.strerror or err}") from None
         try:
             return self.load_text(text, _display_path(path), key)
         except NexusError as err:  # a broken imported file: report its own errors
             self.sources.update(err.sources)
             self.sink.add(err)
             raise NexusError.at(span, f"the imported file {path.name} has errors") from None
+
+
+def _file_import(scope: FileScope, item: ast.Import) -> Path:
+    """The file `import "lib/blocks.nx"` names: a `.nx` file in the importing file's folder or
+    one below it (docs/language.md, "Program structure"). A path that leaves that folder (an
+    absolute path, `..`, a link to a file elsewhere) or names another kind of file is refused
+    before anything is read, so no other file's content can reach a message."""
+    written = item.module
+    folder = (Path(scope.file).parent if Path(scope.file).exists() else Path.cwd()).resolve()
+    refuse = f'cannot import "{written}": '
+    if not written.endswith(".nx"):
+        raise NexusError.at(item.span, refuse + "only .nx files can be imported")
+    if Path(written).is_absolute() or os.path.normpath(written).split(os.sep)[0] == "..":
+        raise NexusError.at(item.span, refuse + "an import names a file in this file's folder "
+                            f"or below it ({_display_path(folder)}), relative to the folder")
+    path = folder / written
+    if not path.is_file():
+        raise NexusError.at(item.span, refuse + f"no such file {_display_path(path)}")
+    if not path.resolve().is_relative_to(folder) or path.resolve().suffix != ".nx":
+        raise NexusError.at(item.span, refuse + "it is a link to a file outside this file's "
+                            "folder; copy the file here instead")
+    return path
 
 
 def _display_path(path: Path) -> str:

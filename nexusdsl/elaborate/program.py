@@ -14,6 +14,7 @@ from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.verify import verify
 from nexusdsl.lang import ast
 from nexusdsl.lang.diagnostics import DiagnosticSink, NexusError, Note, Span
+from nexusdsl.lang.source import read_source
 from nexusdsl.ops import REGISTRY
 
 
@@ -199,7 +200,7 @@ def loads(text: str, filename: str = "<string>") -> Program:
 def load(path: str | Path) -> Program:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_source(path)  # a regular file of bounded size (docs/language.md, "Limits")
     except (OSError, UnicodeDecodeError) as err:
         from nexusdsl.fsutil import os_reason
 

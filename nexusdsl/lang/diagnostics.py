@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nexusdsl.lang.source import read_source
+
 
 @dataclass(frozen=True)
 class Span:
@@ -86,9 +88,8 @@ class DiagnosticSink:
 def _source_line(sources: dict[str, str], span: Span) -> str | None:
     text = sources.get(span.file)
     if text is None:
-        try:
-            with open(span.file, encoding="utf-8") as f:
-                text = f.read()
+        try:  # within the limits of a source file: the error may be that it is /dev/zero
+            text = read_source(span.file)
         except (OSError, UnicodeDecodeError):
             return None
     lines = text.splitlines()

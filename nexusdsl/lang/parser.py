@@ -8,7 +8,7 @@ import dataclasses
 import re
 from functools import cache
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lark import PostLex
 
@@ -55,11 +55,22 @@ def _lark() -> Lark:
 # ----------------------------------------------------------------------------- tree -> AST
 
 
-def _number(text: str):
+# docs/language.md, "Limits": a number literal is at most 10^15 in magnitude, the bound on
+# hyperparameter arithmetic (elaborate/evaluate.py), so a typo of a few extra digits is caught
+# where it is written; converting a 5,000-digit literal would not even succeed in Python.
+MAX_LITERAL = 10**15
+
+
+def _number(text: str) -> int | float | None:
+    """The value of a number token, or None when it exceeds MAX_LITERAL (or is not finite)."""
     text = text.replace("_", "")
     if re.fullmatch(r"\d+", text):
-        return int(text)
-    return float(text)
+        if len(text.lstrip("0")) > len(str(MAX_LITERAL)):  # before int(): no huge conversions
+            return None
+        value = int(text)
+    else:
+        value = float(text)
+    return value if abs(value) <= MAX_LITERAL else None
 
 
 @v_args(meta=True)
@@ -68,6 +79,7 @@ class _ToAst(Transformer):
         super().__init__()
         self.file = file
         self.lines = text.splitlines()
+        self.errors: list[Diagnostic] = []  # literals out of range: every one is reported
 
     def _span(self, meta) -> Span:
         if getattr(meta, "empty", True):
@@ -298,6 +310,12 @@ class _ToAst(Transformer):
 
     def number(self, meta, c):
         value = _number(str(c[0]))
+        if value is None:
+            text = str(c[0])
+            shown = text if len(text) <= 24 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
+            self.errors.append(Diagnostic(self._tok(c[0]), f"the number {shown} is too large: "
+                                          f"a number is at most 10^15 (1_000_000_000_000_000)"))
+            value = 0
         cls = ast.Int if isinstance(value, int) else ast.Float
         return cls(self._tok(c[0]), value)
 
@@ -465,6 +483,38 @@ def _errors_per_item(text: str, file: str) -> list[Diagnostic]:
     return found
 
 
+# ----------------------------------------------------------------------------- nesting
+
+# docs/language.md, "Limits": how deep constructs may nest. Every later stage (this module's
+# tree transformer, elaboration, the language server) walks expressions recursively, and a
+# 500-term sum or 3,000 nested calls would exhaust Python's stack; a limit reported where the
+# expression starts is an answer the user can act on. Each rule below is one level.
+MAX_NESTING = 100
+_NESTING_RULES = frozenset("add sub mul div floordiv mod pow neg pos of pipe attribute call "
+                           "route list tuple repeat compare and_ or_ not_ index if_".split())
+
+
+def _check_nesting(tree: Tree, file: str, text: str) -> None:
+    """Raise at the outermost construct of the first chain that nests deeper than MAX_NESTING
+    (walked with an explicit stack: the check itself must not recurse)."""
+    stack: list[tuple[Tree, int, Tree | None]] = [(tree, 0, None)]
+    while stack:
+        node, depth, outer = stack.pop()
+        for child in node.children:
+            if not isinstance(child, Tree):
+                continue
+            nests = child.data in _NESTING_RULES
+            level, start = depth + nests, outer if outer is not None or not nests else child
+            if level > MAX_NESTING:
+                meta = start.meta
+                error = NexusError.at(
+                    Span(file, meta.line, meta.column, meta.line, meta.column + 1),
+                    f"this nests more than {MAX_NESTING} levels deep (every operator, call, "
+                    "list, tuple and repeat body is a level); give parts of it names")
+                raise NexusError(error.diagnostics, {file: text})
+            stack.append((child, level, start))
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -475,7 +525,11 @@ def parse(text: str, file: str = "<string>") -> ast.Program:
     except UnexpectedInput as err:
         diagnostics = _errors_per_item(text, file) or [_syntax_diagnostic(err, file, text)]
         raise NexusError(diagnostics, {file: text}) from None
-    items = _ToAst(file, text).transform(tree)
+    _check_nesting(tree, file, text)
+    to_ast = _ToAst(file, text)
+    items = to_ast.transform(tree)
+    if to_ast.errors:
+        raise NexusError(to_ast.errors, {file: text})
     version, span = next(((v, at) for _, v, at in (i for i in items if isinstance(i, tuple))),
                          (None, None))
     if version is not None and version != LANGUAGE_VERSION:  # LANGUAGE.md section 3

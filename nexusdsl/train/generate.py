@@ -27,14 +27,29 @@ def sample(model, output: str, prompt: bytes, max_bytes: int, context: int,
     """Continue `prompt` by `max_bytes` bytes, seeing at most `context` bytes at a time.
     Temperature 0 is greedy; `top_k` > 0 samples among the k likeliest bytes only."""
     model.eval()
+    check_finite_weights(model)
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     tokens = list(prompt or b"\n")
-    for _ in range(max_bytes):
+    for step in range(max_bytes):
         x = torch.tensor([tokens[-context:]], dtype=torch.int64, device=device)  # (1, T)
         logits = first_output(model(x), output)[0, -1].float().cpu()  # (V,)
+        if not torch.isfinite(logits).all():  # finite weights can still overflow
+            raise NexusError.at(NO_SPAN, f"the model's logits for byte {step + 1} are not all "
+                                "finite numbers (NaN or inf), so no byte can be sampled")
         tokens.append(_choose(logits, temperature, top_k, gen))
     return bytes(tokens[len(prompt or b"\n"):])
+
+
+def check_finite_weights(model) -> None:
+    """Weights that are NaN or infinite (a run that diverged, a damaged file) give logits
+    nothing can be sampled from: one line naming the first such parameter, before sampling."""
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            name = name.removeprefix("model.")  # a Trainee's: named as the .nx file names it
+            raise NexusError.at(NO_SPAN, f"the model's weights are not all finite numbers: "
+                                f"{name} holds NaN or inf (did its training diverge?), so it "
+                                "cannot generate")
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator) -> int:

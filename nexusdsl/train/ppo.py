@@ -21,14 +21,19 @@ when the first step runs: a resumed run anchors the penalty where it resumes).
 The reward is Python, never text from the file evaluated: a callable given to
 `nexusdsl.train(..., reward=fn)`, or an entry point `"package.module:function"` named in the
 train section or on the command line (`--set reward=nexusdsl.train.ppo:match_label`), imported
-with importlib. It is called as `reward(batch, actions)` with the batch's tensors (`label`,
-`bytes`, `image`, ...) and the sampled actions, and returns rewards shaped like the actions
-(or [B]: one reward per example, shared by its positions).
+with importlib. A checkpoint records the entry point for its reader but never chooses what is
+imported: `nexus eval` takes the reward from the file (train/session.py). It is called as
+`reward(batch, actions)` with the batch's tensors (`label`, `bytes`, `image`, ...) and the
+sampled actions, and returns rewards shaped like the actions (or [B]: one reward per example,
+shared by its positions).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +69,8 @@ def load_reward(spec: Any):
                           f"\"package.module:function\", got {spec!r}")
     module_name, _, attr = spec.partition(":")
     try:
-        target = importlib.import_module(module_name)
+        with _without_script_folder():
+            target = importlib.import_module(module_name)
     except ImportError as err:
         raise RewardError(f"reward {spec}: cannot import {module_name} ({err})") from None
     for part in attr.split("."):
@@ -74,6 +80,24 @@ def load_reward(spec: Any):
     if not callable(target):
         raise RewardError(f"reward {spec} is not callable")
     return target
+
+
+@contextmanager
+def _without_script_folder():
+    """Import as the `nexus` command does. `python -m nexusdsl.cli` (and torchrun, which runs
+    it so) puts the working directory first on sys.path, where the `nexus` script puts its own
+    folder: a file there named like the reward's module would be run. That first entry is left
+    out while the reward is imported; a folder the user puts on PYTHONPATH stays."""
+    first = sys.path[0] if sys.path else None
+    implicit = (first is not None and not sys.flags.safe_path
+                and os.path.abspath(first or os.curdir) == os.getcwd())
+    if implicit:
+        del sys.path[0]
+    try:
+        yield
+    finally:
+        if implicit:
+            sys.path.insert(0, first)
 
 
 @dataclass

@@ -157,20 +157,115 @@ def load_file_expert(region_module) -> None:
 # ---------------------------------------------------------------------------- safetensors
 
 
+# A safetensors file is an 8-byte little-endian header length, a JSON header naming each
+# tensor's dtype, shape and byte range, then the bytes. The header is checked against the file
+# before anything trusts it: an empty, truncated or edited file is one located error, and no
+# length read from the file decides how much is read (the safetensors library refuses headers
+# over 100 MB too).
+MAX_HEADER_BYTES = 100 * 2**20
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
+                "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+_CHUNK = 16 * 2**20  # tensors are hashed a piece at a time, not read whole
+
+
+def _damaged(file: Path, why: str) -> PretrainedError:
+    return PretrainedError(f"pretrained: {file} is not a complete safetensors file: {why}")
+
+
 def read_header(file: Path) -> dict[str, dict]:
-    with open(file, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
+    """{tensor name: {"dtype", "shape", "data_offsets"}} of a safetensors file, checked."""
+    return _read_header(file)[0]
+
+
+def _read_header(file: Path) -> tuple[dict[str, dict], int]:
+    """The checked header, and where the tensors' bytes start (offsets count from there)."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise _damaged(file, f"it has {size} bytes, fewer than the 8 of a header length")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise _damaged(file, f"its header would be {length:,} bytes long, but the file "
+                               f"has {size:,}")
+            header = json.loads(f.read(length))
+    except OSError as err:
+        raise PretrainedError(f"pretrained: cannot read {file}: {err.strerror or err}") from None
+    except ValueError:  # not UTF-8, not JSON
+        raise _damaged(file, "its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise _damaged(file, "its header is not a JSON object")
     header.pop("__metadata__", None)
-    return header
+    for name, entry in header.items():
+        why = _entry_problem(entry, size - 8 - length)
+        if why:
+            raise _damaged(file, f"tensor `{name}` {why}")
+    return header, 8 + length
+
+
+def _entry_problem(entry: Any, data_bytes: int) -> str | None:
+    """What is wrong with one tensor's header entry, or None."""
+    if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPE_BYTES:
+        return "has no known dtype"
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_whole(n) for n in shape):
+        return "has no shape"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_whole, offsets))):
+        return "has no byte range"
+    start, end = offsets
+    if not start <= end <= data_bytes:
+        return f"lies at bytes {start:,}-{end:,}, past the end of the data ({data_bytes:,} bytes)"
+    numel = 1
+    for n in shape:
+        numel *= n
+    if end - start != numel * _DTYPE_BYTES[entry["dtype"]]:
+        return f"has {end - start:,} bytes for a {entry['dtype']} tensor of shape {shape}"
+    return None
+
+
+def _whole(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _read_json(file: Path, what: str) -> Any:
+    try:
+        with open(file, "rb") as f:
+            text = f.read(MAX_HEADER_BYTES + 1)
+    except OSError as err:
+        raise PretrainedError(f"pretrained: cannot read {file}: {err.strerror or err}") from None
+    if len(text) > MAX_HEADER_BYTES:
+        raise PretrainedError(f"pretrained: {file} is too large for {what}")
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        where = f" (line {err.lineno}, column {err.colno})" if hasattr(err, "lineno") else ""
+        raise PretrainedError(f"pretrained: {file} is not valid JSON{where}") from None
+
+
+def _index_files(path: Path) -> dict[str, Path]:
+    """The weight map of a sharded model: every shard a file of the model's own directory."""
+    index = path / SAFE_INDEX
+    data = _read_json(index, "an index")
+    mapping = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise PretrainedError(f"pretrained: {index} has no weight_map of file names")
+    files = {}
+    for key, name in mapping.items():
+        file = path / name
+        if Path(name).name != name or not name.endswith(".safetensors"):
+            raise PretrainedError(f"pretrained: {index} maps `{key}` to {name!r}, which is not "
+                                  "a .safetensors file of the model's directory")
+        if not file.is_file():
+            raise PretrainedError(f"pretrained: {index} maps `{key}` to {name}, which is missing")
+        files[key] = file
+    return files
 
 
 def weight_files(path: Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file holding it."""
-    index = path / SAFE_INDEX
-    if index.is_file():
-        mapping = json.loads(index.read_text())["weight_map"]
-        return {k: path / v for k, v in mapping.items()}
+    if (path / SAFE_INDEX).is_file():
+        return _index_files(path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         pickled = [f.name for f in path.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt")]
@@ -186,18 +281,29 @@ def tensor_hash(files: dict[str, Path], names: list[str]) -> str:
     for name in sorted(names):
         file = files[name]
         if file not in headers:
-            with open(file, "rb") as f:
-                (size,) = struct.unpack("<Q", f.read(8))
-            headers[file] = (read_header(file), 8 + size)
+            headers[file] = _read_header(file)
         header, base = headers[file]
-        entry = header[name]
+        entry = header.get(name)
+        if entry is None:
+            raise _damaged(file, f"it has no tensor `{name}`, which the index places there")
         start, end = entry["data_offsets"]
-        with open(file, "rb") as f:
-            f.seek(base + start)
-            data = f.read(end - start)
         digest.update(f"{name}|{entry['dtype']}|{entry['shape']}|".encode())
-        digest.update(data)
+        _hash_bytes(digest, file, base + start, end - start)
     return digest.hexdigest()[:32]
+
+
+def _hash_bytes(digest, file: Path, offset: int, count: int) -> None:
+    try:
+        with open(file, "rb") as f:
+            f.seek(offset)
+            while count > 0:
+                piece = f.read(min(count, _CHUNK))
+                if not piece:  # shrunk since its header was read
+                    raise _damaged(file, "it ends inside a tensor")
+                digest.update(piece)
+                count -= len(piece)
+    except OSError as err:
+        raise PretrainedError(f"pretrained: cannot read {file}: {err.strerror or err}") from None
 
 
 # ---------------------------------------------------------------------------- transformers
@@ -215,11 +321,14 @@ def _transformers():
 
 def load_config(path: str):
     transformers = _transformers()
+    settings = _read_json(Path(path) / "config.json", "a model's config")
+    if not isinstance(settings, dict):
+        raise PretrainedError(f"pretrained: {Path(path) / 'config.json'} is not a JSON object")
     try:
         return transformers.AutoConfig.from_pretrained(path, local_files_only=True,
                                                        trust_remote_code=False)
-    except (ValueError, KeyError, OSError) as err:
-        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    except (ValueError, KeyError, OSError, TypeError) as err:
+        model_type = settings.get("model_type")
         raise PretrainedError(f"pretrained: transformers does not know the architecture "
                               f"`{model_type}` of {path} (code shipped with a model is never "
                               f"run): {str(err).splitlines()[0]}") from None

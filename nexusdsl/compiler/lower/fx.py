@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import keyword
 import operator
+import re
 from collections.abc import Callable
 
 import torch
 import torch.fx as fx
 from torch import nn
 
+from nexusdsl.compiler.lower.footprint import oversized_tensor, too_big
 from nexusdsl.ir.graph import Graph, Node, ParamSpec
 from nexusdsl.lang.diagnostics import NexusError
+from nexusdsl.memory import available_bytes
 from nexusdsl.ops import REGISTRY
 
 _DTYPES = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16, "f16": torch.float16}
@@ -80,6 +83,30 @@ def _check_attribute_name(node: Node) -> None:
                             "attribute of that name in this process; choose another")
 
 
+_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
+
+
+def _check_code_name(node: Node) -> None:
+    """Names torch.fx writes into the Python source of `forward`: an input's name is an
+    argument, another node's name (or the node it shares) an attribute path. The IR's own
+    validator already holds names to identifiers joined by dots; checked again here, where the
+    code is made, because a name that is not one would be code (`x=__import__('os')...`).
+    Python's keywords cannot be attributes in that code either (`self.lambda`)."""
+    names = [node.name] if node.op == "input" else [node.name, node.shares]
+    for name in filter(None, names):
+        parts = name.split(".")
+        if node.op == "input" and len(parts) > 1:
+            parts = []  # an argument is one identifier
+        if not parts or not all(_PART.fullmatch(p) for p in parts):
+            shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
+            raise NexusError.at(node.span, f"node name {shown} is not identifiers joined by "
+                                "dots (blocks.0.mlp), so it cannot be compiled")
+        word = next((p for p in parts if keyword.iskeyword(p)), None)
+        if node.op != "input" and word:
+            raise NexusError.at(node.span, f"`{word}` cannot name a node: it is a keyword of "
+                                "Python, in which the compiled model is written; choose another")
+
+
 def _argument_name(name: str) -> str:
     """An input's name as an argument of the generated `forward(self, ...)`: Python's keywords
     and `self` get a trailing underscore (the model is still called with the .nx names)."""
@@ -123,7 +150,7 @@ def build_op_module(node: Node, device, dtype, generator) -> OpModule:
     module = OpModule(node.op, op.lower(attrs))
     if node.regions:
         seed = int(generator.initial_seed()) if generator is not None else None
-        bodies = [lower(g, device, _dtype_name(dtype), None if seed is None else seed + i + 1)
+        bodies = [_lower(g, device, _dtype_name(dtype), None if seed is None else seed + i + 1)
                   for i, g in enumerate(node.regions)]
         module.add_module(op.region_name, nn.ModuleList(bodies))
     for key, spec in node.params.items():
@@ -139,7 +166,25 @@ def build_op_module(node: Node, device, dtype, generator) -> OpModule:
 
 
 def lower(graph: Graph, device="cpu", dtype: str = "f32", seed: int | None = 0) -> NexusModule:
-    """Build the torch module of an IR graph (weights initialised from `seed`)."""
+    """Build the torch module of an IR graph (weights initialised from `seed`). Raises
+    `NexusError` when its weights cannot fit in the device's memory (before allocating)."""
+    available = _available(torch.device(device))
+    for error in (oversized_tensor(graph, dtype), too_big(graph, dtype, available)):
+        if error is not None:
+            raise error
+    return _lower(graph, device, dtype, seed)
+
+
+def _available(device: torch.device) -> int | None:
+    """Bytes the device can still give; None where unknown or nothing is allocated (meta)."""
+    if device.type == "cpu":
+        return available_bytes()
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(device)[0]
+    return None
+
+
+def _lower(graph: Graph, device, dtype: str, seed: int | None) -> NexusModule:
     torch_dtype = _DTYPES[dtype]
     generator = None
     if seed is not None and torch.device(device).type != "meta":
@@ -148,6 +193,7 @@ def lower(graph: Graph, device="cpu", dtype: str = "f32", seed: int | None = 0) 
     fxg = fx.Graph()
     values: dict[int, fx.Node] = {}
     for node in graph.nodes():
+        _check_code_name(node)
         if node.op == "input":
             values[node.id] = fxg.placeholder(_argument_name(node.name))
             continue
