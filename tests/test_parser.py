@@ -153,3 +153,78 @@ def test_an_unclosed_string_and_an_unknown_version_say_so():
     assert (d.span.line, d.span.col) == (1, 1)
     assert d.message.startswith("this is nexus 0.1; a file written for nexus 0.2 cannot be read")
     assert parse("nexus 0.1\nlet a = 1\n", "t.nx").version == "0.1"
+
+
+# ----------------------------------------------------------------------------- per-layer variation
+
+
+def _value(source: str):
+    return parse(source, "m.nx").items[0].value
+
+
+def test_boolean_operators_and_comparisons_bind_as_in_python():
+    # Python reads `a or b and not c == d + 1` as `a or (b and (not (c == (d + 1))))`
+    value = _value("let v = a or b and not c == d + 1")
+    assert isinstance(value, ast.BoolOp) and value.op == "or" and value.left.id == "a"
+    right = value.right
+    assert isinstance(right, ast.BoolOp) and right.op == "and" and right.left.id == "b"
+    negated = right.right
+    assert isinstance(negated, ast.UnaryOp) and negated.op == "not"
+    compare = negated.operand
+    assert isinstance(compare, ast.Compare) and compare.ops == ("==",)
+    assert compare.operands[0].id == "c" and compare.operands[1].op == "+"
+
+
+def test_comparisons_chain_and_the_pipe_stays_loosest():
+    chain = _value("let v = 1 < x <= 3 != y")
+    assert chain.ops == ("<", "<=", "!=") and [o.span.col for o in chain.operands] == [9, 13, 18, 23]
+    assert [s.col for s in chain.op_spans] == [11, 15, 20]
+    piped = _value("let v = a == b |> f")
+    assert isinstance(piped, ast.Pipe) and isinstance(piped.value, ast.Compare)
+    assert _value("let v = -a < b").operands[0].op == "-"
+
+
+def test_indexing_binds_to_the_value_before_it():
+    value = _value("let v = f(x)[0][i % 2] + ws[-1]")
+    assert isinstance(value, ast.BinOp) and value.op == "+"
+    outer = value.left
+    assert isinstance(outer, ast.Index) and outer.index.op == "%"
+    assert isinstance(outer.value, ast.Index) and isinstance(outer.value.value, ast.Call)
+    assert isinstance(value.right.index, ast.UnaryOp)
+
+
+def test_if_else_if_else_nests_in_orelse():
+    program = parse("model M {\n  if a { x = 1 } else if b { x = 2 } else {\n    x = 3\n  }\n}\n", "m.nx")
+    (stmt,) = program.items[0].body
+    assert isinstance(stmt, ast.If) and stmt.cond.id == "a" and len(stmt.body) == 1
+    (inner,) = stmt.orelse
+    assert isinstance(inner, ast.If) and inner.cond.id == "b"
+    assert [s.value.value for s in inner.orelse] == [3]
+    assert parse("block f() { if a {} }", "m.nx").items[0].body[0].orelse == ()
+
+
+@pytest.mark.parametrize("header,count,var,shared", [
+    ("repeat depth as i", "depth", "i", False),
+    ("repeat depth shared as layer", "depth", "layer", True),
+    ("repeat len(xs) as i", "len", "i", False),  # `as` went to the call: taken back
+    ("repeat n + len(xs) as k", "+", "k", False),
+])
+def test_repeat_names_its_index(header, count, var, shared):
+    source = f"model M {{\n  {header} {{ x = x }}\n}}\n"
+    (stmt,) = parse(source, "m.nx").items[0].body
+    assert stmt.var == var and stmt.shared == shared
+    kind = {ast.Call: lambda c: c.func.id, ast.Name: lambda c: c.id, ast.BinOp: lambda c: c.op}
+    assert kind[type(stmt.count)](stmt.count) == count
+    assert all(n.alias is None for n in ast.walk(stmt.count) if isinstance(n, ast.Call))
+    column = source.index(f"as {var}") - source.index("\n") + 3
+    assert (stmt.var_span.line, stmt.var_span.col, stmt.var_span.end_col) == (2, column, column + len(var))
+    end = source.index(" shared" if shared else " as") - source.index("\n")
+    assert stmt.count.span.end_col == end  # the count's span ends where the count does
+
+
+@pytest.mark.parametrize("word", ["if", "else", "and", "or", "not"])
+def test_the_words_of_conditions_are_reserved(word):
+    with pytest.raises(NexusError) as info:
+        parse(f"let {word} = 3\n", "t.nx")
+    (d,) = info.value.diagnostics
+    assert d.message.endswith(f"(`{word}` is a reserved word: it cannot name anything)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import operator
 
-from nexusdsl.elaborate.values import Symbol, SymbolicAxis, describe
+from nexusdsl.elaborate.values import Partial, Symbol, SymbolicAxis, describe
 from nexusdsl.lang.diagnostics import NexusError, Span
 
 MAX_MAGNITUDE = 10**15  # beyond any sensible size or count; keeps typos from hanging the compiler
@@ -77,14 +77,29 @@ _COMPARE = {
 }
 
 
+def word_of(value) -> str | None:
+    """The text of a value that is a word: an option value (`global`), a string (a word given
+    with --set), or an op, block or configuration function named without arguments (`gelu`,
+    `local`), as settings spell them."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Symbol):
+        return value.name
+    if isinstance(value, Partial) and not value.args and not value.kwargs:  # bare `gelu`
+        return value.name
+    if callable(value) and isinstance(getattr(value, "name", None), str):  # bare `local`
+        return value.name
+    return None
+
+
 def _kind(value) -> str:
-    """What `==` may compare a value with: numbers with numbers, words (an option value such
-    as `global`, or a string from --set) with words, booleans and lists with their own kind."""
+    """What `==` may compare a value with: numbers with numbers, words with words, booleans
+    and lists with their own kind."""
     if isinstance(value, bool):
         return "bool"
     if is_number(value):
         return "number"
-    if isinstance(value, (str, Symbol)):
+    if word_of(value) is not None:
         return "word"
     if isinstance(value, (list, tuple)):
         return "list"
@@ -93,11 +108,10 @@ def _kind(value) -> str:
 
 def _plain(value):
     """A value as `==` sees it: a word by its text, lists item by item."""
-    if isinstance(value, Symbol):
-        return value.name
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    return value
+    word = word_of(value)
+    return word if word is not None else value
 
 
 def compare(op: str, left, right, span: Span) -> bool:

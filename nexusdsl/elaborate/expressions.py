@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nexusdsl.elaborate.core import Core, int_of
-from nexusdsl.elaborate.evaluate import arithmetic, compare, item, negate, truth
+from nexusdsl.elaborate.evaluate import arithmetic, compare, item, negate, truth, word_of
 from nexusdsl.elaborate.frame import Frame
 from nexusdsl.elaborate.names import Names, suggest
 from nexusdsl.elaborate.nodes import NodeWriter
@@ -127,7 +127,7 @@ class Expressions:
         for op, right_expr, at in zip(e.ops, e.operands[1:], e.op_spans or (None,) * len(e.ops)):
             right = self._known(right_expr, op, frame)
             for side, other in ((left, right), (right, left)):  # a word compares with words only
-                if op not in ("==", "!=") or not isinstance(other, (str, Symbol)):
+                if op not in ("==", "!=") or word_of(other) is None:
                     self._not_a_symbol(side, frame)
             if not compare(op, left, right, at or e.span):
                 return False

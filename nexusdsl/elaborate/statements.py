@@ -28,6 +28,7 @@ from nexusdsl.elaborate.values import (
     Poison,
     Returned,
     Skip,
+    Symbol,
     Tensor,
     describe,
 )
@@ -68,6 +69,7 @@ class Statements:
             ast.If: self._if,
         }
         self.untaken = UntakenBranches()  # read as written once the model is elaborated
+        self._later_steps = 0  # > 0 while a repeat runs a step after its first
 
     def run_body(self, body, frame: Frame) -> bool:
         """Run statements until one returns; False when any of them reported a mistake."""
@@ -79,11 +81,20 @@ class Statements:
                 self._report_unknown_operands(stmt, frame)
                 self._poison(stmt, frame)
             except NexusError as err:
-                self.sink.add(self.stack.annotate(err))
+                self._report(self.stack.annotate(err))
                 self._poison(stmt, frame)
             if frame.returned is not None:
                 break
         return len(self.sink.diagnostics) == reported
+
+    def _report(self, err: NexusError) -> None:
+        """In a later step of a `repeat`, a mistake where an earlier step already reported one
+        is not reported again: with `as i` the message may differ (`index 3`, then `index 4`),
+        but it is one mistake in the file."""
+        if self._later_steps:
+            known = {d.span for d in self.sink.diagnostics}
+            err = NexusError([d for d in err.diagnostics if d.span not in known], err.sources)
+        self.sink.add(err)
 
     def run(self, stmt: ast.Stmt, frame: Frame) -> None:
         rule = self.rules.get(type(stmt))
@@ -176,6 +187,8 @@ class Statements:
                                 f"holds {len(value)} ({', '.join(str(v.type) for v in value)}); "
                                 f"name each: `output {names} = ...`",
                                 *(Note(f"result {i} was made", v.span) for i, v in enumerate(value)))
+        if isinstance(value, Symbol):  # a name bound nowhere (or only in a branch not taken)
+            raise NexusError.at(value.span, f"unknown name `{value.name}`" + suggest(value.name, frame))
         if not isinstance(value, Tensor):
             raise NexusError.at(stmt.span, f"output `{stmt.name}` must be a tensor, got {describe(value)}")
         outputs = self.nodes.graph.outputs
@@ -198,26 +211,35 @@ class Statements:
         if stmt.reversible:  # one nested body graph run `count` times (recursion.py)
             build_recurrence(self.nodes, self.core, stmt, frame, count)
             return
-        namer = self.nodes.namer
-        scope_name = namer.fresh(frame, "blocks")
+        scope_name = self.nodes.namer.fresh(frame, "blocks")
         outer = frame.prefix
         try:
             for i in range(count):
-                frame.prefix = f"{scope_name}.{i}"
-                namer.claim(frame.prefix)
-                if stmt.var is not None:
-                    frame.env[stmt.var] = i
-                if stmt.shared:
-                    with namer.sharing(frame.prefix, f"{scope_name}.0"):
-                        self.run_body(stmt.body, frame)
-                else:
-                    self.run_body(stmt.body, frame)
+                self._step(stmt, frame, scope_name, i)
                 if frame.returned is not None:
                     break
         finally:
             frame.prefix = outer
             if stmt.var is not None:  # the index belongs to the body: a later loop may reuse it
                 frame.env.pop(stmt.var, None)
+
+    def _step(self, stmt: ast.Repeat, frame: Frame, scope_name: str, i: int) -> None:
+        """Step i of an unrolled repeat, named `blocks.i`; with `shared`, its nodes use the
+        parameters of step 0's nodes of the same names."""
+        namer = self.nodes.namer
+        frame.prefix = f"{scope_name}.{i}"
+        namer.claim(frame.prefix)
+        if stmt.var is not None:
+            frame.env[stmt.var] = i
+        self._later_steps += i > 0
+        try:
+            if stmt.shared:
+                with namer.sharing(frame.prefix, f"{scope_name}.0"):
+                    self.run_body(stmt.body, frame)
+            else:
+                self.run_body(stmt.body, frame)
+        finally:
+            self._later_steps -= i > 0
 
     def _check_loop_variable(self, stmt: ast.Repeat, frame: Frame) -> None:
         """`as i` names a new integer for the body; hiding a name already in use would make
@@ -227,9 +249,12 @@ class Statements:
             raise Skip()
         if not self.names.is_known(name, frame, stmt.var_span):
             return
-        value = frame.env[name] if name in frame.env else self.names.lookup(name, stmt.var_span, frame)
-        what = (f"the {'op' if isinstance(value.target, Op) else 'block'} {name}"
-                if isinstance(value, Partial) else describe(value))
+        if name in frame.env:  # not its value: an enclosing loop's index differs step by step
+            what = "a tensor" if isinstance(frame.env[name], Tensor) else "a hyperparameter"
+        else:
+            value = self.names.lookup(name, stmt.var_span, frame)
+            what = (f"the {'op' if isinstance(value.target, Op) else 'block'} {name}"
+                    if isinstance(value, Partial) else describe(value))
         raise NexusError.at(stmt.var_span, f"`as {name}` would hide `{name}`, which already "
                             f"names {what} here; choose another name for the iteration index")
 

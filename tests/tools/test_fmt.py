@@ -120,6 +120,12 @@ def test_a_messy_file_gets_the_canonical_layout():
     ("let xs = [\n  1,\n  2,\n]\n", "let xs = [\n    1,\n    2,\n]\n"),
     ("model M {\n  input x: float[B, T = 8, d=-(2)]\n  output y = x\n}\n",
      "model M {\n  input x: float[B, T=8, d=-(2)]\n  output y = x\n}\n"),
+    # per-layer variation: indexes tight, comparisons and `and`/`or` spaced, `not` a prefix word
+    ("let a = ws [ i ] [-1]+f( x ) [0]\n", "let a = ws[i][-1] + f(x)[0]\n"),
+    ("let a = not-1<=b and c!=d or e==[ 1 ]\n", "let a = not -1 <= b and c != d or e == [1]\n"),
+    ("model M {\n  repeat n  shared  as i{\n  if i>0{x=x}else  if i<0 { }else{\n  x = x\n}\n  }\n}\n",
+     "model M {\n  repeat n shared as i {\n    if i > 0 { x = x } else if i < 0 {} else {\n      x = x\n"
+     "    }\n  }\n}\n"),
 ])
 def test_layout_rules(source: str, expected: str):
     assert format_text(source) == expected

@@ -61,6 +61,21 @@ def test_pygments_marks_ops_and_definitions():
     assert kinds["# out"] in Comment and kinds["|>"] in Operator and kinds["return"] in Keyword
 
 
+def test_conditions_are_keywords_and_comparisons_operators_in_both_highlighters():
+    text = "model M {\n  repeat n as i {\n    if not i == 0 and ws[i] >= 2 or i != 1 {} else {}\n  }\n}\n"
+    kinds = {v: t for t, v in NexusLexer().get_tokens(text) if v.strip()}
+    assert all(kinds[w] in Keyword for w in ("if", "else", "not", "and", "or", "as"))
+    assert all(kinds[op] in Operator for op in ("==", ">=", "!="))
+    scopes = GRAMMAR.tokenize(text)
+    line = text.splitlines()[2]
+    kind = {word: _textmate_kind(scopes[(3, line.index(word) + 1)]) for word in
+            ("if", "not", "==", "and", "ws", ">=", "or", "!=", "else")}
+    assert kind["if"] == kind["else"] == "keyword.control.nx"
+    assert kind["not"] == kind["and"] == kind["or"] == "keyword.operator.logical.nx"
+    assert kind["=="] == kind[">="] == kind["!="] == "keyword.operator.comparison.nx"
+    assert kind["ws"] == "variable.other.nx"  # an indexed list, not a tensor type
+
+
 def test_pygments_flags_a_character_the_language_lacks():
     assert any(t in Error for t, _ in NexusLexer().get_tokens("let a = 1 @ 2\n"))
 
