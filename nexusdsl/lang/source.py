@@ -31,7 +31,7 @@ def read_source(path: str | Path) -> str:
     regular file or is too large) or `UnicodeDecodeError`."""
     # O_NONBLOCK: opening a named pipe returns at once instead of waiting for a writer; the
     # checks below then refuse it. Regular files ignore the flag.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
