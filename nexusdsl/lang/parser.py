@@ -510,7 +510,7 @@ def _check_nesting(tree: Tree, file: str, text: str) -> None:
                 error = NexusError.at(
                     Span(file, meta.line, meta.column, meta.line, meta.column + 1),
                     f"this nests more than {MAX_NESTING} levels deep (every operator, call, "
-                    "list, tuple and repeat body is a level); give parts of it names")
+                    "index, list, tuple, `repeat` and `if` is a level); give parts of it names")
                 raise NexusError(error.diagnostics, {file: text})
             stack.append((child, level, start))
 

@@ -99,7 +99,7 @@ def test_deep_expressions_are_a_located_error(nexus, tmp_path, expr, col):
 
 def test_the_nesting_limit_is_100_levels(tmp_path):
     """100 levels compile (and compute what they say); 101 are refused. A sum of n terms is
-    n - 1 operators deep; each call, list and repeat body is one level."""
+    n - 1 operators deep; each call, list, `not` and repeat body is one level."""
     import torch
 
     model = nexusdsl.compile(nexusdsl.loads(MODEL.replace("EXPR", sum_of(101)), "sum.nx"))
@@ -112,8 +112,11 @@ def test_the_nesting_limit_is_100_levels(tmp_path):
     repeats = MODEL.replace("  output y = EXPR", "  " + "repeat 1 { " * 99 + "x = relu(x)"
                             + " }" * 99 + "\n  output y = x")
     nexusdsl.loads(repeats, "repeats.nx")  # 99 bodies + the call: 100 levels
+    negations = "let a = " + "not " * 100 + "false\n" + MODEL.replace("EXPR", "x")
+    nexusdsl.loads(negations, "not.nx")
     for too_deep in (MODEL.replace("EXPR", sum_of(102)), MODEL.replace("EXPR", nested_calls(101)),
-                     repeats.replace("x = relu(x)", "x = relu(relu(x))")):
+                     repeats.replace("x = relu(x)", "x = relu(relu(x))"),
+                     negations.replace("not false", "not not false")):
         with pytest.raises(nexusdsl.NexusError, match="nests more than 100 levels deep"):
             nexusdsl.loads(too_deep, "deep.nx")
 
