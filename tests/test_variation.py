@@ -192,6 +192,23 @@ model M {
     torch.testing.assert_close(model(x), h)
 
 
+def test_a_return_in_a_branch_ends_the_block():
+    text = """\
+block act(x: [*, d], smooth = false) -> [*, d] {
+  if smooth { return gelu(x) }
+  return relu(x)
+}
+model M {
+  input x: float[B, 4]
+  output y = act(x, smooth = true) + act(x)
+}
+"""
+    model = compiled(text)
+    assert [n.op for n in model.graph.nodes() if not n.is_input] == ["gelu", "relu", "add"]
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(model(x), F.gelu(x) + torch.relu(x))
+
+
 # ----------------------------------------------------------------------------- lists
 
 
@@ -435,5 +452,7 @@ def test_completion_offers_the_loop_index_inside_the_loop_only():
     result = analyze(VARIED, "t.nx")
     inside = [c.label for c in completions(result, VARIED, *position(VARIED, "x + mlp(x)"))]
     assert "i" in inside and "depth" in inside and inside.index("i") < inside.index("linear")
+    assert [c.kind for c in completions(result, VARIED, *position(VARIED, "x + mlp(x)"))
+            if c.label == "len"] == ["function"]
     outside = [c.label for c in completions(result, VARIED, *position(VARIED, "output y = x", 11))]
     assert "i" not in outside and "depth" in outside

@@ -17,7 +17,7 @@ from nexusdsl.tools.tokens import KEYWORDS, Tok
 @dataclass(frozen=True)
 class Completion:
     label: str
-    kind: str  # keyword-argument | op | block | module | keyword | option | value
+    kind: str  # keyword-argument | op | function | block | module | keyword | option | value
     detail: str = ""
     insert: str | None = None
 
@@ -35,7 +35,7 @@ def completions(result: Analysis, text: str, line: int, col: int) -> list[Comple
     items = _keyword_arguments(result, tokens)
     items += _local_names(result, line, col)
     items += [Completion(name, "op", _first_line(public_op(name))) for name in public_op_names()]
-    items += [Completion("len", "op", "len(xs): the number of items of a list")]
+    items += [Completion("len", "function", "len(xs): the number of items of a list")]
     items += _definitions(result)
     items += [Completion(k, "keyword") for k in sorted(KEYWORDS)]
     items += [Completion(k, "option") for k in sorted(OPTION_FUNCTIONS)]

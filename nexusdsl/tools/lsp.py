@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _KINDS = {
     "keyword-argument": types.CompletionItemKind.Property,
     "op": types.CompletionItemKind.Function,
+    "function": types.CompletionItemKind.Function,
     "block": types.CompletionItemKind.Class,
     "module": types.CompletionItemKind.Module,
     "keyword": types.CompletionItemKind.Keyword,
