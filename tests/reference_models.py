@@ -44,7 +44,7 @@ class TinyLMBlock(nn.Module):
 
 
 class TinyLM(nn.Module):
-    """LANGUAGE.md section 1, written by hand."""
+    """The model of docs/language.md "A first file", written by hand."""
 
     def __init__(self, dim=128, depth=4, heads=4):
         super().__init__()

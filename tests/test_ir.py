@@ -81,3 +81,55 @@ def test_verifier_catches_an_unknown_op_when_given_the_registry():
     verify(graph)  # structure alone is fine: the IR does not know the ops
     with pytest.raises(VerifyError, match="unknown op no_such_op"):
         verify(graph, REGISTRY)
+
+
+# ---------------------------------------------------------------------------- nested graphs
+
+NESTED = """\
+nexus 0.1
+import std.nn
+
+model M {
+  input x: float[B, T, 8]
+  experts e = 2 of mlp(mult = 2)
+  h = moe(x, e, router = topk(k = 1))
+  repeat 2 shared {
+    h = moe(h, e, router = topk(k = 1))
+  }
+  output y = h
+}
+"""
+
+
+def _by_hand(graph: Graph) -> list[tuple[Graph, str]]:
+    found = []
+    for node in graph.nodes():
+        found.append((graph, node.name))
+        for region in node.regions:
+            found += _by_hand(region)
+    return found
+
+
+def test_walk_visits_nested_graphs_after_their_owner_with_their_graph():
+    graph = nexusdsl.loads(NESTED, "n.nx").elaborate()
+    walked = [(g, n.name) for g, n in graph.walk()]
+    assert walked == _by_hand(graph) and len(walked) > len(graph)
+    assert all(g.node(g.by_name(name).id).name == name for g, name in walked)
+    top = [n.name for _, n in graph.walk(enter=lambda n: False)]
+    assert top == [n.name for n in graph.nodes()]
+    unshared = list(graph.walk(enter=lambda n: not n.shares))
+    assert len(walked) - len(unshared) == sum(len(r) for n in graph.nodes() if n.shares
+                                              for r in n.regions)
+
+
+def test_regions_are_graphs_and_survive_the_json_round_trip():
+    from pydantic import ValidationError
+
+    from nexusdsl.ir.graph import Node
+
+    graph = nexusdsl.loads(NESTED, "n.nx").elaborate()
+    again = Graph.from_json(graph.to_json())
+    assert again.to_json() == graph.to_json() and again.content_hash() == graph.content_hash()
+    assert all(isinstance(r, Graph) for _, n in again.walk() for r in n.regions)
+    with pytest.raises(ValidationError):
+        Node(id=0, op="moe", name="m", regions=[{"nodes": []}])

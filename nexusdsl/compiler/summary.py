@@ -17,6 +17,13 @@ def node_params(node: Node) -> int:
     return sum(spec.numel for spec in node.owned_params().values())
 
 
+def held_params(node: Node) -> int:
+    """Parameters a node owns, those of its nested graphs included (a moe's experts)."""
+    if node.shares:
+        return 0
+    return node_params(node) + sum(count_params(region)["total"] for region in node.regions)
+
+
 def count_params(graph: Graph) -> dict[str, int]:
     """Unique parameters, nested graphs included: shared nodes (with their nested graphs,
     which are their owner's) and tied parameters are counted once, at their owner."""

@@ -1,4 +1,4 @@
-"""Experts, adapters and routers (family "routing"): LANGUAGE.md section 8.
+"""Experts, adapters and routers (family "routing"; docs/language.md, "Builtin ops"):
 
     experts ffn = 16 of mlp(mult = 4)
     y = moe(x, ffn, router = topk(k = 4), balance = 0.01, capacity = 1.25)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import graphviz
 
-from nexusdsl.compiler.summary import count_params, node_params
+from nexusdsl.compiler.summary import held_params
 from nexusdsl.ir.graph import Graph, Node
 from nexusdsl.ir.types import TensorType
 
@@ -42,9 +42,7 @@ def human(n: int) -> str:
 
 def own_params(node: Node) -> int:
     """Parameters a node owns itself and in its regions; shared and tied ones count zero."""
-    if node.shares:
-        return 0
-    return node_params(node) + sum(count_params(region)["total"] for region in node.regions)
+    return held_params(node)
 
 
 def shape_label(t: TensorType) -> str:

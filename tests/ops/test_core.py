@@ -308,8 +308,9 @@ def test_position_errors():
 
 
 def test_tensors_of_any_rank_are_aligned_by_axis_name():
-    """LANGUAGE.md: `a + b`, `a * b` broadcast by axis name. Same rank in another order:
-    the right operand is reordered; fewer axes in another order: reordered, then expanded."""
+    """`a + b`, `a * b` broadcast by axis name (docs/language.md, "Blocks and
+    calls"). Same rank in another order: the right operand is reordered; fewer axes in another
+    order: reordered, then expanded."""
     src = """nexus 0.1
 model ByName {
   input a: float[B, T=3, D=4]

@@ -88,8 +88,9 @@ class CompactRandomWiring(RewritePattern):
         dense = node.params["weight"]
         params = {**node.params, "weight": ParamSpec(shape=(count,), init=dense.init,
                                                      std=dense.std, frozen=dense.frozen)}
-        graph.replace(node, node.model_copy(update={"op": SparseMix.name, "attrs": attrs,
-                                                    "params": params}))
+        # keywords, not a dict: the field `params` is also an op's name, which passes never write
+        graph.replace(node, node.model_copy(update=dict(op=SparseMix.name, attrs=attrs,
+                                                        params=params)))
         return True
 
     @staticmethod
