@@ -38,6 +38,8 @@ def random_inputs(graph, symbolic: int = 8, batch: int = 2, seed: int = 0):
         if t.dtype == "i64":
             vocab = node.attrs.get("vocab") or 256
             inputs.append(torch.randint(0, vocab, shape, generator=gen))
+        elif t.dtype == "bool":  # padding masks: every token real
+            inputs.append(torch.ones(shape, dtype=torch.bool))
         else:
             inputs.append(torch.randn(shape, generator=gen))
     return inputs

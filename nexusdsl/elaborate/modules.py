@@ -20,7 +20,7 @@ from nexusdsl.resources import stdlib_path
 OPTION_FUNCTIONS = frozenset(
     "bytes ids patches frames tubelets signal topk knn hash local random ring tree star full "
     "pretrained text folder digits waves denoise contrastive classify next_token ppo adamw sgd "
-    "cosine constant".split()
+    "cosine constant rope llama3 yarn".split()
 )
 MODALITY_KINDS = ("bytes", "ids", "patches", "frames", "tubelets", "signal")
 

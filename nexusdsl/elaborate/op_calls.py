@@ -46,6 +46,7 @@ class OpCalls:
         if len(tensors) < wanted:
             raise NexusError.at(span, f"`{op.name}` takes {wanted} tensor inputs "
                                 f"({', '.join(op.inputs)}), got {len(tensors)}")
+        tensors, kwargs = _optional_tensors(op, tensors, kwargs)
         agents = self.agents.agent_args(op, tensors, rest, kwargs, span)  # swarm
         rest, kwargs, regions = agents or self.experts.expert_args(op, tensors, rest, kwargs, span)
         attrs, hints = self._attrs(op, rest, [(k, v) for k, v in kwargs if k not in op.inputs], span)
@@ -174,6 +175,22 @@ def _item_hints(given: dict[str, Arg]) -> dict[str, str]:
     tell an axis written by name from a number even when the name is bound to its size."""
     return {f"{k}.{i}": item.id for k, a in given.items() if isinstance(a.expr, ast.ListExpr)
             for i, item in enumerate(a.expr.items) if isinstance(item, ast.Name)}
+
+
+def _optional_tensors(op: Op, tensors: list[Arg], kwargs):
+    """Keyword tensors an op takes optionally (`mask = m`): appended to its inputs in the op's
+    order and named in its `given` attribute. A non-tensor there is a mistake."""
+    named = dict(kwargs)
+    given = [name for name in op.optional_inputs if name in named]
+    for name in given:
+        if not isinstance(named[name].value, Tensor):
+            raise NexusError.at(named[name].span, f"`{op.name}`: `{name}` takes a tensor, got "
+                                f"{describe(named[name].value)}")
+    if not given:
+        return tensors, kwargs
+    rest = [(k, a) for k, a in kwargs if k not in given]
+    marker = Arg([*given], None, named[given[0]].span)
+    return [*tensors, *(named[name] for name in given)], [*rest, ("given", marker)]
 
 
 def _split_tensor_args(op: Op, args: list[Arg], kwargs) -> tuple[list[Arg], list[Arg]]:

@@ -169,10 +169,12 @@ class Statements:
             return "f32", None
         if kind == "int":
             return "i64", None
+        if kind == "bool":
+            return "bool", None
         value = self.names.lookup(kind, texpr.span, frame)
         if not isinstance(value, Modality):
             raise NexusError.at(texpr.span, f"`{kind}` is not a modality; an input is written "
-                                "`text[B, T]` (a modality), `float[B, D]` or `int[B, T]`")
+                                "`text[B, T]` (a modality), `float[B, D]`, `int[B, T]` or `bool[B, T]`")
         self.nodes.register_modality(value)
         return ("i64" if value.spec.discrete else "f32"), value.name
 

@@ -75,6 +75,10 @@ class InferContext:
 class Op:
     name: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]] = ("x",)  # tensor inputs, in positional order
+    # Tensor inputs given by keyword only, each optional (`attention(x, kv = y, mask = m)`):
+    # the node lists those given after the required ones, in this order, and its attribute
+    # `given` names them.
+    optional_inputs: ClassVar[tuple[str, ...]] = ()
     variadic: ClassVar[bool] = False  # takes any number (>= 1) of tensor inputs
     family: ClassVar[str] = "core"
     # Ops that run nested graphs (experts, a loop body) keep their lowered modules in a

@@ -310,7 +310,7 @@ def _activation(value: dict):
 
 def pruned_attention(attrs):
     """Attention with fewer heads of the original head size (`nexus prune --structured`)."""
-    from nexusdsl.ops.mixers import attention_forward
+    from nexusdsl.ops.attention_torch import attention_forward
 
     return attention_forward(attrs, attrs.head_dim)
 

@@ -80,7 +80,7 @@ def test_attention_dropout_only_while_training():
 
 def test_attention_errors():
     assert op_error("attention", tt("B", "T", ("d", 130)), heads=4).message == (
-        "attention: width d=130 is not divisible by heads = 4")
+        "attention: width d=130 is not divisible by heads = 4; give head_dim")
     assert "holds the channels" in op_error("attention", tt("B", "T", ("d", 8)), heads=2,
                                             axis=-1).message
     assert "names no axis" in op_error("attention", tt("B", "T", ("d", 8)), heads=2,
