@@ -88,14 +88,22 @@ class Attention(Op):
     family = "mixers"
     optional_inputs = OPTIONAL_TENSORS
     traits = Traits(projection_weights=True, decode_state="keys and values")
-    parameters = {"qkv.weight": "[(heads + 2 * kv_heads) * head_dim, d] (self-attention)",
-                  "qkv.bias": "[(heads + 2 * kv_heads) * head_dim] if bias (or bias = qkv)",
-                  "q.weight": "[heads * head_dim, d] (cross-attention: kv = y)",
-                  "q.bias": "[heads * head_dim] if bias, cross-attention",
-                  "kv.weight": "[2 * kv_heads * head_dim, e] (cross-attention, e: y's width)",
-                  "kv.bias": "[2 * kv_heads * head_dim] if bias, cross-attention",
-                  "out.weight": "[d, heads * head_dim]", "out.bias": "[d] if bias = true",
-                  "q_norm.weight": "[head_dim] if qk_norm", "k_norm.weight": "[head_dim] if qk_norm"}
+    # h: head_dim or d // heads; g: kv_heads or heads (the defaults)
+    parameters = {
+        "qkv.weight": "[(heads + 2 * (kv_heads or heads)) * (head_dim or d // heads), d] "
+                      "(self-attention)",
+        "qkv.bias": "[(heads + 2 * (kv_heads or heads)) * (head_dim or d // heads)] if bias "
+                    "(true or qkv), self-attention",
+        "q.weight": "[heads * (head_dim or d // heads), d] (cross-attention: kv = y)",
+        "q.bias": "[heads * (head_dim or d // heads)] if bias, cross-attention",
+        "kv.weight": "[2 * (kv_heads or heads) * (head_dim or d // heads), e] (cross-attention; "
+                     "e is y's width)",
+        "kv.bias": "[2 * (kv_heads or heads) * (head_dim or d // heads)] if bias, cross-attention",
+        "out.weight": "[d, heads * (head_dim or d // heads)]",
+        "out.bias": "[d] if bias = true",
+        "q_norm.weight": "[head_dim or d // heads] if qk_norm",
+        "k_norm.weight": "[head_dim or d // heads] if qk_norm",
+    }
 
     class Attrs(OpAttrs):
         heads: PosInt

@@ -135,6 +135,10 @@ EXAMPLES = [
     ("conv", TOKENS, "y = conv(x, 6, kernel = 3, groups = 2)", {}),
     ("position", TOKENS, "y = x + position(x, max = 16)", {}),
     ("attention", TOKENS, "y = attention(x, heads = 2)", {}),
+    ("attention", TOKENS, "y = attention(x, heads = 4, kv_heads = 2, head_dim = 3, bias = qkv, "
+                          "qk_norm = rmsnorm)", {}),
+    ("attention", "x: float[B, T, 8]\n  input z: float[B, S, 6]",
+     "y = attention(x, heads = 2, kv = z)", {"e": 6}),
     ("hyena", TOKENS, "y = hyena(x, order = 2, filter = 8)", {"directions": 1}),
     ("hyena", TOKENS, "y = hyena(x, order = 3, filter = 4, causal = false)", {"directions": 2}),
     ("learned_tokenizer", TOKENS, "y = learned_tokenizer(x, kernels = [3, 5], widths = [3, 5], "
