@@ -355,3 +355,14 @@ def test_the_language_server_does_not_echo_imported_secrets(project, monkeypatch
         "only .nx files can be imported", "only .nx files can be imported",
         f"an import names a file in this file's folder or below it ({project.resolve()}), "
         "relative to the folder"], shown
+
+
+def test_python_m_imports_nothing_from_the_working_directory(tmp_path):
+    """`python -m nexusdsl.cli` puts the working directory first on sys.path; a module there
+    named like one torch imports must not be run when a command loads torch."""
+    marker = tmp_path / "ran"
+    (tmp_path / "numpy.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                       "raise SystemExit('shadowing numpy was imported')\n")
+    run = process("compile", str(ROOT / "examples" / "tiny_lm.nx"), cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert not marker.exists()
