@@ -139,6 +139,7 @@ EXAMPLES = [
                           "qk_norm = rmsnorm)", {}),
     ("attention", "x: float[B, T, 8]\n  input z: float[B, S, 6]",
      "y = attention(x, heads = 2, kv = z)", {"e": 6}),
+    ("relative_position", TOKENS, "y = relative_position(x, heads = 2, buckets = 8)", {}),
     ("hyena", TOKENS, "y = hyena(x, order = 2, filter = 8)", {"directions": 1}),
     ("hyena", TOKENS, "y = hyena(x, order = 3, filter = 4, causal = false)", {"directions": 2}),
     ("learned_tokenizer", TOKENS, "y = learned_tokenizer(x, kernels = [3, 5], widths = [3, 5], "
