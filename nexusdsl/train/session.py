@@ -304,9 +304,30 @@ def from_checkpoint(program: Program, model: str | None, path: Path,
     for key, value in overrides.items():
         if value is not None:
             config = _override(config, key, value)
-    session = build(program, name, config, Dist(), graph=stored_graph(checkpoint))
+    session = _build_saved(program, name, config, checkpoint)
     restore(session, checkpoint)
     return session
+
+
+def _build_saved(program: Program, name: str, config: TrainConfig,
+                 checkpoint: ckpt.Checkpoint) -> Session:
+    """`build` with the hyperparameters a checkpoint recorded. A mistake they cause inside the
+    file (an edited state.json, or a file changed since) is the checkpoint's: one line naming
+    it, with the place in the file."""
+    graph = stored_graph(checkpoint)
+    try:
+        return build(program, name, config, Dist(), graph=graph)
+    except ckpt.CheckpointError:
+        raise
+    except NexusError as err:
+        first = err.diagnostics[0]
+        if not first.span.line:
+            raise
+        hyper = ", ".join(f"{k}={str(v)[:40]!r}" for k, v in config.hyper.items()) or "none"
+        raise ckpt.CheckpointError(
+            f"checkpoint {checkpoint.path}: model {name} does not build with the "
+            f"hyperparameters it recorded ({hyper}): {first.span.file}:{first.span.line}:"
+            f"{first.span.col}: {first.message}") from None
 
 
 def saved_config(checkpoint: ckpt.Checkpoint) -> TrainConfig:
