@@ -80,6 +80,16 @@ def _train(d, program_or_path, model, out, resume, until, progress, console,
                             f"{d.world} processes")
     out = Path(out) if out is not None else None
     existing = _existing_checkpoint(out, resume) if out is not None else None
+    try:
+        return _run(program, model, config, d, out, existing, resume, until, progress, console)
+    except NexusError as err:  # raised mid-run at a setting (divergence, a reward's return)
+        if err.sources or not any(diag.span.line for diag in err.diagnostics):
+            raise
+        raise NexusError(err.diagnostics, program.sources) from None
+
+
+def _run(program, model, config, d, out, existing, resume, until, progress,
+         console) -> Result:
     with _claimed(out, d):
         session = build(program, model, config, d)
         session.until, session.out = until, out

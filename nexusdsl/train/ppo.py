@@ -155,13 +155,18 @@ class Ppo(Objective):
         return logits, value
 
     def _rewards(self, batch, actions):
-        rewards = torch.as_tensor(self.reward(batch, actions), dtype=torch.float32,
-                                  device=actions.device)
+        given = self.reward(batch, actions)
+        try:  # the reward is the user's code: what it returns is checked like their input
+            rewards = torch.as_tensor(given, dtype=torch.float32, device=actions.device)
+        except (TypeError, ValueError, RuntimeError):
+            self.fail(f"the reward returned {type(given).__name__}, not numbers: it must "
+                      f"return rewards shaped like the actions {tuple(actions.shape)} (or "
+                      f"one per example)")
         if rewards.shape == actions.shape[:1] and actions.dim() > 1:
             rewards = rewards.view(-1, *([1] * (actions.dim() - 1))).expand_as(actions)
         if rewards.shape != actions.shape:
-            raise ValueError(f"the reward gave shape {tuple(rewards.shape)} for actions of "
-                             f"shape {tuple(actions.shape)}")
+            self.fail(f"the reward gave shape {tuple(rewards.shape)} for actions of shape "
+                      f"{tuple(actions.shape)}")
         return rewards
 
     def _sample(self, model, batch) -> Rollout:

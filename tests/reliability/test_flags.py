@@ -249,3 +249,28 @@ def test_run_with_an_empty_sequence(nexus, tmp_path, shape):
     run = nexus("run", path, "--inputs", inputs(tmp_path, torch.zeros(shape, dtype=torch.int64)))
     one_error(run, f"input `tokens` in {tmp_path / 'inputs.safetensors'} is empty (shape "
                    f"{shape})")
+
+
+# ----------------------------------------------------------------------------- PPO rewards
+
+NONE_REWARD = """
+calls = 0
+def reward(batch, actions):
+    global calls
+    calls += 1
+    return None if calls >= {first_none} else (actions == batch["label"]).float()
+"""
+
+
+# None at once (the trial batch before training), and later (the 6th call: held-out or a step)
+@pytest.mark.parametrize("first_none", [1, 6])
+def test_a_ppo_reward_that_returns_none(nexus, tmp_path, monkeypatch, first_none):
+    module = f"none_reward_{first_none}"
+    (tmp_path / f"{module}.py").write_text(NONE_REWARD.format(first_none=first_none))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = nexus("train", "examples/thann.nx", "--data", "digits", "--set", "objective=ppo",
+                "--set", f"reward={module}:reward", "--set", "dim=16", "--steps", 4, "--batch",
+                8, "--set", "eval_batches=1", "--set", "threads=1", "-q", "--out", tmp_path / "o")
+    one_error(run, "objective ppo: the reward returned NoneType, not numbers: it must return "
+                   "rewards shaped like the actions (")
+    assert not (tmp_path / "o").exists()
