@@ -1,6 +1,6 @@
 """Training-step overhead of a compiled `.nx` model against the same model written by hand.
 
-    python benchmarks/overhead.py
+    python benchmarks/overhead.py [--threads N]
 
 Prints forward+backward time of the compiled tiny_lm divided by the hand-written reference's,
 interleaved in one run. Target: 1.05 or less.
@@ -8,6 +8,7 @@ interleaved in one run. Target: 1.05 or less.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -52,4 +53,9 @@ def main(batch=8, context=256, rounds=5, steps=5) -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: torch's own; 1 is steadier on a busy machine)")
+    if (threads := parser.parse_args().threads):
+        torch.set_num_threads(threads)
     main()
