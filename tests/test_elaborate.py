@@ -308,7 +308,7 @@ model M {
 
 
 def test_a_module_named_like_a_builtin_leaves_the_builtin_callable(tmp_path):
-    """LANGUAGE.md: own definitions, builtins, then imports. `import std.hyena` names the
+    """docs/language.md: own definitions, builtins, then imports. `import std.hyena` names the
     module `hyena`; `hyena(...)` is still the op and `hyena.hyena_block` the module's block."""
     src = """nexus 0.1
 import std.hyena
@@ -392,8 +392,9 @@ model M {
 
 
 def test_a_block_default_can_use_an_axis_of_its_inputs():
-    """LANGUAGE.md section 5: axis names bind from the argument and are integers in the
-    body; a hyperparameter's default may use them too (evaluated once the shapes bind)."""
+    """docs/language.md, "Blocks and calls": axis names bind from the argument and are
+    integers in the body; a hyperparameter's default may use them too (evaluated once the
+    shapes bind)."""
     src = """nexus 0.1
 block widen(x: [*, d], out = d * 2) -> [*, out] { return linear(x, out) }
 model M {

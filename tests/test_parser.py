@@ -1,4 +1,4 @@
-"""The grammar parses every statement form of LANGUAGE.md, and known mistakes read well."""
+"""The grammar parses every statement form of docs/language.md, and known mistakes read well."""
 
 import pytest
 

@@ -1,6 +1,6 @@
 """Files, imports and names: loads a file and everything it imports (detecting cycles), and
-resolves unqualified names in the order of LANGUAGE.md section 3: the file's own definitions,
-builtins, then imported modules in import order."""
+resolves unqualified names in the order docs/language.md gives ("Program structure"): the
+file's own definitions, builtins, then imported modules in import order."""
 
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def _display_path(path: Path) -> str:
 
 
 def lookup_global(scope: FileScope, name: str, span: Span, builtins) -> tuple[str, Any] | None:
-    """Resolve an unqualified name outside any local scope, in LANGUAGE.md's order: own
+    """Resolve an unqualified name outside any local scope, in docs/language.md's order: own
     definitions, builtins, then the imports (a module's name, then the modules' definitions;
     ambiguity is an error). A module named like a builtin (`import std.hyena`) leaves the
     builtin callable as `hyena(...)`; `hyena.block` still reaches the module (the

@@ -45,7 +45,7 @@ def _lark() -> Lark:
     return Lark(
         grammar_path().read_text(encoding="utf-8"),
         parser="lalr",
-        lexer="basic",  # keywords are reserved everywhere, as LANGUAGE.md says
+        lexer="basic",  # keywords are reserved everywhere, as docs/language.md says
         propagate_positions=True,
         postlex=_NewlinesInBrackets(),
         maybe_placeholders=False,
@@ -532,7 +532,7 @@ def parse(text: str, file: str = "<string>") -> ast.Program:
         raise NexusError(to_ast.errors, {file: text})
     version, span = next(((v, at) for _, v, at in (i for i in items if isinstance(i, tuple))),
                          (None, None))
-    if version is not None and version != LANGUAGE_VERSION:  # LANGUAGE.md section 3
+    if version is not None and version != LANGUAGE_VERSION:  # docs/language.md
         error = NexusError.at(span, f"this is nexus {LANGUAGE_VERSION}; a file written for "
                               f"nexus {version} cannot be read (write `nexus "
                               f"{LANGUAGE_VERSION}`, or leave the line out)")

@@ -1,4 +1,4 @@
-"""This issue's ops are registered in their families and show their `.nx` use."""
+"""The ops of docs/axes.md are registered in their families and show their `.nx` use."""
 
 import pytest
 
