@@ -11,11 +11,12 @@ from nexusdsl.train.objectives import ports
 from tests.conftest import EXAMPLES
 
 # 30 steps at a learning rate of 3e-3 (the examples' own rates are 2e-3 to 6e-3; the default
-# 1e-3 is meant for long runs) lower every example's held-out loss by 23% to 88%; the test asks
-# for 10%. The digit classifier gets 60 larger batches: it sits at the uniform guess (ln 10)
-# for about 40 steps before it starts telling digits apart.
+# 1e-3 is meant for long runs) lower the next-byte models' held-out loss by 25% to 88%; the
+# test asks for 10%. Two learn more slowly and get longer runs: the digit classifier sits near
+# the uniform guess (ln 10) for 40 to 60 steps, depending on its initial weights, and halves its
+# loss in 100; THANN's contrastive loss falls by 18% in 30 steps and by 31% in 60.
 SHORT = {"steps": 30, "batch": 8, "lr": 3e-3, "eval_batches": 4, "save_every": 0}
-LONGER = {"DigitsClassifier": {"steps": 60, "batch": 32}}
+LONGER = {"DigitsClassifier": {"steps": 100, "batch": 32}, "THANN": {"steps": 60}}
 
 
 def settings_for(program, model):
