@@ -13,8 +13,8 @@ from nexusdsl.ir.printer import format_type
 
 def node_params(node: Node) -> int:
     """Parameters a node owns itself: a shared node and tied parameters count zero (they are
-    another node's)."""
-    return sum(spec.numel for spec in node.owned_params().values())
+    another node's), and so do buffers (state that is not a parameter, as torch counts)."""
+    return sum(spec.numel for spec in node.owned_params().values() if not spec.buffer)
 
 
 def held_params(node: Node) -> int:
@@ -30,6 +30,8 @@ def count_params(graph: Graph) -> dict[str, int]:
     total = trainable = frozen = 0
     for _, node in graph.walk(enter=lambda n: not n.shares):
         for spec in node.owned_params().values():
+            if spec.buffer:  # persistent state, not a parameter (a router's correction bias)
+                continue
             total += spec.numel
             if spec.frozen:
                 frozen += spec.numel

@@ -10,6 +10,12 @@ expert, made of `adapter` nodes:
 `linear_3` is there only with `skip = true`. Square adapters start as the identity and
 `linear_3` at zero, so a wrapped expert starts as itself. A `pretrained(...)` expert is a
 region around one `pretrained_module` node whose frozen parameters come from the model.
+
+A shared expert (`moe(x, ffn, shared = swiglu(hidden = 64))`) sees every token, so it is no
+region: its block is applied to x here, as ordinary nodes named under the moe node
+(`moe.shared.swiglu.linear`, so its parameters read `moe.shared.…` in the state_dict and
+passes, pruning and the summary treat it as any block), and its output becomes the moe
+node's `shared` input, which the moe adds to the routed sum.
 """
 
 from __future__ import annotations
@@ -34,8 +40,12 @@ class Experts:
         self.core = core
         self.root = root
 
-    def expert_args(self, op, tensors: list[Arg], rest: list[Arg], kwargs, span: Span):
-        """Replace a set-of-experts argument by its size and build its regions."""
+    def expert_args(self, op, tensors: list[Arg], rest: list[Arg], kwargs, span: Span,
+                    alias: str | None = None, frame: Frame | None = None):
+        """Replace a set-of-experts argument by its size and build its regions; build the
+        shared expert (`shared = block`) and pass its output instead."""
+        if op.name == "moe" and frame is not None:
+            kwargs = self._shared_expert(op, tensors, kwargs, alias, frame)
         found = [(i, a) for i, a in enumerate(rest) if isinstance(a.value, ExpertSet)]
         found += [(k, a) for k, a in kwargs if isinstance(a.value, ExpertSet)]
         if not found:
@@ -60,6 +70,31 @@ class Experts:
         else:
             kwargs = [(k, count if k == where else a) for k, a in kwargs]
         return rest, kwargs, regions
+
+    def _shared_expert(self, op, tensors: list[Arg], kwargs, alias: str | None, frame: Frame):
+        """`shared = block`: the block applied to x under `NAME.shared`, NAME being the name
+        the moe node is about to take (it is made after its inputs)."""
+        arg = dict(kwargs).get("shared")
+        if arg is None:
+            return kwargs
+        member = arg.value
+        if not isinstance(member, Partial):
+            raise NexusError.at(arg.span, f"`{op.name}`: `shared` takes a block or op that "
+                                "every token goes through (`shared = swiglu(hidden = 64)`), "
+                                f"got {describe(member)}")
+        name = frame.qualify(alias) if alias else self.nodes.namer.peek(frame, op.name)
+        scope = Frame(frame.scope, f"{name}.shared")
+        x = tensors[0].value
+        try:
+            out = self.core.apply(member, [Arg(x, None, arg.span)], [], arg.span, None, scope)
+        except NexusError as err:
+            note = Note("while building the shared expert", arg.span)
+            raise NexusError([replace(d, notes=d.notes + (note,)) for d in err.diagnostics],
+                             err.sources) from None
+        if not isinstance(out, Tensor):
+            raise NexusError.at(arg.span, f"the shared expert ({member.name}) gives "
+                                f"{describe(out)}; it must give one tensor")
+        return [(k, Arg(out, a.expr, a.span) if k == "shared" else a) for k, a in kwargs]
 
     def expert_region(self, member, xtype: TensorType, adapter: bool, skip: bool, label: str,
                       index: int, arg: Arg, span: Span) -> Graph:

@@ -70,6 +70,16 @@ class Namer:
                 self.used.add(name)
                 return name
 
+    def peek(self, frame: Frame, base: str) -> str:
+        """The name `fresh(frame, base)` would give now, without taking it (a node whose
+        inputs are named under it, as a moe's shared expert `moe.shared.…`, is made last)."""
+        n = self.counts.get((frame.prefix, base), 1 if taken_by_torch(base) else 0)
+        while True:
+            name = frame.qualify(base if n == 0 else f"{base}_{n}")
+            if name not in self.used:
+                return name
+            n += 1
+
     def claim(self, name: str) -> bool:
         if name in self.used:
             return False

@@ -46,9 +46,10 @@ class OpCalls:
         if len(tensors) < wanted:
             raise NexusError.at(span, f"`{op.name}` takes {wanted} tensor inputs "
                                 f"({', '.join(op.inputs)}), got {len(tensors)}")
-        tensors, kwargs = _optional_tensors(op, tensors, kwargs)
         agents = self.agents.agent_args(op, tensors, rest, kwargs, span)  # swarm
-        rest, kwargs, regions = agents or self.experts.expert_args(op, tensors, rest, kwargs, span)
+        rest, kwargs, regions = agents or self.experts.expert_args(op, tensors, rest, kwargs, span,
+                                                                   alias, frame)
+        tensors, kwargs = _optional_tensors(op, tensors, kwargs)  # after: `shared` is made there
         attrs, hints = self._attrs(op, rest, [(k, v) for k, v in kwargs if k not in op.inputs], span)
         labels = [self._label(a.expr) for a in tensors]
         return self.nodes.add_op(op, [a.value for a in tensors], attrs, hints, span, alias, frame,

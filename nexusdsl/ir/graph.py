@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from nexusdsl.ir.types import TensorType
 from nexusdsl.lang.diagnostics import Span
@@ -31,7 +31,9 @@ class ValueRef(BaseModel):
 class ParamSpec(BaseModel):
     """A parameter a node owns: its shape, how it is initialised, and whether it trains.
 
-    `tied_to` names another node's parameter (`tok.weight`) that this one *is*: tied heads."""
+    `tied_to` names another node's parameter (`tok.weight`) that this one *is*: tied heads.
+    `buffer` marks persistent state that is not trained by gradients (a router's correction
+    bias): lowered as a registered buffer (in the state_dict), left out of parameter counts."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -40,6 +42,15 @@ class ParamSpec(BaseModel):
     std: float = 0.02
     frozen: bool = False
     tied_to: str | None = None
+    buffer: bool = False
+
+    @model_serializer(mode="wrap")
+    def _without_default_buffer(self, handler):
+        # left out when false, so graphs without buffers serialise and hash as before
+        data = handler(self)
+        if not self.buffer:
+            data.pop("buffer", None)
+        return data
 
     @property
     def numel(self) -> int:

@@ -20,14 +20,22 @@ import math
 
 import torch
 
-from nexusdsl.ops.routers_torch import Routing, balance_loss, hash_route, knn_route, topk_route
+from nexusdsl.ops.routers_torch import (
+    Routing,
+    balance_loss,
+    hash_route,
+    knn_route,
+    topk_route,
+    update_bias,
+)
+from nexusdsl.ops.routing import router_settings
 from nexusdsl.ops.trace_torch import tracing as _tracing
 
 
 def route_tokens(m, attrs, x: torch.Tensor, seq: int) -> Routing:
     r = attrs.router
     if r["fn"] == "topk":
-        return topk_route(m, x, r["kwargs"], m.training)
+        return topk_route(m, x, router_settings(r), m.training)
     if r["fn"] == "knn":
         return knn_route(m, x, r["kwargs"], m.training)
     return hash_route(m, x, r["kwargs"], m.training, attrs.experts, seq)
@@ -90,10 +98,12 @@ def gather_rows(src, index, inverse, valid):
 
 
 def moe_forward(attrs):
-    """The closure `fn(m, x)` of a `moe` node; `m.experts[i]` are the lowered regions."""
+    """The closure `fn(m, x, shared?)` of a `moe` node; `m.experts[i]` are the lowered
+    regions; `shared`, when given, is the shared expert's output, added to the routed sum."""
     sequence = list(attrs.sequence) or [False] * attrs.experts
+    rate = router_settings(attrs.router).get("bias_rate", 0.0)
 
-    def moe(m, x):
+    def moe(m, x, *shared):
         lead, d = x.shape[:-1], x.shape[-1]
         flat = x.reshape(-1, d)  # (N, d)
         seq = x.shape[-2] if x.dim() >= 2 else flat.shape[0]
@@ -107,7 +117,10 @@ def moe_forward(attrs):
         if any(sequence):
             y = _sequencewise(m, plan, x, y, sequence)
         _set_aux(m, attrs, r)
-        return y.reshape(*lead, d)
+        if rate > 0 and m.training:
+            update_bias(m, r, attrs.experts, rate)
+        y = y.reshape(*lead, d)
+        return y + shared[0] if shared else y
 
     return moe
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -30,16 +31,60 @@ def _slot_major(top_idx: torch.Tensor, top_w: torch.Tensor) -> tuple[torch.Tenso
 
 
 def topk_route(m, x: torch.Tensor, s: dict, training: bool) -> Routing:
-    logits = x @ m.router.weight.t()  # (N, E)
-    probs = torch.softmax(logits.float(), dim=-1)
-    noisy = probs
+    """Top-k routing; `s` holds every setting (routing.router_settings). Softmax scores follow
+    transformers' Mixtral and Qwen3-MoE routers (probabilities in float32), sigmoid scores its
+    DeepSeek-V3 router (logits and scores in float32, the correction bias and the groups for
+    choosing only, weights the unbiased scores of the chosen, renormalised, times `scale`)."""
+    sigmoid = s["score"] == "sigmoid"
+    if sigmoid:
+        logits = F.linear(x.float(), m.router.weight.float())  # (N, E)
+    else:
+        logits = (x @ m.router.weight.t()).float()
+    scores = _scores(logits, sigmoid)
+    chosen_from = scores
     if training and s["noise"] > 0:
-        noisy = torch.softmax(logits.float() + s["noise"] * torch.randn_like(logits.float()), -1)
-    top_w, top_idx = torch.topk(noisy, int(s["k"]), dim=-1)  # (N, k)
+        chosen_from = _scores(logits + s["noise"] * torch.randn_like(logits), sigmoid)
+    top_idx = _choose(chosen_from, m.router.bias if s["bias"] else None, s)  # (N, k)
+    top_w = chosen_from.gather(1, top_idx)
     if s["normalize"]:
-        top_w = top_w / top_w.sum(-1, keepdim=True)
+        # transformers: DeepSeek-V3 guards its sum with 1e-20, Mixtral and Qwen3-MoE do not
+        top_w = top_w / (top_w.sum(-1, keepdim=True) + (1e-20 if sigmoid else 0.0))
+    if s["scale"] != 1:
+        top_w = top_w * s["scale"]
     token, expert, weight = _slot_major(top_idx, top_w.to(x.dtype))
+    probs = scores / scores.sum(-1, keepdim=True) if sigmoid else scores  # for the balance loss
     return Routing(token, expert, weight, probs, token.numel())
+
+
+def _scores(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    return logits.sigmoid() if sigmoid else torch.softmax(logits, dim=-1)
+
+
+def _choose(scores: torch.Tensor, bias: torch.Tensor | None, s: dict) -> torch.Tensor:
+    """The k experts each token picks (N, k), best first: by score plus the correction bias,
+    among the experts of its `topk_groups` best groups (a group scored by the sum of its two
+    best biased scores)."""
+    choice = scores if bias is None else scores + bias
+    groups = int(s["groups"])
+    if groups > 1:
+        n, e = choice.shape
+        group_scores = choice.view(n, groups, e // groups).topk(2, dim=-1)[0].sum(dim=-1)
+        best = torch.topk(group_scores, int(s["topk_groups"]), dim=-1)[1]  # (N, kept)
+        kept = torch.zeros_like(group_scores).scatter(1, best, 1.0).bool()  # (N, groups)
+        kept = kept.unsqueeze(-1).expand(n, groups, e // groups).reshape(n, e)
+        choice = choice.masked_fill(~kept, float("-inf"))
+    return torch.topk(choice, int(s["k"]), dim=-1)[1]
+
+
+def update_bias(m, r: Routing, experts: int, rate: float) -> None:
+    """DeepSeek-V3's balancing without a loss: every expert's correction bias moves by
+    `rate` toward balance, down for an expert chosen more than the mean, up for one chosen
+    less (bias += rate * sign(mean load - load))."""
+    with torch.no_grad():
+        chosen = r.expert[: r.chosen]
+        load = torch.zeros(experts, device=chosen.device).scatter_add_(
+            0, chosen, torch.ones_like(chosen, dtype=torch.float32))
+        m.router.bias += rate * torch.sign(load.mean() - load).to(m.router.bias.dtype)
 
 
 def _euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,9 @@ Torch code lives in `moe_torch.py` and `routers_torch.py` (dispatch, routers) an
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.ir.types import Axis, CodeSegment, TensorType
@@ -45,10 +45,15 @@ NonNegative = Annotated[Float, Field(ge=0.0)]
 
 ROUTERS = {
     # name: {keyword: default}; positional arguments fill keywords in this order
-    "topk": {"k": 1, "noise": 0.0, "normalize": False},
+    "topk": {"k": 1, "noise": 0.0, "normalize": False, "score": "softmax", "bias": False,
+             "groups": 1, "topk_groups": 1, "scale": 1.0, "bias_rate": 0.0},
     "knn": {"k": 1, "coords": 8, "min_tokens": 0},
     "hash": {"seed": 0},
 }
+# Settings that came after the first three of topk: the IR leaves them out at their defaults,
+# so routers written before them print, hash and checkpoint as before.
+LATER_SETTINGS = {"score", "bias", "groups", "topk_groups", "scale", "bias_rate"}
+SCORES = ("softmax", "sigmoid")
 
 
 def _router_error(message: str) -> OpError:
@@ -73,14 +78,37 @@ def normalize_router(raw: Any, experts: int) -> dict[str, Any]:
         if key not in defaults:
             raise _router_error(f"{name}(...) has no setting `{key}` (it takes "
                                 f"{', '.join(defaults)})")
+    if "score" in kwargs:
+        kwargs["score"] = _option_name(kwargs["score"])
     full = {**defaults, **kwargs}
     _check_router(name, full, experts)
-    return {"fn": name, "args": [], "kwargs": full}
+    kept = {k: v for k, v in full.items() if k not in LATER_SETTINGS or v != defaults[k]}
+    return {"fn": name, "args": [], "kwargs": kept}
+
+
+def router_settings(router: dict[str, Any]) -> dict[str, Any]:
+    """Every setting of a normalised router, defaults included (the IR leaves the later
+    settings out at their defaults)."""
+    return {**ROUTERS[router["fn"]], **router["kwargs"]}
+
+
+def _option_name(value: Any) -> Any:
+    """`score = sigmoid` arrives as the op of that name (`{"op": "sigmoid", ...}`) or a bare
+    name; either way the setting is the name."""
+    if isinstance(value, dict) and "op" in value and not value.get("attrs"):
+        return value["op"]
+    return value
 
 
 def _check_router(name: str, s: dict[str, Any], experts: int) -> None:
     for key, value in s.items():
-        want = bool if isinstance(ROUTERS[name][key], bool) else (int, float)
+        default = ROUTERS[name][key]
+        if isinstance(default, str):
+            if value not in SCORES:
+                raise _router_error(f"{name}(...): `{key}` should be "
+                                    f"{' or '.join(SCORES)}, got {_show(value)}")
+            continue
+        want = bool if isinstance(default, bool) else (int, float)
         if isinstance(value, bool) != (want is bool) or not isinstance(value, want):
             raise _router_error(f"{name}(...): `{key}` should be "
                                 f"{'true or false' if want is bool else 'a number'}, got {value!r}")
@@ -93,9 +121,41 @@ def _check_router(name: str, s: dict[str, Any], experts: int) -> None:
         raise _router_error("knn(...): coords must be positive and min_tokens not negative")
     if name == "topk" and s["noise"] < 0:
         raise _router_error(f"topk(...): noise must not be negative, got {s['noise']}")
+    if name == "topk":
+        _check_topk(s, experts)
+
+
+def _check_topk(s: dict[str, Any], experts: int) -> None:
+    """Grouped selection, the routed scaling and the correction bias's update rate."""
+    for key in ("groups", "topk_groups"):
+        if s[key] != int(s[key]) or s[key] < 1:
+            raise _router_error(f"topk(...): {key} must be a positive integer, got {s[key]}")
+    groups, kept = int(s["groups"]), int(s["topk_groups"])
+    if experts % groups:
+        raise _router_error(f"topk(groups = {groups}) must divide the {experts} experts into "
+                            "equal groups")
+    if groups > 1 and experts // groups < 2:
+        raise _router_error(f"topk(groups = {groups}): a group's score is the sum of its two "
+                            f"best experts, so each group needs at least 2 (it has "
+                            f"{experts // groups})")
+    if kept > groups:
+        raise _router_error(f"topk(topk_groups = {kept}) keeps more groups than the {groups} "
+                            "there are")
+    if s["k"] > kept * (experts // groups):
+        raise _router_error(f"topk(k = {s['k']}) picks more experts than the {kept} kept "
+                            f"groups of {experts // groups} hold")
+    if s["scale"] <= 0:
+        raise _router_error(f"topk(...): scale must be positive, got {s['scale']}")
+    if s["bias_rate"] < 0:
+        raise _router_error(f"topk(...): bias_rate must not be negative, got {s['bias_rate']}")
+    if s["bias_rate"] > 0 and not s["bias"]:
+        raise _router_error("topk(bias_rate = ...) updates the correction bias; give "
+                            "bias = true too")
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, str):  # a bare name written in the file
+        return f"`{value}`"
     if isinstance(value, dict) and "fn" in value:
         return f"`{value['fn']}(...)`"
     if isinstance(value, dict) and "op" in value:
@@ -114,17 +174,33 @@ class Moe(Op):
     capacity = 1.25)`. [*, d] -> [*, d].
 
     Every token goes to the experts its router picks and gets the gate-weighted sum of their
-    outputs. Routers: `topk(k, noise = 0, normalize = false)` (softmax gate weight [n, d];
-    the top-k probabilities are the weights, renormalised to sum 1 with `normalize = true`;
-    Gaussian noise of std `noise` on the logits while training), `knn(k, coords,
+    outputs. Routers: `topk(k, noise = 0, normalize = false, score = softmax, bias = false,
+    groups = 1, topk_groups = 1, scale = 1.0, bias_rate = 0)` (gate weight `router.weight`
+    [n, d]; `score = softmax`: probabilities over the experts, as Mixtral and Qwen3-MoE;
+    `score = sigmoid`: each expert's sigmoid, computed in float32, as DeepSeek-V3; the top k
+    scores are the weights, renormalised to sum 1 with `normalize = true`, then times
+    `scale`; Gaussian noise of std `noise` on the logits while training), `knn(k, coords,
     min_tokens = 0)` (MNN: tokens emit coordinates through `router.proj` [coords, d], experts
     own `router.coords` [n, coords]; the k nearest experts are weighted by 1 - distance /
     the token's largest distance; `min_tokens = m` also gives every expert its m nearest
     tokens), `hash(seed = 0)` (a fixed expert per sequence position, weight 1).
 
+    DeepSeek-V3's selection: `bias = true` adds a correction bias `router.bias` [n] to the
+    scores for choosing only (the weights stay the unbiased scores); it is a buffer (saved,
+    not trained by gradients, not counted as a parameter), which `bias_rate = r` > 0 moves
+    after each training-mode pass by r * sign(mean load - load) per expert (load: how many
+    of the pass's choices picked it). `groups = g` splits the experts into g groups scored by
+    the sum of their two best biased scores; only the `topk_groups` best groups are chosen
+    from.
+
+    `shared = swiglu(hidden = 64)` adds a shared expert: a block (or op) every token goes
+    through, added to the routed sum (DeepSeek-V3, Qwen2-MoE); its parameters are
+    `moe.shared.…` (`moe.shared.swiglu.linear.weight`).
+
     While training, `balance` > 0 sets `aux_loss = balance * n * sum_i f_i * P_i` on the
     module (Switch Transformer; f_i the share of routing choices that picked expert i, P_i
-    the mean router probability of expert i; knn uses softmax(-distance)).
+    the mean router probability of expert i; sigmoid scores are normalised to sum 1 per token
+    for P_i; knn uses softmax(-distance)).
     `capacity = c` > 0 lets each expert take at most ceil(c * tokens * k / n) tokens (first
     choices first, then in token order); the rest are dropped for that expert. `capacity = 0`
     drops nothing. `adapter` and `skip` shape the expert wrappers (see the module doc)."""
@@ -132,7 +208,12 @@ class Moe(Op):
     name = "moe"
     family = "routing"
     traits = Traits(pure=False)  # records its balance loss on its module
+    # the shared expert's output, made by the elaborator from `shared = block` (its nodes are
+    # ordinary nodes named `moe.shared.…`, run on every token)
+    optional_inputs = ("shared",)
     parameters = {"router.weight": "[experts, d] with router = topk",
+                  "router.bias": "[experts] with router = topk(bias = true): a buffer "
+                                 "(saved, not trained, not counted)",
                   "router.proj": "[coords, d] with router = knn",
                   "router.coords": "[experts, coords] with router = knn (each expert's place)"}
     region_name = "experts"
@@ -141,8 +222,9 @@ class Moe(Op):
 
     class Attrs(OpAttrs):
         experts: PosInt
-        router: dict[str, Any] = Field(description="topk(k, noise, normalize) | knn(k, coords, "
-                                                   "min_tokens) | hash(seed)",
+        router: dict[str, Any] = Field(description="topk(k, noise, normalize, score, bias, "
+                                                   "groups, topk_groups, scale, bias_rate) | "
+                                                   "knn(k, coords, min_tokens) | hash(seed)",
                                        default_factory=lambda: {"fn": "topk", "args": [],
                                                                 "kwargs": {"k": 1}})
         balance: NonNegative = 0.01
@@ -150,6 +232,15 @@ class Moe(Op):
         adapter: Bool = False
         skip: Bool = False
         sequence: list[bool] = set_by_compiler(default_factory=list)  # per expert: on whole sequences
+        given: list[Literal["shared"]] = set_by_compiler(default=[])
+
+        @model_serializer(mode="wrap")
+        def _plain_without_shared(self, handler):
+            # a moe without a shared expert prints and hashes as before `shared` existed
+            data = handler(self)
+            if not self.given:
+                data.pop("given", None)
+            return data
 
     def resolve(self, ctx, inputs, attrs):
         if len(ctx.regions) != attrs.experts:
@@ -167,19 +258,27 @@ class Moe(Op):
             require_rank("moe (with an expert that mixes tokens)", x, 2, "[*, T, d]")
         if attrs.router["fn"] == "hash":
             require_rank("moe with router = hash()", x, 2, "[*, T, d]")
+        if len(attrs.given) != len(inputs) - 1:
+            raise OpError("moe: `given` is set by the compiler from `shared`; leave it out")
+        if attrs.given:
+            _check_shared(x, inputs[1])
         return [same_type_as(x)]
 
     def params(self, ctx, inputs, attrs):
         d, n, r = inputs[0].axes[-1].size, attrs.experts, attrs.router
         if r["fn"] == "topk":
-            return {"router.weight": normal((n, d))}
+            specs = {"router.weight": normal((n, d))}
+            if router_settings(r)["bias"]:
+                specs["router.bias"] = ParamSpec(shape=(n,), init="zeros", buffer=True)
+            return specs
         if r["fn"] == "knn":
             c = int(r["kwargs"]["coords"])
             return {"router.proj": uniform((c, d), d), "router.coords": normal((n, c), 1.0)}
         return {}
 
     def flops(self, inputs, outputs, attrs):
-        return 2 * numel(inputs[0]) * attrs.experts  # the router; experts via region_share
+        router = 2 * numel(inputs[0]) * attrs.experts  # the experts count via region_share
+        return router + (numel(inputs[0]) if attrs.given else 0)  # adding the shared expert
 
     def region_share(self, attrs, count):
         return attrs.router["kwargs"].get("k", 1) / max(count, 1)
@@ -187,20 +286,40 @@ class Moe(Op):
     @staticmethod
     def expert_rows(attrs) -> str | None:
         """The router parameter holding one row per expert (topk's gate, knn's expert
-        coordinates), which goes with an expert that is pruned; None for `hash`, whose
-        assignment by position has nothing to remove."""
-        return {"topk": "router.weight", "knn": "router.coords"}.get(attrs.router["fn"])
+        coordinates), which goes with an expert that is pruned; None where no expert can be
+        removed alone: `hash`, whose assignment by position has nothing to remove, and a topk
+        router with a correction bias or groups (the bias and the equal groups would no
+        longer fit the experts left)."""
+        r = attrs.router
+        if r["fn"] == "topk":
+            s = router_settings(r)
+            return "router.weight" if not s["bias"] and s["groups"] == 1 else None
+        return {"knn": "router.coords"}.get(r["fn"])
 
     def finish(self, module, attrs, node):
+        import torch
+
         from nexusdsl.weights.pretrained import load_file_expert
 
         for region in getattr(module, self.region_name):
             load_file_expert(region)
+        bias = getattr(getattr(module, "router", None), "bias", None)
+        if bias is not None and bias.dtype in (torch.float16, torch.bfloat16):
+            # at least float32, as transformers keeps it: half precision would lose the small
+            # steps `bias_rate` takes and blur the choices the bias decides
+            module.router.bias = bias.float()
 
     def lower(self, attrs):
         from nexusdsl.ops.moe_torch import moe_forward
 
         return moe_forward(attrs)
+
+
+def _check_shared(x: TensorType, shared: TensorType) -> None:
+    same = shared.rank == x.rank and all(a.same_extent(b) for a, b in zip(shared.axes, x.axes))
+    if not same or shared.dtype != x.dtype:
+        raise OpError(f"moe: the shared expert turns {x} into {shared}; it is added to the "
+                      "routed experts' sum, so it must give back its input's shape", about=(0,))
 
 
 class Adapter(Op):

@@ -50,6 +50,7 @@ class NexusLexer(RegexLexer):
              bygroups(Keyword.Declaration, Whitespace, Name.Class)),
             (r"(train)(\s+)([A-Za-z_]\w*)", bygroups(Keyword.Declaration, Whitespace, Name.Class)),
             (words(_DECLARATIONS, suffix=r"\b"), Keyword.Declaration),
+            (r"shared(?=\s*=(?!=))", Name),  # moe's keyword argument `shared = mlp()`
             (words(_STATEMENTS, suffix=r"\b"), Keyword),
             (words(_builtin_names(), suffix=r"\b"), Name.Builtin),
             (r"[A-Za-z_]\w*(?=\s*\()", Name.Function),

@@ -6,7 +6,7 @@ token the parser sees (no second tokenizer to drift out of step with `grammar/ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from lark import Lark
@@ -61,6 +61,16 @@ def tokenize(text: str) -> list[Tok]:
         kind = _kind(t.type, t.value)
         count = t.value.count("\n") if kind == "NL" else 0
         tokens.append(Tok(kind, str(t.value), t.line, t.column, count))
+    return _argument_names(tokens)
+
+
+def _argument_names(tokens: list[Tok]) -> list[Tok]:
+    """`shared` is a reserved word that also names moe's keyword argument (`moe(x, e,
+    shared = mlp())`, as the grammar allows): followed by `=`, it is a name."""
+    meaningful = [i for i, t in enumerate(tokens) if t.kind not in ("WS", "NL", "COMMENT")]
+    for here, after in zip(meaningful, meaningful[1:]):
+        if tokens[here].text == "shared" and tokens[after].text == "=":
+            tokens[here] = replace(tokens[here], kind="NAME")
     return tokens
 
 

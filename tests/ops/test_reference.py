@@ -158,6 +158,11 @@ EXAMPLES = [
     ("generate", TOKENS, "y = generate(x, image)", {"values": 3 * 2 * 2}),
     ("moe", TOKENS, "y = moe(x, e, router = topk(k = 1))", {}),
     ("moe", TOKENS, "y = moe(x, e, router = knn(k = 1, coords = 4))", {"coords": 4}),
+    ("moe", TOKENS, "y = moe(x, e, router = topk(k = 1, score = sigmoid, bias = true))", {}),
+    ("latent_attention", TOKENS, "y = latent_attention(x, heads = 2, q_rank = 6, kv_rank = 4, "
+                                 "nope_dim = 3, rope_dim = 2, v_dim = 5)", {}),
+    ("latent_attention", TOKENS, "y = latent_attention(x, heads = 2, q_rank = 0, kv_rank = 4, "
+                                 "nope_dim = 3, rope_dim = 2, v_dim = 5)", {}),
     ("swarm", TOKENS, "y = swarm(x, 3 of mlp(), combine = router)", {}),
 ]
 

@@ -131,13 +131,17 @@ def _init(spec: ParamSpec, tensor: torch.Tensor, generator: torch.Generator | No
             tensor.normal_(0.0, spec.std, generator=generator)
 
 
-def _attach(module: nn.Module, dotted: str, value: nn.Parameter) -> None:
+def _attach(module: nn.Module, dotted: str, value: torch.Tensor) -> None:
+    """A parameter, or (a plain tensor: `ParamSpec.buffer`) a persistent buffer."""
     *path, leaf = dotted.split(".")
     for part in path:
         if not hasattr(module, part):
             module.add_module(part, nn.Module())
         module = getattr(module, part)
-    module.register_parameter(leaf, value)
+    if isinstance(value, nn.Parameter):
+        module.register_parameter(leaf, value)
+    else:
+        module.register_buffer(leaf, value, persistent=True)
 
 
 def _resolve(root: nn.Module, dotted: str) -> nn.Parameter:
@@ -158,7 +162,8 @@ def build_op_module(node: Node, device, dtype, generator) -> OpModule:
             continue
         tensor = torch.empty(spec.shape, device=device, dtype=dtype)
         _init(spec, tensor, generator)
-        _attach(module, key, nn.Parameter(tensor, requires_grad=not spec.frozen))
+        _attach(module, key, tensor if spec.buffer else
+                nn.Parameter(tensor, requires_grad=not spec.frozen))
     finish = getattr(op, "finish", None)  # ops that set their own weights (identity adapters,
     if finish is not None:                # weights loaded from a pretrained model)
         finish(module, attrs, node)
