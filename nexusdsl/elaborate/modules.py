@@ -16,11 +16,12 @@ from nexusdsl.lang.source import read_source
 from nexusdsl.resources import stdlib_path
 
 # Configuration functions: calling them makes an `OptionCall` for the op or section that
-# receives it (routers, wirings, topologies, modality kinds, data, objectives, optimizers).
+# receives it (routers, wirings, topologies, modality kinds, data, objectives, optimizers,
+# initialisations).
 OPTION_FUNCTIONS = frozenset(
     "bytes ids patches frames tubelets signal topk knn hash local random ring tree star full "
     "pretrained text folder digits waves denoise contrastive classify next_token ppo adamw sgd "
-    "cosine constant rope llama3 yarn".split()
+    "cosine constant rope llama3 yarn normal uniform".split()
 )
 MODALITY_KINDS = ("bytes", "ids", "patches", "frames", "tubelets", "signal")
 

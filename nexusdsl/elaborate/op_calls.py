@@ -40,7 +40,7 @@ class OpCalls:
     # ------------------------------------------------------------------ calls
     def call(self, op: Op, args: list[Arg], kwargs, span: Span, alias, frame: Frame):
         tensors, rest = _split_tensor_args(op, args, kwargs)
-        if not tensors:
+        if not tensors and (op.inputs or op.variadic):  # an op of no inputs (param) is made
             return Partial(op, tuple(rest), tuple(kwargs))
         wanted = 1 if op.variadic else len(op.inputs)
         if len(tensors) < wanted:

@@ -244,6 +244,26 @@ class Softmax(Activation):
         return lambda x: x.softmax(dim=attrs.axis)
 
 
+class Softcap(Activation):
+    """`softcap(logits, 30.0)`: c * tanh(x / c), which keeps every value inside (-c, c) and
+    leaves small ones almost unchanged (Gemma 2's final logits, `final_logit_softcapping`).
+    `attention(..., softcap = c)` caps the attention scores the same way."""
+
+    name = "softcap"
+
+    class Attrs(OpAttrs):
+        c: Annotated[Float, Field(gt=0.0)]  # the cap: outputs stay in (-c, c)
+
+    def flops(self, inputs, outputs, attrs):
+        return 3 * numel(outputs[0])  # a division, a tanh and a multiplication
+
+    def torch_fn(self, attrs):
+        import torch
+
+        c = attrs.c
+        return lambda x: c * torch.tanh(x / c)
+
+
 def _activation_spec(act: Any) -> tuple[Activation, OpAttrs]:
     """`act` as an op value {"op": "gelu", "attrs": {...}} or a bare name, validated."""
     name, given = (act, {}) if isinstance(act, str) else (act.get("op"), act.get("attrs") or {})

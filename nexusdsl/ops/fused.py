@@ -348,7 +348,8 @@ class PrunedAttention(FusedOp):
 
 class FusedRMSNorm(FusedOp):
     """`rmsnorm` with a hand-written backward pass (autograd's own backward of rms_norm runs
-    some ten elementwise kernels). Same attributes and parameters (`weight` [d])."""
+    some ten elementwise kernels). Same attributes and parameters (`weight` [d]), and the same
+    forward values, `offset` and half precision included."""
 
     name = "fused_rmsnorm"
     replaces = "rmsnorm"
@@ -356,12 +357,14 @@ class FusedRMSNorm(FusedOp):
 
     class Attrs(OpAttrs):
         eps: Float = 1e-6
+        offset: Float = 0.0
 
     def infer(self, ctx, inputs, attrs):
         return [same_type_as(inputs[0])]
 
     def fuse(self, attrs, inputs):
-        return {"eps": attrs.eps}
+        # no offset key when there is none: fused nodes print as they did before offsets
+        return {"eps": attrs.eps, **({"offset": attrs.offset} if attrs.offset else {})}
 
     def flops(self, inputs, outputs, attrs):
         return 4 * numel(inputs[0])
@@ -395,6 +398,8 @@ class DepthwiseConv(FusedOp):
 
     def fuse(self, attrs, inputs):
         width = inputs[0].axes[-1].size
+        if attrs.axes is not None:  # a convolution over named axes, not over the tokens
+            return None
         if not (attrs.groups == attrs.out == width and attrs.stride == 1):
             return None
         return {"out": attrs.out, "kernel": attrs.kernel, "causal": attrs.causal,

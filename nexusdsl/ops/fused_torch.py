@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nexusdsl.ops.axis_torch import Axial, random_mask
+from nexusdsl.ops.norms import is_half
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -319,31 +320,40 @@ def pruned_attention(attrs):
 
 
 class RMSNormFunction(torch.autograd.Function):
-    """y = x * r * w with r = 1 / sqrt(mean(x^2) + eps) over the last axis. Saves x and r
-    (not the normalised x); backward: dx = r * (g w - x_n mean(g w x_n)), dw = sum g x_n."""
+    """y = x_n * w' with x_n = x * r, r = 1 / sqrt(mean(x^2) + eps) over the last axis and
+    w' = offset + w, in the order and precision of `norms.rms_norm` (half precision widened to
+    float32). Saves x and r (not the normalised x); backward, in the wide precision:
+    dx = r * (g w' - x_n mean(g w' x_n)), dw = sum g x_n."""
 
     @staticmethod
-    def forward(ctx, x, w, eps):
-        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+    def forward(ctx, x, w, eps, offset):
+        wide = x.float() if is_half(x) else x
+        r = torch.rsqrt(wide.pow(2).mean(-1, keepdim=True).add_(eps))
         ctx.save_for_backward(x, r, w)
-        return x * r * w
+        ctx.offset = offset
+        if offset:
+            return (wide * r * (offset + w.to(wide.dtype))).to(x.dtype)
+        return w * (wide * r).to(x.dtype)
 
     @staticmethod
     def backward(ctx, g):
         x, r, w = ctx.saved_tensors
-        xn = x * r
-        dw = (g * xn).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
-        gxn = g * w
+        wide = r.dtype
+        xn = x.to(wide) * r
+        dw = None
+        if ctx.needs_input_grad[1]:
+            dw = (g.to(wide) * xn).flatten(0, -2).sum(0).to(w.dtype)
+        gxn = g.to(wide) * (ctx.offset + w.to(wide))
         mean = (gxn * xn).mean(-1, keepdim=True)
         dx = torch.addcmul(gxn, xn, mean, value=-1).mul_(r)
-        return dx, dw, None
+        return dx.to(x.dtype), dw, None, None
 
 
 def fused_rmsnorm(attrs):
-    eps = attrs.eps
+    eps, offset = attrs.eps, attrs.offset
 
     def rmsnorm(m, x):
-        return RMSNormFunction.apply(x, m.weight, eps)
+        return RMSNormFunction.apply(x, m.weight, eps, offset)
 
     return rmsnorm
 

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.ir.types import Axis, CodeSegment, ModalitySpec, TensorType
@@ -105,15 +105,19 @@ def plan_tokens(x: TensorType, spec: ModalitySpec) -> tuple[tuple[Axis, ...], in
 
 
 class Embed(Op):
-    """Turns data of a modality into tokens: `x = embed(tokens, dim) as tok`.
+    """Turns data of a modality, or integer ids, into tokens: `x = embed(tokens, dim) as
+    tok`, `embed(ids, dim, vocab = 32000)` for an `int[B, T]` input.
 
     Discrete data (bytes, ids) `[*, T]` looks its ids up in a table weight [vocab, dim]
-    (N(0, 0.02)). Continuous data is cut into tokens and projected by `proj` (weight
-    [dim, values per token], bias [dim]): patches `[B, C, H, W]` into (H/size)*(W/size)
-    patches of C*size*size values in (c, p, q) order, so a ViT's Conv2d weight reshapes into
-    it; tubelets `[B, F, C, H, W]` likewise, values in (c, t, p, q) order as a Conv3d's;
-    frames `[B, S]` into (S - window) // hop + 1 overlapping windows; a signal `[B, S]` or
-    `[B, S, C]` sample by sample. The result is `[*, N, dim]` of the input's modality.
+    (N(0, 0.02)): 256 rows for bytes, the modality's vocabulary for ids; an `int[...]` input
+    has no modality, so `vocab` gives the rows (and must be given); on an ids modality
+    `vocab`, if given, must be the modality's. Continuous data is cut into tokens and
+    projected by `proj` (weight [dim, values per token], bias [dim]): patches `[B, C, H, W]`
+    into (H/size)*(W/size) patches of C*size*size values in (c, p, q) order, so a ViT's
+    Conv2d weight reshapes into it; tubelets `[B, F, C, H, W]` likewise, values in (c, t, p,
+    q) order as a Conv3d's; frames `[B, S]` into (S - window) // hop + 1 overlapping windows;
+    a signal `[B, S]` or `[B, S, C]` sample by sample. The result is `[*, N, dim]` of the
+    input's modality.
 
     `kind` and `options` are not for users: they record, from the input's modality, how the
     lowering cuts the data."""
@@ -121,7 +125,7 @@ class Embed(Op):
     name = "embed"
     family = "modality"
     parameters = {"weight": "[vocab, dim] for discrete data (vocab 256 for bytes, the "
-                            "modality's `vocab` for ids)",
+                            "modality's `vocab` for ids, `vocab` for an int input)",
                   "proj.weight": "[dim, values] for continuous data (values per token: "
                                  "C * size * size for patches, frames * C * size * size for "
                                  "tubelets, window for frames, channels for a signal)",
@@ -129,20 +133,54 @@ class Embed(Op):
 
     class Attrs(OpAttrs):
         dim: PosInt
+        vocab: PosInt | None = None
         kind: str | None = set_by_compiler(default=None)
         options: dict[str, int] | None = set_by_compiler(default=None)
 
+        @model_serializer(mode="wrap")
+        def _vocab_when_given(self, handler):
+            # embeddings of a modality print and hash as before `vocab` existed
+            data = handler(self)
+            return {k: v for k, v in data.items() if k != "vocab" or v is not None}
+
     def resolve(self, ctx, inputs, attrs):
-        spec = modality_of("embed", ctx, inputs[0])
+        x = inputs[0]
+        if x.modality is None and x.dtype == "i64":
+            return self._resolve_ids(attrs)
+        spec = modality_of("embed", ctx, x)
         if attrs.kind not in (None, spec.kind):
             raise OpError(f"embed: `kind` comes from the input's modality ({spec.kind}); "
                           "leave it out")
+        if attrs.vocab is not None:
+            self._check_vocab(spec, attrs.vocab)
         options = {k: int(spec.options[k]) for k in LOWERING_OPTIONS.get(spec.kind, ())}
         return attrs.model_copy(update={"kind": spec.kind, "options": options or None})
 
+    @staticmethod
+    def _resolve_ids(attrs):
+        """An `int[...]` input: ids into a table of `vocab` rows."""
+        if attrs.vocab is None:
+            raise OpError("embed: an int input has no modality to tell its vocabulary; give "
+                          "the table's rows: `embed(tokens, dim, vocab = 32000)`", about=(0,))
+        if attrs.kind not in (None, "ids") or attrs.options is not None:
+            raise OpError("embed: `kind` and `options` come from the input; leave them out")
+        return attrs.model_copy(update={"kind": "ids"})
+
+    @staticmethod
+    def _check_vocab(spec: ModalitySpec, vocab: int) -> None:
+        if not spec.discrete:
+            raise OpError(f"embed: `vocab` is the size of a table of ids, but modality "
+                          f"{spec.name} ({spec.kind}) is continuous; leave it out")
+        if vocab != spec.vocab:
+            raise OpError(f"embed: vocab = {vocab}, but modality {spec.name} has a vocabulary "
+                          f"of {spec.vocab}; leave vocab out, or make them agree", about=(0,))
+
     def infer(self, ctx, inputs, attrs):
-        x, spec = inputs[0], modality_of("embed", ctx, inputs[0])
+        x = inputs[0]
         width = new_axis(ctx, "dim", attrs.dim)
+        if x.modality is None and x.dtype == "i64":
+            return [same_type_as(x, (*x.axes, width), dtype="f32")]
+        spec = modality_of("embed", ctx, x)
         if spec.discrete:
             if x.dtype != "i64":
                 raise OpError(f"embed: modality {spec.name} holds integer ids, but the input "
@@ -153,10 +191,13 @@ class Embed(Op):
         return [same_type_as(x, (*axes, width))]
 
     def params(self, ctx, inputs, attrs):
-        spec = modality_of("embed", ctx, inputs[0])
+        x = inputs[0]
+        if x.modality is None and x.dtype == "i64":
+            return {"weight": normal((attrs.vocab, attrs.dim))}
+        spec = modality_of("embed", ctx, x)
         if spec.discrete:
             return {"weight": normal((spec.vocab, attrs.dim))}
-        _, fan_in = plan_tokens(inputs[0], spec)
+        _, fan_in = plan_tokens(x, spec)
         return {"proj.weight": uniform((attrs.dim, fan_in), fan_in),
                 "proj.bias": uniform((attrs.dim,), fan_in)}
 

@@ -1,10 +1,11 @@
-"""Normalisation over the last axis (family "core"): `layernorm` and `rmsnorm`."""
+"""Normalisation over the last axis (family "core"): `layernorm` and `rmsnorm`. The torch
+helpers below take tensors and call only their methods: this module never imports torch."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from nexusdsl.ir.graph import ParamSpec
 from nexusdsl.ops.attrs import (
@@ -57,7 +58,14 @@ class LayerNorm(Op):
 
 class RMSNorm(Op):
     """Root-mean-square normalisation over the last axis with a learned gain:
-    `x |> rmsnorm`, `rmsnorm(x, eps = 1e-5)` (weight initialised to ones, as nn.RMSNorm)."""
+    `x |> rmsnorm`, `rmsnorm(x, eps = 1e-5)`: x / sqrt(mean(x^2) + eps) * weight, the weight
+    initialised to ones (as nn.RMSNorm and Llama's RMSNorm); `rmsnorm(x, offset = 1.0)`
+    scales by offset + weight instead, the weight initialised to zeros when offset = 1
+    (Gemma's RMSNorm: x̂ * (1 + w)).
+
+    Half-precision inputs are normalised in float32 and cast back as transformers does:
+    Llama's order (cast, then times the weight) without offset, Gemma's (times offset +
+    weight, then cast) with one."""
 
     name = "rmsnorm"
     traits = Traits(tokenwise=True)
@@ -65,6 +73,13 @@ class RMSNorm(Op):
 
     class Attrs(OpAttrs):
         eps: Annotated[Float, Field(gt=0)] = 1e-6
+        offset: Float = 0.0
+
+        @model_serializer(mode="wrap")
+        def _offset_when_given(self, handler):
+            # without an offset, nodes print and hash as before offsets existed
+            data = handler(self)
+            return {k: v for k, v in data.items() if k != "offset" or v != 0.0}
 
     def infer(self, ctx, inputs, attrs):
         require_float("rmsnorm", inputs[0])
@@ -72,7 +87,8 @@ class RMSNorm(Op):
         return [same_type_as(inputs[0])]
 
     def params(self, ctx, inputs, attrs):
-        return {"weight": ParamSpec(shape=(inputs[0].axes[-1].size,), init="ones")}
+        return {"weight": ParamSpec(shape=(inputs[0].axes[-1].size,),
+                                    init=gain_init(attrs.offset))}
 
     def flops(self, inputs, outputs, attrs):
         return 4 * numel(inputs[0])
@@ -80,7 +96,30 @@ class RMSNorm(Op):
     def lower(self, attrs):
         import torch.nn.functional as F
 
+        eps, offset = attrs.eps, attrs.offset
+
         def rmsnorm(m, x):
-            return F.rms_norm(x, (x.shape[-1],), m.weight, attrs.eps)
+            if offset or is_half(x):
+                return rms_norm(x, m.weight, eps, offset)
+            return F.rms_norm(x, (x.shape[-1],), m.weight, eps)  # the same values, one call
 
         return rmsnorm
+
+
+def gain_init(offset: float) -> str:
+    """A gain scaling by (offset + weight) starts at 1 with offset 1 (zeros), else at ones."""
+    return "zeros" if offset == 1 else "ones"
+
+
+def is_half(x) -> bool:
+    return x.dtype.itemsize == 2 and x.dtype.is_floating_point
+
+
+def rms_norm(x, weight, eps: float, offset: float = 0.0):
+    """RMSNorm in transformers' order of operations and casts (LlamaRMSNorm without offset,
+    Gemma3RMSNorm with one): half precision is widened to float32 for the statistics."""
+    wide = x.float() if is_half(x) else x
+    normed = wide * (wide.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
+    if offset:
+        return (normed * (offset + weight.to(wide.dtype))).to(x.dtype)
+    return weight * normed.to(x.dtype)

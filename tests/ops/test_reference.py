@@ -35,7 +35,7 @@ def _family_rank(name: str) -> int:
 def test_compiler_set_attributes_are_left_out():
     text = reference()
     embed = text.split("### `embed`")[1].split("###")[0]
-    assert "`embed(x, dim)`" in embed and "`kind`" not in embed
+    assert "`embed(x, dim, vocab)`" in embed and "`kind`" not in embed
     mix = text.split("### `mix`")[1].split("###")[0]
     assert "`labels`" not in mix and "| `wiring` | axial \\| full" in mix
 
@@ -52,7 +52,8 @@ def test_every_public_op_that_owns_parameters_declares_their_shapes(name):
 
 def evaluate(formula: str, names: dict) -> tuple[int, ...]:
     """`[(order + 1) * d, d]` with names bound: a list of integer expressions (+ - * //,
-    `a or b`, `x[i]` indexing, `*grid` spreading a list), read by a small parser (no eval)."""
+    `a or b`, `x[i]` indexing, `*grid` spreading a list, or giving one number), read by a
+    small parser (no eval)."""
     tokens = re.findall(r"\d+|\w+|//|\S", formula)
     pos = 0
 
@@ -106,7 +107,8 @@ def evaluate(formula: str, names: dict) -> tuple[int, ...]:
     while peek() != "]":
         if peek() == "*":
             take()
-            shape.extend(names[take()])
+            spread = names[take()]
+            shape.extend(spread if isinstance(spread, list) else [spread])
         else:
             shape.append(either())
         if peek() == ",":
@@ -119,6 +121,7 @@ def test_the_evaluator():
     names = {"d": 8, "order": 2, "out": None, "widths": [3, 5], "i": 1, "grid": [4, 5]}
     assert evaluate("[(order + 1) * d, d // 2]", names) == (24, 4)
     assert evaluate("[out or d, widths[i], *grid, 1]", names) == (8, 5, 4, 5, 1)
+    assert evaluate("[d, *order]", names) == (8, 2)
 
 
 GRID = "x: float[B, i=4, j=5, 3]"
@@ -132,7 +135,10 @@ EXAMPLES = [
     ("linear", TOKENS, "y = linear(x, 4, bias = false)", {}),
     ("layernorm", TOKENS, "y = layernorm(x)", {}),
     ("rmsnorm", TOKENS, "y = rmsnorm(x)", {}),
-    ("conv", TOKENS, "y = conv(x, 6, kernel = 3, groups = 2)", {}),
+    ("conv", TOKENS, "y = conv(x, 6, kernel = 3, groups = 2)", {"C": 8}),
+    ("conv", "x: float[B, 4, H, W]", "y = conv(x, 6, kernel = [3, 2], axes = [H, W], groups = 2)",
+     {"C": 4}),
+    ("param", TOKENS, "y = param([3, 8])", {}),
     ("position", TOKENS, "y = x + position(x, max = 16)", {}),
     ("attention", TOKENS, "y = attention(x, heads = 2)", {}),
     ("attention", TOKENS, "y = attention(x, heads = 4, kv_heads = 2, head_dim = 3, bias = qkv, "
@@ -152,6 +158,7 @@ EXAMPLES = [
     ("knn_attention", TOKENS, "y = knn_attention(x, k = 2, dim_qk = 4)", {}),
     ("embed", "t: text[B, T]", "y = embed(t, 8)", {"vocab": 256}),
     ("embed", "p: image[B, 3, 4, 4]", "y = embed(p, 8)", {"values": 3 * 2 * 2}),
+    ("embed", "t: int[B, T]", "y = embed(t, 8, vocab = 10)", {}),
     ("unembed", "t: text[B, T]", "y = unembed(embed(t, 8) as tok, tie = tok)", {"vocab": 256}),
     ("unembed", TOKENS, "y = unembed(x, vocab = 10, bias = true)", {}),
     ("tag", "t: text[B, T]", "y = tag(embed(t, 8))", {}),
@@ -193,7 +200,7 @@ def test_declared_shapes_are_the_shapes_made(name, inputs, body, extra):
     graph = _graph(inputs, body)
     (node,) = [n for n in graph.nodes() if n.op == name]
     assert node.params, f"the example of {name} makes no parameters"
-    width = graph.type_of(node.inputs[0]).axes[-1].size
+    width = graph.type_of(node.inputs[0]).axes[-1].size if node.inputs else None  # param: none
     op = REGISTRY[name]
     for key, spec in node.params.items():
         formula, placeholder = _declared(op, key)

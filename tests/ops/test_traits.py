@@ -18,7 +18,7 @@ from .conftest import Built, build, tt
 SAMPLE = {"linear": {"out": 4}, "adapter": {"out": 4, "start": "random"},
           "linear_act": {"out": 4, "act": {"op": "gelu", "attrs": {"approx": "none"}}},
           "scale": {"factor": 2.0}, "shift": {"value": -1.5}, "topk_mask": {"keep": 3},
-          "partial": {"act": "gelu"}, "dropout": {"p": 0.5}}
+          "partial": {"act": "gelu"}, "dropout": {"p": 0.5}, "softcap": {"c": 2.0}}
 X = tt("B", "T", ("d", 6))
 
 
