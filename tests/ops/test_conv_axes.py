@@ -116,6 +116,18 @@ def test_each_convolved_axis_is_floor_of_n_plus_2p_minus_k_over_s_plus_1(n, k, s
     assert flops == 2 * 3 * want * 2 * 2 * k  # per output: C * k multiply-adds
 
 
+def test_flops_are_what_torch_counts():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b = build("conv", tt("B", ("H", 9), ("W", 7), ("C", 4)), out=6, kernel=[3, 2], stride=[2, 1],
+              groups=2, padding=[1, 0], axes=["H", "W"])
+    x = torch.randn(2, 9, 7, 4)
+    with FlopCounterMode(display=False) as counter:
+        y = b(x)
+    flops = nexusdsl.ops.REGISTRY["conv"].flops([tuple(x.shape)], [tuple(y.shape)], b.attrs)
+    assert flops == counter.get_total_flops() > 0
+
+
 def test_a_symbolic_axis_gets_a_named_size():
     b = build("conv", tt("B", ("C", 2), "L"), out=3, kernel=4, stride=2, padding=1, axes=["L"])
     assert b.type.axes[2] == Axis(name="(L+2-4)//2+1")
