@@ -27,7 +27,7 @@ def random_inputs(graph, symbolic: int = 8, batch: int = 2, seed: int = 0):
     are drawn below the modality's vocabulary, floats are normal."""
     import torch
 
-    from nexusdsl.ir.types import ModalitySpec  # noqa: F401  (types only)
+    from nexusdsl.compiler.lower.mlir import id_bound
 
     gen = torch.Generator().manual_seed(seed)
     inputs = []
@@ -36,7 +36,7 @@ def random_inputs(graph, symbolic: int = 8, batch: int = 2, seed: int = 0):
         shape = [a.size if a.size is not None else (batch if i == 0 else symbolic)
                  for i, a in enumerate(t.axes)]
         if t.dtype == "i64":
-            vocab = node.attrs.get("vocab") or 256
+            vocab = id_bound(graph, node) or 256
             inputs.append(torch.randint(0, vocab, shape, generator=gen))
         elif t.dtype == "bool":  # padding masks: every token real
             inputs.append(torch.ones(shape, dtype=torch.bool))

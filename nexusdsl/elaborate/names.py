@@ -88,7 +88,26 @@ class Length:
         return len(value)
 
 
-HYPER_FUNCTIONS = {"len": Length()}
+class Contains:
+    """`contains(xs, v)`: whether the list xs holds v, while elaborating (Qwen3-MoE's dense
+    layers: `contains(dense, i)`)."""
+
+    name = "contains"
+
+    def __call__(self, args: list[Arg], kwargs, span: Span) -> bool:
+        if len(args) != 2 or kwargs:
+            raise NexusError.at(span, "`contains` takes a list and a value: `contains(xs, v)`")
+        items, value = args[0].value, args[1].value
+        for arg in args:
+            if isinstance(arg.value, Tensor):
+                raise NexusError.at(arg.span, "`contains` looks in a list while compiling; this "
+                                    "is a tensor")
+        if not isinstance(items, (list, tuple)):
+            raise NexusError.at(args[0].span, f"`contains` looks in a list, got {describe(items)}")
+        return value in items
+
+
+HYPER_FUNCTIONS = {"len": Length(), "contains": Contains()}
 
 
 class Names:

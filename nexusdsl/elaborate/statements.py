@@ -161,7 +161,23 @@ class Statements:
             raise NexusError.at(stmt.span, f"the name `{stmt.name}` is already used")
         vocab = self.nodes.modalities[modality].vocab if modality is not None else None
         extra = {"vocab": vocab} if vocab else {}  # ids must stay below it
+        if stmt.default is not None:
+            extra["default"] = self._input_default(stmt, dtype, frame)
         frame.env[stmt.name] = self.nodes.add_input(stmt.name, ttype, stmt.span, **extra)
+
+    def _input_default(self, stmt: ast.Input, dtype: str, frame: Frame):
+        """`= value` after an input's type: the value every element has when the caller
+        leaves the input out (`input mask: bool[B, T] = true`)."""
+        value = self.core.eval(stmt.default, frame)
+        fits = {"bool": isinstance(value, bool),
+                "i64": isinstance(value, int) and not isinstance(value, bool),
+                "f32": isinstance(value, (int, float)) and not isinstance(value, bool)}
+        if not fits.get(dtype, False):
+            kind = {"bool": "true or false", "i64": "an integer", "f32": "a number"}.get(dtype)
+            raise NexusError.at(stmt.default.span, f"the default of input `{stmt.name}` must be "
+                                f"{kind or 'a plain value'} (every element of the input takes it), "
+                                f"got {describe(value)}")
+        return float(value) if dtype == "f32" else value
 
     def _input_kind(self, texpr: ast.TensorTypeExpr, frame: Frame) -> tuple[str, str | None]:
         kind = texpr.kind

@@ -212,6 +212,7 @@ class Experts(Stmt):
 class Input(Stmt):
     name: str
     type: TensorTypeExpr
+    default: Expr | None = None  # `input mask: bool[B, T] = true`: filled when not given
 
 
 @dataclass(frozen=True)

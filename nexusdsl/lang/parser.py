@@ -150,7 +150,7 @@ class _ToAst(Transformer):
         return ast.Experts(self._span(meta), str(c[0]), c[1])
 
     def input(self, meta, c):
-        return ast.Input(self._span(meta), str(c[0]), c[1])
+        return ast.Input(self._span(meta), str(c[0]), c[1], c[2] if len(c) > 2 else None)
 
     def output(self, meta, c):
         return ast.Output(self._span(meta), str(c[0]), c[1] if len(c) > 1 else None)

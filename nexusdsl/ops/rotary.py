@@ -25,8 +25,10 @@ SCALINGS = {
     "linear": {"factor": None},
     "llama3": {"factor": None, "low": 1.0, "high": 4.0, "original": 8192},
     "yarn": {"factor": None, "original": None, "beta_fast": 32.0, "beta_slow": 1.0,
-             "mscale": 1.0, "mscale_all_dim": 0.0, "attention_factor": None},
+             "mscale": None, "mscale_all_dim": None, "attention_factor": None},
 }
+# Settings a scaling cannot do without.
+REQUIRED = {"linear": ("factor",), "llama3": ("factor",), "yarn": ("factor", "original")}
 
 
 class RopeScaling(OpAttrs):
@@ -37,8 +39,10 @@ class RopeScaling(OpAttrs):
     original: Annotated[Float, Field(gt=0)] = 8192
     beta_fast: Float = 32.0
     beta_slow: Float = 1.0
-    mscale: Float = 1.0
-    mscale_all_dim: Float = 0.0
+    # yarn's attention factor is mscale(factor, mscale) / mscale(factor, mscale_all_dim) when
+    # both are given, else mscale(factor), as transformers computes it
+    mscale: Float | None = None
+    mscale_all_dim: Float | None = None
     attention_factor: Float | None = None
 
 
@@ -65,8 +69,7 @@ def _option_call(value: Any, kinds: dict[str, dict], what: str,
     if unknown:
         raise ValueError(f"{name}(...) has no setting `{unknown[0]}` (it takes "
                          f"{', '.join(settings)})")
-    missing = [k for k, v in settings.items() if required and v is None and k not in kwargs
-               and k != "attention_factor"]
+    missing = [k for k in REQUIRED.get(name, ()) if required and k not in kwargs]
     if missing:
         raise ValueError(f"{name}(...) needs `{missing[0]}`")
     return {"kind": name, **kwargs}

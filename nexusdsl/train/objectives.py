@@ -47,6 +47,8 @@ class Port:
 def ports(graph: Graph) -> tuple[list[Port], list[Port]]:
     inputs = []
     for node in graph.inputs():
+        if "default" in node.attrs:
+            continue  # a padding mask and the like: filled by the model when left out
         embeds = [u for u in graph.users(node) if u.op == "embed"]
         kind = embeds[0].attrs.get("kind") if embeds else None
         vocab = None

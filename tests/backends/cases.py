@@ -32,6 +32,7 @@ SYMBOLIC = 8
 # Blocks the generic wrapper cannot size (a grid input, a context of side^3 tokens, token
 # ids): input types, arguments (both as .nx text) and lines to put before the model. Small
 # sizes keep the IREE compilations quick.
+MASKED = {"x": "float[B, T, 16]", "mask": "bool[B, T]"}
 STDLIB_OVERRIDES: dict[str, dict] = {
     "axial_layer": {"inputs": {"x": "float[B, 4, 3, 16]"}, "args": {"axes": "[1, 2]"}},
     "grid_block": {"inputs": {"x": "float[B, 27, 16]"}, "args": {"side": "3"}},
@@ -47,6 +48,18 @@ STDLIB_OVERRIDES: dict[str, dict] = {
     "thann_layer": {"args": {"n": "3", "k": "2", "heads": "2", "mult": "1"}},
     "thann_encoder": {"args": {"widths": "[6, 5, 5]", "depth": "1", "n": "3", "k": "2",
                                "heads": "2", "mult": "1"}},
+    # the layers of stdlib/families, at tiny sizes, with their padding masks
+    "decoder_layer": {"inputs": MASKED, "args": {"heads": "4", "kv_heads": "2", "head_dim": "4",
+                                                 "hidden": "8", "window": "3"}},
+    "moe_layer": {"inputs": MASKED, "args": {"heads": "4", "kv_heads": "2", "head_dim": "4",
+                                             "hidden": "8", "n": "3", "k": "2",
+                                             "qk_norm": "rmsnorm"}},
+    "deepseek_layer": {"inputs": MASKED, "args": {
+        "heads": "2", "q_rank": "8", "kv_rank": "4", "nope_dim": "4", "rope_dim": "4",
+        "v_dim": "4", "hidden": "8", "n": "4", "k": "2", "moe_hidden": "4", "groups": "2",
+        "topk_groups": "1"}},
+    "bert_layer": {"inputs": MASKED, "args": {"heads": "2", "hidden": "8"}},
+    "gpt2_layer": {"inputs": MASKED, "args": {"heads": "2"}},
 }
 
 

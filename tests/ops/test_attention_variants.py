@@ -176,6 +176,13 @@ def hf_inv_freq(rope_parameters, head_dim=8, max_positions=4096):
     ("rope(theta = 10000, scaling = yarn(factor = 4, original = 64))",
      {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
       "original_max_position_embeddings": 64}),
+    ("rope(theta = 10000, scaling = yarn(factor = 4, original = 64, mscale_all_dim = 1))",
+     {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "mscale_all_dim": 1.0,
+      "original_max_position_embeddings": 64}),
+    ("rope(theta = 10000, scaling = yarn(factor = 4, original = 64, mscale = 0.7, "
+     "mscale_all_dim = 1.2))",
+     {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "mscale": 0.7,
+      "mscale_all_dim": 1.2, "original_max_position_embeddings": 64}),
 ])
 def test_rotary_scalings_follow_transformers(call, params):
     m = build(f"attention(x, heads = 4, causal = true, rope = {call})")

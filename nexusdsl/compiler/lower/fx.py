@@ -22,6 +22,7 @@ from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.memory import available_bytes
 from nexusdsl.ops import REGISTRY
 
+_INPUT_DTYPES = {"bool": torch.bool, "i64": torch.int64, "f32": torch.float32}
 _DTYPES = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
@@ -54,15 +55,19 @@ class NexusModule(nn.Module):
         self.__dict__["_forward"] = type(gm).forward
         self.input_names = [n.name for n in graph.inputs()]
         self.output_names = list(graph.outputs)
+        # inputs declared with `= value`: filled with it when the caller leaves them out
+        self.__dict__["_defaults"] = {n.name: n for n in graph.inputs() if "default" in n.attrs}
 
     def forward(self, *args, **kwargs):
-        if kwargs:  # by name, in declaration order (fx's own argument names may differ)
+        if kwargs or len(args) < len(self.input_names):  # by name, in declaration order
             args = self._positional(args, kwargs)
         return self._forward(self, *args)
 
     def _positional(self, args: tuple, kwargs: dict) -> tuple:
         rest = self.input_names[len(args):]
         unknown = sorted(set(kwargs) - set(rest))
+        if not unknown and any(n not in kwargs for n in rest):
+            kwargs = {**kwargs, **self._filled(args, kwargs, rest)}
         missing = [name for name in rest if name not in kwargs]
         if unknown or missing:
             problem = (f"no input named {', '.join(unknown)}" if unknown
@@ -70,6 +75,30 @@ class NexusModule(nn.Module):
             raise TypeError(f"model {self.graph.name}: {problem} (its inputs, in order: "
                             f"{', '.join(self.input_names)})")
         return (*args, *(kwargs[name] for name in rest))
+
+    def _filled(self, args: tuple, kwargs: dict, rest: list[str]) -> dict:
+        """The defaulted inputs left out, made full of their value: their symbolic axes take
+        the sizes the given inputs have for axes of the same name."""
+        given = dict(zip(self.input_names, args)) | kwargs
+        sizes: dict[str, int] = {}
+        for node in self.graph.inputs():
+            tensor = given.get(node.name)
+            if tensor is not None and hasattr(tensor, "shape"):
+                for axis, size in zip(node.type.axes, tensor.shape):
+                    if axis.name and axis.size is None:
+                        sizes.setdefault(axis.name, int(size))
+        filled = {}
+        device = next((t.device for t in given.values() if hasattr(t, "device")), None)
+        for name in rest:
+            node = self._defaults.get(name)
+            if name in kwargs or node is None:
+                continue
+            if any(a.size is None and a.name not in sizes for a in node.type.axes):
+                continue  # an axis no given input sizes: reported as missing
+            shape = [a.size if a.size is not None else sizes[a.name] for a in node.type.axes]
+            filled[name] = torch.full(shape, node.attrs["default"], device=device,
+                                      dtype=_INPUT_DTYPES[node.type.dtype])
+        return filled
 
 
 def _check_attribute_name(node: Node) -> None:

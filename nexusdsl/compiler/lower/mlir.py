@@ -83,8 +83,19 @@ def input_shapes(graph: Graph, sizes: dict[str, int] | None = None,
                 size, dyn = max(size, 2), [*dyn, (i, axis.name)]
             dims.append(size)
         shapes.append(InputShape(node.name, tuple(dims), node.type.dtype,
-                                 node.attrs.get("vocab"), tuple(dyn)))
+                                 id_bound(graph, node), tuple(dyn)))
     return shapes
+
+
+def id_bound(graph: Graph, node) -> int | None:
+    """How many ids an integer input may hold: its modality's vocabulary, or the smallest
+    table among the `embed` nodes that read it (`embed(ids, dim, vocab = 100)`)."""
+    bounds = [node.attrs["vocab"]] if node.attrs.get("vocab") else []
+    for user in graph.users(node):
+        weight = user.params.get("weight") if user.op == "embed" else None
+        if weight is not None and not weight.tied_to:
+            bounds.append(weight.shape[0])
+    return min(bounds) if bounds else None
 
 
 def example_inputs(shapes: list[InputShape], device="cpu", seed: int = 0) -> list:
