@@ -26,6 +26,7 @@ def hf(cls, config):
     """transformers' model from a config: random weights, float64, eval, SDPA attention."""
     torch.manual_seed(0)
     config._attn_implementation = "sdpa"
+    config._experts_implementation = "eager"  # grouped_mm has no float64 kernel
     model = cls(config).double().eval()
     with torch.no_grad():  # norms and biases start at constants: make them count
         for name, p in model.named_parameters():
