@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 import transformers
 
-from tests.families.harness import assert_close, check_padding, count, family, hf, load, padded_batch
+from tests.families.harness import (
+    assert_close,
+    check_padding,
+    count,
+    family,
+    hf,
+    load,
+    padded_batch,
+)
 from tests.families.test_decoders import TINY, hyper_of
 
 
