@@ -134,14 +134,16 @@ class Embed(Op):
     class Attrs(OpAttrs):
         dim: PosInt
         vocab: PosInt | None = None
+        tie: str | None = Field(None, description="another embed whose table this one shares: "
+                                "`embed(target, dim, tie = shared)` (T5's encoder and decoder)")
         kind: str | None = set_by_compiler(default=None)
         options: dict[str, int] | None = set_by_compiler(default=None)
 
         @model_serializer(mode="wrap")
         def _vocab_when_given(self, handler):
-            # embeddings of a modality print and hash as before `vocab` existed
+            # embeddings of a modality print and hash as before `vocab` and `tie` existed
             data = handler(self)
-            return {k: v for k, v in data.items() if k != "vocab" or v is not None}
+            return {k: v for k, v in data.items() if k not in ("vocab", "tie") or v is not None}
 
     def resolve(self, ctx, inputs, attrs):
         x = inputs[0]
@@ -193,13 +195,28 @@ class Embed(Op):
     def params(self, ctx, inputs, attrs):
         x = inputs[0]
         if x.modality is None and x.dtype == "i64":
-            return {"weight": normal((attrs.vocab, attrs.dim))}
+            return {"weight": self._table(ctx, attrs, attrs.vocab)}
         spec = modality_of("embed", ctx, x)
         if spec.discrete:
-            return {"weight": normal((spec.vocab, attrs.dim))}
+            return {"weight": self._table(ctx, attrs, spec.vocab)}
         _, fan_in = plan_tokens(x, spec)
         return {"proj.weight": uniform((attrs.dim, fan_in), fan_in),
                 "proj.bias": uniform((attrs.dim,), fan_in)}
+
+    @staticmethod
+    def _table(ctx, attrs, vocab: int) -> ParamSpec:
+        """The id table [vocab, dim]: its own, or with `tie` the named embed's own table."""
+        if attrs.tie is None:
+            return normal((vocab, attrs.dim))
+        node = ctx.lookup(attrs.tie)
+        table = node.params.get("weight") if node is not None and node.op == "embed" else None
+        if table is None or table.tied_to:
+            raise OpError(f"embed: tie = {attrs.tie} must name an embed of ids with its own "
+                          f"table (`embed(tokens, dim, vocab = V) as {attrs.tie}`)")
+        if table.shape != (vocab, attrs.dim):
+            raise OpError(f"embed: tie = {attrs.tie} has a table of {list(table.shape)}, this "
+                          f"embed needs [{vocab}, {attrs.dim}]")
+        return ParamSpec(shape=table.shape, tied_to=f"{attrs.tie}.weight")
 
     def flops(self, inputs, outputs, attrs):
         if attrs.kind in ("bytes", "ids"):

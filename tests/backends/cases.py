@@ -60,6 +60,16 @@ STDLIB_OVERRIDES: dict[str, dict] = {
         "topk_groups": "1"}},
     "bert_layer": {"inputs": MASKED, "args": {"heads": "2", "hidden": "8"}},
     "gpt2_layer": {"inputs": MASKED, "args": {"heads": "2"}},
+    "vit_layer": {"args": {"heads": "2", "hidden": "8"}},
+    "gemma_layer": {"inputs": MASKED, "args": {"heads": "4", "kv_heads": "2", "head_dim": "4",
+                                               "hidden": "8", "window": "3"}},
+    "t5_encoder_layer": {"inputs": {"x": "float[B, S, 16]", "mask": "bool[B, S]",
+                                    "bias": "float[2, S, S]"},
+                         "args": {"heads": "2", "head_dim": "4", "hidden": "8"}},
+    "t5_decoder_layer": {"inputs": {"y": "float[B, T, 16]", "memory": "float[B, S, 16]",
+                                    "memory_mask": "bool[B, S]", "mask": "bool[B, T]",
+                                    "bias": "float[2, T, T]"},
+                         "args": {"heads": "2", "head_dim": "4", "hidden": "8"}},
 }
 
 

@@ -78,3 +78,23 @@ def test_mistakes_are_located(prelude, input_type, call, message):
     (d,) = info.value.diagnostics
     assert d.message.startswith(message), d.message
     assert d.span.line == 4 and str(info.value).startswith("m.nx:4:")
+
+
+def test_tie_shares_one_table_and_checks_it():
+    text = """nexus 0.1
+model M {
+  input a: int[B, T]
+  input b: int[B, S]
+  x = embed(a, 8, vocab = 20) as tok
+  output y = embed(b, 8, vocab = 20, tie = tok)
+  output z = x
+}
+"""
+    import nexusdsl
+
+    m = nexusdsl.compile(nexusdsl.loads(text, "tie.nx"))
+    assert len(list(m.parameters())) == 1
+    b = torch.randint(0, 20, (2, 3))
+    assert torch.equal(m(torch.zeros(2, 1, dtype=torch.long), b)["y"], m.tok.weight[b])
+    with pytest.raises(nexusdsl.NexusError, match="tie.nx:6:.*has a table of \\[20, 8\\]"):
+        nexusdsl.loads(text.replace("vocab = 20, tie", "vocab = 21, tie"), "tie.nx").elaborate()
