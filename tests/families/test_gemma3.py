@@ -6,7 +6,15 @@ import pytest
 import torch
 import transformers
 
-from tests.families.harness import assert_close, check_padding, count, family, hf, load, padded_batch
+from tests.families.harness import (
+    assert_close,
+    check_padding,
+    count,
+    family,
+    hf,
+    load,
+    padded_batch,
+)
 
 
 def gemma_weights(reference) -> dict[str, torch.Tensor]:

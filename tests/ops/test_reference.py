@@ -35,7 +35,7 @@ def _family_rank(name: str) -> int:
 def test_compiler_set_attributes_are_left_out():
     text = reference()
     embed = text.split("### `embed`")[1].split("###")[0]
-    assert "`embed(x, dim, vocab)`" in embed and "`kind`" not in embed
+    assert "`embed(x, dim, vocab, tie)`" in embed and "`kind`" not in embed
     mix = text.split("### `mix`")[1].split("###")[0]
     assert "`labels`" not in mix and "| `wiring` | axial \\| full" in mix
 
