@@ -25,7 +25,8 @@ def attention_forward(attrs, head_dim: int | None = None, portable: bool = False
     axis = attrs.axis
 
     def attention(m, x, *extra):
-        tensors = dict(zip(given, extra))
+        # a defaulted mask the caller left out arrives as None: attention as without one
+        tensors = {k: v for k, v in zip(given, extra) if v is not None}
         if axis is not None:
             x = x.movedim(axis, -2)
         y = _attend(m, attrs, x, tensors, head_dim or getattr(attrs, "head_dim", None), portable)

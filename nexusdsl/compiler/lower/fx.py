@@ -57,6 +57,8 @@ class NexusModule(nn.Module):
         self.output_names = list(graph.outputs)
         # inputs declared with `= value`: filled with it when the caller leaves them out
         self.__dict__["_defaults"] = {n.name: n for n in graph.inputs() if "default" in n.attrs}
+        self.__dict__["_absent"] = {n for n, node in self._defaults.items()
+                                    if _only_optional_uses(graph, node)}
 
     def forward(self, *args, **kwargs):
         if kwargs or len(args) < len(self.input_names):  # by name, in declaration order
@@ -95,10 +97,25 @@ class NexusModule(nn.Module):
                 continue
             if any(a.size is None and a.name not in sizes for a in node.type.axes):
                 continue  # an axis no given input sizes: reported as missing
+            if name in self._absent:  # read only where it is optional: as if never given
+                filled[name] = None
+                continue
             shape = [a.size if a.size is not None else sizes[a.name] for a in node.type.axes]
             filled[name] = torch.full(shape, node.attrs["default"], device=device,
                                       dtype=_INPUT_DTYPES[node.type.dtype])
         return filled
+
+
+def _only_optional_uses(graph: Graph, node: Node) -> bool:
+    """Whether every node reading this input takes it as an optional keyword tensor
+    (`attention(x, mask = m)`), so that leaving it out can mean exactly that: not given."""
+    users = graph.users(node)
+    for user in users:
+        op = REGISTRY[user.op]
+        slots = [i for i, ref in enumerate(user.inputs) if ref.node == node.id]
+        if not op.optional_inputs or any(i < len(op.inputs) for i in slots):
+            return False
+    return bool(users)
 
 
 def _check_attribute_name(node: Node) -> None:
