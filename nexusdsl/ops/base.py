@@ -96,6 +96,9 @@ class Op:
     # formula in the op's attribute names and `d` (the input's last axis), with a condition
     # where a parameter is not always there. tests/ops/test_reference.py checks them.
     parameters: ClassVar[dict[str, str]] = {}
+    # How the parameters are laid out, for mapping a checkpoint onto them (docs/ops.md prints
+    # it under the table): the order of fused rows, how heads or patches are flattened.
+    layout: ClassVar[str] = ""
 
     class Attrs(OpAttrs):
         pass

@@ -95,6 +95,9 @@ class Conv(Op):
     parameters = {"weight": "[out, C // groups, *kernel] (C: the channels, d without axes)",
                   "bias": "[out] if bias"}
 
+    layout = """Layout: `weight` is [out, in / groups, *kernel] as nn.Conv1d/2d/3d's, the kernel's
+    axes in the order of `axes` (a ViT's patch projection loads as is)."""
+
     class Attrs(OpAttrs):
         out: PosInt
         kernel: PerAxis

@@ -77,6 +77,11 @@ class LatentAttention(Op):
         "out.weight": "[d, heads * v_dim]",
     }
 
+    layout = """Layout: as transformers' DeepseekV3Attention: `q_b` rows are each head's nope_dim
+    channels then its rope_dim channels, heads in order; `kv_a` rows are the kv_rank latent
+    channels then the rope_dim shared key channels; `kv_b` rows are each head's nope_dim key
+    channels then its v_dim value channels."""
+
     class Attrs(OpAttrs):
         heads: PosInt
         q_rank: NonNegativeInt

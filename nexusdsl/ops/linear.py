@@ -23,6 +23,9 @@ class Linear(Op):
     traits = Traits(tokenwise=True, token_projection=True, projection_weights=True)
     parameters = {"weight": "[out, d]", "bias": "[out] if bias"}
 
+    layout = """Layout: `weight` is [out, in] as nn.Linear's (a Conv1D of GPT-2 stores it
+    transposed)."""
+
     class Attrs(OpAttrs):
         out: PosInt
         bias: Bool = True

@@ -105,6 +105,15 @@ class Attention(Op):
         "k_norm.weight": "[head_dim or d // heads] if qk_norm",
     }
 
+    layout = """Layout: `qkv.weight` stacks the rows of every query head, then every key head, then
+    every value head (each head's head_dim rows together, heads in order): rows [0, heads h)
+    project the queries, [heads h, (heads + kv_heads) h) the keys, the rest the values
+    (transformers' q_proj, k_proj and v_proj concatenated; GPT-2's c_attn transposed).
+    Cross-attention's `kv.weight` is k_proj's rows then v_proj's. Query head i uses key/value
+    head i // (heads / kv_heads). `out.weight`'s columns are the heads' outputs in head order
+    (o_proj). Rotary pairs are channels (j, j + rot / 2) of each head (transformers' layout;
+    `interleaved = true`: (2j, 2j + 1))."""
+
     class Attrs(OpAttrs):
         heads: PosInt
         causal: Bool = False

@@ -131,6 +131,11 @@ class Embed(Op):
                                  "tubelets, window for frames, channels for a signal)",
                   "proj.bias": "[dim] for continuous data"}
 
+    layout = """Layout: a table row per id, [vocab, dim] as nn.Embedding's. Patches are
+    flattened in (c, p, q) order (channel, then row and column within the patch), so a ViT's
+    Conv2d weight [dim, C, size, size] reshapes to `proj.weight`; tubelets in (c, t, p, q)
+    order."""
+
     class Attrs(OpAttrs):
         dim: PosInt
         vocab: PosInt | None = None

@@ -210,6 +210,8 @@ def section(op: Op) -> str:
     table = attribute_table(op)
     lines += [*table, ""] if table else []
     lines += [*parameter_table(op), ""]
+    if op.layout:
+        lines += [" ".join(op.layout.split()), ""]
     return "\n".join(lines)
 
 

@@ -31,6 +31,9 @@ class RelativePosition(Op):
     traits = Traits()
     parameters = {"weight": "[buckets, heads]"}
 
+    layout = """Layout: `weight[b, h]` is head h's bias for bucket b (T5's relative_attention_bias,
+    as is)."""
+
     class Attrs(OpAttrs):
         heads: PosInt
         buckets: PosInt = 32

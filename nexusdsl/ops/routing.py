@@ -220,6 +220,11 @@ class Moe(Op):
     # TOSA has no scatter-add (index_add_), which combining the experts' outputs needs
     backends = tuple(b for b in ALL_BACKENDS if b != "mlir-tosa")
 
+    layout = """Layout: `router.weight` [n, d] (transformers' gate.weight); expert i's parameters
+    are its block's, under `experts.i.` (a fused checkpoint's gate_up_proj[i] splits into the
+    gate rows then the up rows); `router.bias` is DeepSeek's e_score_correction_bias; a shared
+    expert's parameters are under `shared.`."""
+
     class Attrs(OpAttrs):
         experts: PosInt
         router: dict[str, Any] = Field(description="topk(k, noise, normalize, score, bias, "
