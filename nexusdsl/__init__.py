@@ -18,7 +18,7 @@ from nexusdsl.version import __version__
 __all__ = ["NexusError", "Program", "__version__", "compile", "load", "loads", "train"]
 
 def compile(program_or_path: Program | str | Path, model: str | None = None, *,
-            target: str = "torch", opt: int = 1, device: str = "cpu", dtype: str = "f32",
+            target: str = "torch", opt: int = 1, device: str = "cpu", dtype: str | None = None,
             seed: int | None = 0, options: dict[str, Any] | None = None, **hyper: Any):
     """Build a `torch.nn.Module` from a program (or a path to a `.nx` file).
 

@@ -108,8 +108,10 @@ def compile_cmd(
                            cuda_arch)
         return compile_backend(program, graph, emit.value, output, device, settings)
     try:  # lowering refuses names it cannot compile and weights too big for the device
-        text = passes_text(records, flags) if emit == Emit.passes else render_emit(graph, emit,
-                                                                                  as_json, device)
+        binding = program.binding(model, **hyper)  # the parameters `bind` sections fill
+        bound = set(binding.plan) if binding is not None else None
+        text = passes_text(records, flags) if emit == Emit.passes else render_emit(
+            graph, emit, as_json, device, bound)
     except NexusError as e:
         report(NexusError(e.diagnostics, program.sources))
     if output is None:
@@ -121,7 +123,7 @@ def compile_cmd(
     out.print(f"wrote {output}", markup=False)
 
 
-def render_emit(graph, emit: Emit, as_json: bool, device: str) -> str:
+def render_emit(graph, emit: Emit, as_json: bool, device: str, bound: set[str] | None = None) -> str:
     from nexusdsl.compiler.summary import summarize
     from nexusdsl.ir.printer import print_graph
 
@@ -132,7 +134,7 @@ def render_emit(graph, emit: Emit, as_json: bool, device: str) -> str:
     module = build_module(graph, device)
     if emit == Emit.fx:
         return module.fx.code.strip()
-    info = summarize(graph)
+    info = summarize(graph, bound=bound)
     return json.dumps(info, indent=2) if as_json else summary_text(info)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from nexusdsl.compiler.passes.cost import graph_cost, positions
 from nexusdsl.ir.graph import Graph, Node
 from nexusdsl.ir.printer import format_type
+from nexusdsl.ops.base import state_specs
 
 
 def node_params(node: Node) -> int:
@@ -45,11 +46,17 @@ def total_flops(graph: Graph, context: int = 256) -> tuple[int, int]:
     return int(graph_cost(graph, context).flops), positions(graph, context)
 
 
-def summarize(graph: Graph, context: int = 256) -> dict[str, Any]:
+def summarize(graph: Graph, context: int = 256, bound: set[str] | None = None) -> dict[str, Any]:
+    """What `nexus compile` prints. `bound`: the parameters a `bind` section fills from
+    checkpoints (their count is shown beside trainable and frozen)."""
     flops, tokens = total_flops(graph, context)
+    params = count_params(graph)
+    if bound is not None:
+        specs = state_specs(graph)
+        params["bound"] = sum(specs[name].numel for name in bound if not specs[name].buffer)
     return {
         "model": graph.name,
-        "params": count_params(graph),
+        "params": params,
         "nodes": sum(1 for n in graph.nodes() if not n.is_input),
         "inputs": {n.name: format_type(n.type, True) for n in graph.inputs()},
         "outputs": {k: format_type(graph.type_of(v)) for k, v in graph.outputs.items()},

@@ -35,6 +35,7 @@ class FileScope:
         self.display = display
         self.defs: dict[str, ast.Stmt] = {}
         self.trains: list[ast.Train] = []
+        self.binds: list[ast.Bind] = []  # `bind Model from "dir" { ... }` sections
         self.imports: list[tuple[str, FileScope]] = []
         self.cache: dict[str, Any] = {}  # evaluated lets and modalities
 
@@ -42,12 +43,18 @@ class FileScope:
     def models(self) -> list[ast.Model]:
         return [d for d in self.defs.values() if isinstance(d, ast.Model)]
 
+    @property
+    def aliases(self) -> list[ast.ModelAlias]:
+        """`model Small = llama.Llama(dim = 256)`: models of other definitions."""
+        return [d for d in self.defs.values() if isinstance(d, ast.ModelAlias)]
+
     def namespace(self, name: str) -> FileScope | None:
         return next((scope for alias, scope in self.imports if alias == name), None)
 
 
 def _definition_name(item: ast.Stmt) -> str | None:
-    if isinstance(item, (ast.Let, ast.Modality, ast.Block, ast.Model)):
+    if isinstance(item, (ast.Let, ast.Modality, ast.Block, ast.Model, ast.ModelAlias,
+                         ast.Weights)):
         return item.name
     return None
 
@@ -81,6 +88,8 @@ class Loader:
                 self._import(scope, item)
             elif isinstance(item, ast.Train):
                 scope.trains.append(item)
+            elif isinstance(item, ast.Bind):
+                scope.binds.append(item)
             else:
                 self._define(scope, item)
 

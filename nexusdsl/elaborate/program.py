@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nexusdsl.elaborate.aliases import resolve_alias
+from nexusdsl.elaborate.bindings import Binding, bind_model, check_binds, freeze_params
 from nexusdsl.elaborate.elaborator import Elaborator
 from nexusdsl.elaborate.modules import FileScope, Loader
 from nexusdsl.elaborate.names import BUILTINS
@@ -27,10 +29,13 @@ class Program:
         self.file = scope.file
         self.source = scope.program.source
         self._graphs: dict[tuple, Graph] = {}
+        self._bindings: dict[tuple, Binding | None] = {}
 
     @property
     def models(self) -> list[str]:
-        return [m.name for m in self.scope.models]
+        """The file's models: those it writes and those it names (`model M = other.Model(...)`)."""
+        return [d.name for d in self.scope.defs.values()
+                if isinstance(d, (ast.Model, ast.ModelAlias))]
 
     @property
     def trains(self) -> list[ast.Train]:
@@ -41,34 +46,54 @@ class Program:
         return self._loader.sources
 
     def model_ast(self, name: str | None = None) -> ast.Model:
-        models = self.scope.models
+        """The model's definition; for `model M = other.Model(dim = 256)`, other.Model's with
+        M's name and the given settings as its defaults."""
+        return self._model(name)[1]
+
+    def _model(self, name: str | None) -> tuple[FileScope, ast.Model]:
+        """The model's definition and the file scope its body is read in."""
+        names = self.models
         if name is None:
-            if len(models) == 1:
-                return models[0]
-            listing = ", ".join(m.name for m in models) or "none"
-            raise NexusError.at(Span(self.file, 1, 1), f"{self.file} defines {len(models)} models "
-                                f"({listing}); choose one with --model")
-        for m in models:
-            if m.name == name:
-                return m
-        listing = ", ".join(m.name for m in models) or "none"
+            if len(names) == 1:
+                name = names[0]
+            else:
+                listing = ", ".join(names) or "none"
+                raise NexusError.at(Span(self.file, 1, 1), f"{self.file} defines {len(names)} "
+                                    f"models ({listing}); choose one with --model")
+        item = self.scope.defs.get(name)
+        if isinstance(item, ast.Model):
+            return self.scope, item
+        if isinstance(item, ast.ModelAlias):
+            return resolve_alias(self.scope, item, self._loader.sources)
+        listing = ", ".join(names) or "none"
         raise NexusError.at(Span(self.file, 1, 1), f"no model `{name}` in {self.file} (it has {listing})")
 
     def elaborate(self, model: str | None = None, **hyper: Any) -> Graph:
         """The model's IR graph for these hyperparameters, shape-checked and verified."""
-        tree = self.model_ast(model)
+        scope, tree = self._model(model)
         key = (tree.name, _hashable(hyper))
         if key not in self._graphs:
             sink = DiagnosticSink()
-            elaborator = Elaborator(self.scope, sink, self._loader.sources)
+            elaborator = Elaborator(scope, sink, self._loader.sources)
             try:
                 graph = elaborator.build_model(tree, hyper)
             except NexusError as err:
                 sink.add(err)
             sink.raise_if_any(self._loader.sources)
             verify(graph, REGISTRY)
+            binding = bind_model(self.scope, tree.name, graph, self._loader.sources)
+            if binding is not None and binding.frozen:
+                graph = freeze_params(graph, binding.frozen)
             self._graphs[key] = graph
+            self._bindings[key] = binding
         return self._graphs[key]
+
+    def binding(self, model: str | None = None, **hyper: Any) -> Binding | None:
+        """What the file's `bind` sections fill the model's parameters with (None if
+        nothing): checked against the model with these hyperparameters and the checkpoints'
+        headers; no tensor is read yet."""
+        self.elaborate(model, **hyper)
+        return self._bindings[(self.model_ast(model).name, _hashable(hyper))]
 
     def train_section(self, model: str | None = None) -> ast.Train | None:
         name = self.model_ast(model).name
@@ -157,12 +182,13 @@ class Program:
         """Elaborate every model with its defaults; raise one error listing every mistake."""
         sink = DiagnosticSink()
         graphs = {}
-        for tree in self.scope.models:
+        for name in self.models:
             try:
-                graphs[tree.name] = self.elaborate(tree.name)
+                graphs[name] = self.elaborate(name)
             except NexusError as err:
                 sink.add(err)
         self._check_modal_codes(sink)
+        check_binds(self.scope, self.models, sink)
         check_uncalled_blocks(self.scope, BUILTINS, sink)
         names = set(self.models) | {n for _, s in self.scope.imports for n in s.defs}
         for train in self.scope.trains:

@@ -301,6 +301,67 @@ class Train(Stmt):
 
 
 @dataclass(frozen=True)
+class ModelAlias(Stmt):
+    """`model Llama32 = llama.Llama(dim = 2048, depth = 16)`: a model of another definition
+    with other hyperparameter defaults."""
+
+    name: str
+    target: Expr  # the model, by name or `module.Name`
+    kwargs: tuple[tuple[str, Expr], ...]
+
+
+@dataclass(frozen=True)
+class BindSource:
+    span: Span
+    name: str | None  # `a = "dir"`; None for the single unnamed source
+    path: str
+
+
+@dataclass(frozen=True)
+class BindRule(Stmt):
+    """`"blocks.{i}.attention.qkv.weight" <- concat("q.{i}", "k.{i}", "v.{i}")`"""
+
+    target: str
+    source: Expr
+
+
+@dataclass(frozen=True)
+class BindUse(Stmt):
+    """`use llama.hf as "text" from a`: another set's rules, their targets under a prefix, their
+    keys read from a source."""
+
+    rules: str  # dotted name of a `weights` set
+    prefix: str = ""
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class BindIgnore(Stmt):
+    """`ignore "model.layers.*" from b`: checkpoint tensors no rule needs to use."""
+
+    pattern: str
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Bind(Stmt):
+    """`bind Model from "dir" frozen { rules }`: the model's parameters from checkpoints."""
+
+    model: str
+    sources: tuple[BindSource, ...]
+    frozen: bool
+    body: tuple[Stmt, ...]
+
+
+@dataclass(frozen=True)
+class Weights(Stmt):
+    """`weights hf { rules }`: a named set of binding rules."""
+
+    name: str
+    body: tuple[Stmt, ...]
+
+
+@dataclass(frozen=True)
 class Program:
     file: str
     source: str

@@ -133,6 +133,43 @@ class _ToAst(Transformer):
     def hyper_param(self, meta, c):
         return ast.Param(self._span(meta), str(c[0]), default=c[1] if len(c) > 1 else None)
 
+    def model_alias(self, meta, c):
+        name, call = str(c[0]), c[1]
+        if not isinstance(call, ast.Call) or call.args or not isinstance(call.func, (ast.Name, ast.Attribute)):
+            raise NexusError.at(self._span(meta), f"`model {name} = ...` names another model with "
+                                "its settings: `model Small = llama.Llama(dim = 256, depth = 2)`")
+        return ast.ModelAlias(self._span(meta), name, call.func, tuple(call.kwargs))
+
+    def bind(self, meta, c):
+        model, rest = str(c[0]), list(c[1:])
+        sources = tuple(x for x in rest if isinstance(x, ast.BindSource))
+        words = [x for x in rest if isinstance(x, Token)]
+        body = tuple(x for x in rest if isinstance(x, ast.Stmt))
+        for word in words:
+            if str(word) != "frozen":
+                raise NexusError.at(self._tok(word), f"`{word}`: after a bind's sources only "
+                                    "`frozen` may come (its parameters then get no gradient)")
+        return ast.Bind(self._span(meta), model, sources, bool(words), body)
+
+    def bind_source(self, meta, c):
+        name = str(c[0]) if len(c) == 2 else None
+        return ast.BindSource(self._span(meta), name, _unquote(c[-1]))
+
+    def weights(self, meta, c):
+        return ast.Weights(self._span(meta), str(c[0]), tuple(c[1:]))
+
+    def bind_rule(self, meta, c):
+        return ast.BindRule(self._span(meta), _unquote(c[0]), c[2])
+
+    def bind_use(self, meta, c):
+        prefix = next((_unquote(t) for t in c[1:] if isinstance(t, Token) and t.type == "STRING"), "")
+        source = next((str(t) for t in c[1:] if isinstance(t, Token) and t.type == "NAME"), None)
+        return ast.BindUse(self._span(meta), str(c[0]), prefix, source)
+
+    def bind_ignore(self, meta, c):
+        source = str(c[1]) if len(c) > 1 else None
+        return ast.BindIgnore(self._span(meta), _unquote(c[0]), source)
+
     def train(self, meta, c):
         return ast.Train(self._span(meta), str(c[0]), tuple(c[1:]))
 
@@ -365,7 +402,7 @@ LANGUAGE_VERSION = "0.1"
 # docs/language.md, "Lexical rules" (`route` too: docs/design.md)
 RESERVED_WORDS = frozenset("nexus import as let modality block model input output return repeat "
                            "shared reversible experts of train true false route "
-                           "if else and or not".split())
+                           "if else and or not bind weights use ignore from".split())
 
 
 def _describe_token(tok) -> str:

@@ -218,3 +218,19 @@ def check_last_axis(x: TensorType, what: str) -> Axis:
     if last.size is None:
         raise OpError(f"{what} needs a fixed-size last axis, but axis {last.name} is symbolic")
     return last
+
+
+def state_specs(graph, prefix: str = "") -> dict:
+    """{state_dict name: ParamSpec} of the module a graph lowers to: every node's parameters
+    (and buffers) under its name, those of nested graphs under the node's region list
+    (`moe.experts.3.linear.weight`); a node sharing another's parameters has none of its own."""
+    specs = {}
+    for node in graph.nodes():
+        if node.shares:
+            continue
+        for key, spec in node.params.items():
+            specs[f"{prefix}{node.name}.{key}"] = spec
+        region_name = REGISTRY[node.op].region_name if node.op in REGISTRY else "regions"
+        for i, region in enumerate(node.regions):
+            specs |= state_specs(region, f"{prefix}{node.name}.{region_name}.{i}.")
+    return specs

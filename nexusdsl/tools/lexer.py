@@ -17,9 +17,10 @@ from pygments.token import (
     Whitespace,
 )
 
-_DECLARATIONS = ("nexus", "import", "let", "modality", "block", "model", "train", "experts")
+_DECLARATIONS = ("nexus", "import", "let", "modality", "block", "model", "train", "experts",
+                 "bind", "weights")
 _STATEMENTS = ("input", "output", "return", "repeat", "shared", "reversible", "route", "of", "as",
-               "if", "else", "and", "or", "not")
+               "if", "else", "and", "or", "not", "use", "ignore", "from")
 
 
 def _builtin_names() -> tuple[str, ...]:
@@ -55,7 +56,7 @@ class NexusLexer(RegexLexer):
             (words(_builtin_names(), suffix=r"\b"), Name.Builtin),
             (r"[A-Za-z_]\w*(?=\s*\()", Name.Function),
             (r"[A-Za-z_]\w*", Name),
-            (r"\|>|->|//|\*\*|==|!=|<=|>=|[-+*/%=<>]", Operator),
+            (r"\|>|->|<-|//|\*\*|==|!=|<=|>=|[-+*/%=<>]", Operator),
             (r"[()\[\]{},;:.]", Punctuation),
         ],
     }

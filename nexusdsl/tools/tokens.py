@@ -15,7 +15,7 @@ from nexusdsl.resources import grammar_path
 
 KEYWORDS = frozenset(
     "nexus import as let modality block model input output return repeat shared reversible "
-    "experts of train true false route if else and or not".split()
+    "experts of train true false route if else and or not bind weights use ignore from".split()
 )
 OPEN = {"(": ")", "[": "]", "{": "}"}
 CLOSE = {v: k for k, v in OPEN.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nexusdsl.compiler.lower.bound import fill_bound
 from nexusdsl.compiler.lower.fx import lower
 from nexusdsl.compiler.lower.targets import TARGETS, build
 from nexusdsl.compiler.pipeline import optimize, options_for
@@ -11,11 +12,13 @@ from nexusdsl.elaborate.program import Program
 
 
 def compile_program(program: Program, model: str | None = None, *, target: str = "torch",
-                    opt: int = 1, device: str = "cpu", dtype: str = "f32", seed: int | None = 0,
-                    options: dict[str, Any] | None = None, **hyper: Any):
+                    opt: int = 1, device: str = "cpu", dtype: str | None = None,
+                    seed: int | None = 0, options: dict[str, Any] | None = None, **hyper: Any):
     """Build a `torch.nn.Module` from a program: what `nexusdsl.compile` does.
 
-    `hyper` overrides the model's hyperparameters; `seed` fixes the initial weights.
+    `hyper` overrides the model's hyperparameters; `seed` fixes the initial weights, and the
+    file's `bind` sections fill theirs from checkpoints. `dtype` is the parameters' (f32, or
+    the checkpoint's own when every bound tensor has one dtype: a bf16 checkpoint stays bf16).
     `target` "torch.compile" compiles the module in place, "iree-cpu"/"iree-cuda" return a
     module run by IREE, "mlir-*" the MLIR text; `options` are the target's settings, e.g.
     `{"mode": "max-autotune"}` or `{"sizes": {"T": 64}, "dynamic": ["B"]}`."""
@@ -24,10 +27,16 @@ def compile_program(program: Program, model: str | None = None, *, target: str =
     _check_device(device)
     passes = options_for(target, (options or {}).get("route"))
     graph = optimize(program.elaborate(model, **hyper), opt, options=passes)
+    binding = program.binding(model, **hyper)
+    dtype = dtype or (binding.dtype if binding is not None else None) or "f32"
+    fill = (lambda module: fill_bound(module, binding)) if binding is not None else None
     if target != "torch" or options:
         return build(graph, target, device=device, dtype=dtype, seed=seed, options=options,
-                     sources=program.sources)
-    return lower(graph, device=device, dtype=dtype, seed=seed)
+                     sources=program.sources, fill=fill)
+    module = lower(graph, device=device, dtype=dtype, seed=seed)
+    if fill is not None:
+        fill(module)
+    return module
 
 
 def _check_device(device: str) -> None:

@@ -39,8 +39,9 @@ OPTIONS = {
 
 
 def build(graph, target: str, *, device="cpu", dtype="f32", seed=0, options=None,
-          sources: dict[str, str] | None = None):
-    """What `nexusdsl.compile` returns for `target` (see the module docstring)."""
+          sources: dict[str, str] | None = None, fill=None):
+    """What `nexusdsl.compile` returns for `target` (see the module docstring). `fill(module)`
+    sets weights (a checkpoint's) on the lowered module before the target is built."""
     from nexusdsl.compiler.lower.fx import lower
 
     options = dict(options or {})
@@ -51,6 +52,8 @@ def build(graph, target: str, *, device="cpu", dtype="f32", seed=0, options=None
                          f"(its options: {allowed})")
     check_backend(graph, target, options.get("route", DEFAULT_ROUTE), sources)
     module = lower(graph, device=device, dtype=dtype, seed=seed)
+    if fill is not None:
+        fill(module)
     if target == "torch":
         return module
     if target == "torch.compile":
