@@ -122,7 +122,7 @@ def summary_text(info: dict) -> str:
     if "bound" in p:  # filled from checkpoints by `bind` sections
         kinds += f"; bound {p['bound']:,}, initialised {p['total'] - p['bound']:,}"
     table.add_row("params", f"{p['total']:,}", kinds)
-    table.add_row("FLOPs/token", f"{info['flops_per_token']:,}", f"forward, batch 1, context {context}")
+    table.add_row("FLOPs/token", f"{info['flops_per_token']:,}", "forward, batch 1, context 256")
     console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
     console.print(table)
     return console.export_text().rstrip()
