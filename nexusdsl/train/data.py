@@ -8,12 +8,22 @@ touches only the pages of its windows. Every random choice takes an explicit
 A batch is a dict of tensors: `bytes` [n, L] int64, `image` [n, 1, 8, 8] float, `label` [n]
 int64, `caption` [n, L] int64 (the digit's name, for two-modality models), `audio` [n, 512]
 float (the digit's DTMF telephone tone, generated: train/waves.py).
+
+A text corpus read through a model's tokenizer (`token_dataset`: next_token on a model whose
+token input is `ids(..., tokenizer = "dir")`) gives `tokens` [n, L] int64 instead, and for
+held-out batches `token_bytes` [n, L] int64, the bytes of text each id stands for, so that
+bits per byte stay bits per byte of the text. Each file is encoded once, when a batch is first
+asked for, and its ids kept in memory (int32 ids and byte counts: 8 bytes per token) for the
+rest of the process; the held-out part is the last 10% of the ids.
 """
 
 from __future__ import annotations
 
+import sys
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +32,7 @@ import torch
 from nexusdsl.elaborate.train_config import Call
 from nexusdsl.lang.diagnostics import NexusError, Span
 from nexusdsl.train.waves import dtmf
+from nexusdsl.weights.tokenizer import TextTokenizer
 
 HELDOUT = 0.1  # the last 10% of a corpus (or of each class) is held out
 
@@ -64,6 +75,8 @@ class ByteStream:
 class ByteSplit:
     """Bytes [lo, hi) of a stream: random windows for training, tiled windows for evaluation."""
 
+    field = "bytes"  # the batch field its windows fill
+
     def __init__(self, stream: ByteStream, lo: int, hi: int):
         self.stream, self.lo, self.hi = stream, lo, hi
 
@@ -76,7 +89,7 @@ class ByteSplit:
 
     def sample(self, n: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         starts = torch.randint(0, len(self) - length + 1, (n,), generator=gen)
-        return {"bytes": self.windows(starts.tolist(), length)}
+        return {self.field: self.windows(starts.tolist(), length)}
 
     def eval_batches(self, n: int, length: int, limit: int) -> Iterator[dict[str, torch.Tensor]]:
         """Non-overlapping windows covering the split (up to `limit` batches). Consecutive
@@ -85,7 +98,10 @@ class ByteSplit:
         count = min(n * limit, (len(self) - length) // stride + 1)
         starts = [i * stride for i in range(max(count, 0))]
         for i in range(0, len(starts), n):
-            yield {"bytes": self.windows(starts[i: i + n], length)}
+            yield self.eval_batch(starts[i: i + n], length)
+
+    def eval_batch(self, starts: list[int], length: int) -> dict[str, torch.Tensor]:
+        return {self.field: self.windows(starts, length)}
 
 
 def byte_dataset(parts: list[np.ndarray], name: str) -> Dataset:
@@ -128,15 +144,125 @@ def _files_under(folder: Path, span: Span) -> list[Path]:
     return files
 
 
-def text_dataset(path: Path, span: Span) -> Dataset:
+def text_dataset(path: Path, span: Span, tokenizer: TextTokenizer | None = None) -> Dataset:
     if not path.exists():
         raise NexusError.at(span, f"data path {path} does not exist")
+    files = [path]
     if path.is_dir():
         files = [f for f in _files_under(path, span) if f.stat().st_size > 0]
         if not files:
             raise NexusError.at(span, f"every file in data folder {path} is empty")
-        return byte_dataset([_memmap(f, span) for f in files], f"{path} ({len(files)} files)")
-    return byte_dataset([_memmap(path, span)], str(path))
+    parts = [_memmap(f, span) for f in files]
+    name = f"{path} ({len(files)} files)" if path.is_dir() else str(path)
+    if tokenizer is None:
+        return byte_dataset(parts, name)
+    return token_dataset([(_file_key(f), f, p) for f, p in zip(files, parts)], name, tokenizer,
+                         span)
+
+
+def _file_key(path: Path) -> tuple:
+    info = path.stat()
+    return str(path.resolve()), info.st_size, info.st_mtime_ns
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+_ENCODED: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+KEEP_ENCODED = 8  # files whose ids stay in memory for the rest of the process
+
+
+def _encoded(key: tuple, what, data, tokenizer: TextTokenizer, span: Span):
+    """(ids, bytes per id) of one file, encoded once per process (per file and tokenizer
+    state: a changed file or tokenizer.json is encoded again)."""
+    from nexusdsl.weights.tokenizer import TokenizerError
+
+    key = (key, tokenizer.key)
+    if key not in _ENCODED:
+        try:
+            _ENCODED[key] = tokenizer.encode_corpus(data)
+        except TokenizerError as err:
+            raise NexusError.at(span, f"data file {what} {err}") from None
+        while len(_ENCODED) > KEEP_ENCODED:
+            _ENCODED.popitem(last=False)
+    _ENCODED.move_to_end(key)
+    return _ENCODED[key]
+
+
+class TokenStream:
+    """The ids of a corpus's files through a tokenizer, concatenated, with the bytes of text
+    each id stands for. Encoded on first use: a session that never draws a batch (`nexus
+    generate`) never encodes the corpus."""
+
+    def __init__(self, parts: list[tuple], tokenizer: TextTokenizer, span: Span):
+        self.parts, self.tokenizer, self.span = parts, tokenizer, span  # (key, name, data)
+
+    @cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        encoded = [_encoded(key, what, data, self.tokenizer, self.span)
+                   for key, what, data in self.parts]
+        return (np.concatenate([ids for ids, _ in encoded]),
+                np.concatenate([counts for _, counts in encoded]))
+
+    def __len__(self) -> int:
+        return len(self._arrays[0])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        return self._arrays[0][start: start + length]
+
+    def read_bytes(self, start: int, length: int) -> np.ndarray:
+        return self._arrays[1][start: start + length]
+
+
+class TokenSplit(ByteSplit):
+    """Ids [lo, hi) of a token stream, sampled and tiled as bytes are: the training part or
+    the held-out last 10% (bounds known once the stream is encoded)."""
+
+    field = "tokens"
+
+    def __init__(self, stream: TokenStream, heldout: bool, name: str, span: Span):
+        self.stream, self.heldout, self.name, self.span = stream, heldout, name, span
+
+    @property
+    def lo(self) -> int:
+        return _cut_at(len(self.stream)) if self.heldout else 0
+
+    @property
+    def hi(self) -> int:
+        return len(self.stream) if self.heldout else _cut_at(len(self.stream))
+
+    def _check_length(self, length: int) -> None:
+        if len(self) < length:
+            what = "held-out" if self.heldout else "training"
+            raise NexusError.at(self.span, f"{self.name}: its {what} part has {len(self)} "
+                                f"tokens, fewer than context + 1 = {length}; use a larger file "
+                                "or a smaller --context")
+
+    def sample(self, n: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        self._check_length(length)
+        return super().sample(n, length, gen)
+
+    def eval_batches(self, n: int, length: int, limit: int) -> Iterator[dict[str, torch.Tensor]]:
+        self._check_length(length)
+        return super().eval_batches(n, length, limit)
+
+    def eval_batch(self, starts: list[int], length: int) -> dict[str, torch.Tensor]:
+        counts = [self.stream.read_bytes(self.lo + int(s), length) for s in starts]
+        return {**super().eval_batch(starts, length),
+                "token_bytes": torch.from_numpy(np.stack(counts).astype(np.int64))}
+
+
+def _cut_at(total: int) -> int:
+    return total - max(int(total * HELDOUT), 1)
+
+
+def token_dataset(parts: list[tuple], name: str, tokenizer: TextTokenizer,
+                  span: Span) -> Dataset:
+    """A text corpus as the ids of `tokenizer`: `parts` are (cache key, file name, bytes)."""
+    stream = TokenStream(parts, tokenizer, span)
+    name = f"{name} through the tokenizer of {tokenizer.directory}"
+    return Dataset(name, ("tokens",), TokenSplit(stream, False, name, span),
+                   TokenSplit(stream, True, name, span))
 
 
 # ----------------------------------------------------------------------------- labelled
@@ -238,10 +364,15 @@ def folder_dataset(path: Path, span: Span) -> Dataset:
 # ----------------------------------------------------------------------------- entry
 
 
-def open_data(call: Call) -> Dataset:
-    """The dataset a `data = ...` setting names."""
+def open_data(call: Call, tokenizer: TextTokenizer | None = None) -> Dataset:
+    """The dataset a `data = ...` setting names. With a `tokenizer`, a text corpus (a file, a
+    folder, the default corpus) is read as its ids; labelled data stays as it is."""
     if call.fn == "default":
-        return byte_dataset([default_corpus()], "pydoc_data.topics (CPython documentation)")
+        name = "pydoc_data.topics (CPython documentation)"
+        if tokenizer is not None:
+            key = ("pydoc_data.topics", sys.version)
+            return token_dataset([(key, name, default_corpus())], name, tokenizer, call.span)
+        return byte_dataset([default_corpus()], name)
     if call.fn == "digits":
         return digits_dataset()
     if not call.kwargs["path"].strip():  # Path("") is the working directory: never meant
@@ -250,7 +381,7 @@ def open_data(call: Call) -> Dataset:
     path = Path(call.kwargs["path"]).expanduser()
     if call.fn == "folder":
         return folder_dataset(path, call.span)
-    return text_dataset(path, call.span)
+    return text_dataset(path, call.span, tokenizer)
 
 
 def slice_batch(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:

@@ -89,8 +89,8 @@ class Objective:
         """The batch field that feeds an input."""
         fields = self.data.fields
         if port.discrete:
-            field = next((f for f in ("bytes", "caption") if f in fields), None)
-            if field and port.vocab is not None and port.vocab < 256:
+            field = next((f for f in ("tokens", "bytes", "caption") if f in fields), None)
+            if field in ("bytes", "caption") and port.vocab is not None and port.vocab < 256:
                 self.fail(f"input {port} has a vocabulary of {port.vocab}, but {self.data.name} "
                           "gives bytes (0..255)")
         else:
@@ -190,10 +190,16 @@ class NextToken(Objective):
         return batch[self.sources[self.text.name]][:, 1:].numel()
 
     def eval_sums(self, model, batch):
-        return {"loss": self._ce(model, batch, "sum").item(), "count": self.count(batch)}
+        sums = {"loss": self._ce(model, batch, "sum").item(), "count": self.count(batch)}
+        if "token_bytes" in batch:  # a tokenized text: the bytes its targets stand for
+            sums["bytes"] = int(batch["token_bytes"][:, 1:].sum())
+        return sums
 
     def summarize(self, sums):
         loss = sums["loss"] / max(sums["count"], 1)
+        if "bytes" in sums:  # the same code length per byte of text as a byte model's
+            return {"loss": loss, "bpb": sums["loss"] / LN2 / max(sums["bytes"], 1),
+                    "bits_per_token": loss / LN2}
         unit = "bpb" if self.text.kind in ("bytes", None) else "bits_per_token"
         return {"loss": loss, unit: loss / LN2}
 
