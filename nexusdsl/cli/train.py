@@ -122,8 +122,11 @@ def generate_cmd(
                                              "model's tokenizer.json (default: the one its "
                                              "ids modality names)"),
 ) -> None:
-    """Continue a prompt with a trained byte model, or a model of token ids through its
-    tokenizer (prompt encoded, ids sampled, text decoded)."""
+    """Continue a prompt with a trained byte model, or a model of ids with its tokenizer.
+
+    With a tokenizer (the one its ids modality names, or --tokenizer), the prompt is encoded,
+    ids are sampled until the text holds --max-bytes bytes or the end-of-text id comes, and
+    the text is decoded."""
     from nexusdsl.train.generate import generate_text
     from nexusdsl.train.threads import threads_for
     from nexusdsl.train.tokenizer import generation_tokenizer
