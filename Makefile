@@ -1,29 +1,36 @@
 # `make demo` and `make test` do all the set-up on a fresh machine.
+# An existing environment is used as it is: `make demo VENV=~/envs/ml` (its torch is kept).
 PY      ?= python3
-VENV    := .venv
+VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+TORCH   ?= torch==2.13.0
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench graphviz clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 # torch first, pinned: the CPU build on this disk. A bare `torch` would pull a CUDA build.
+# An environment that already has torch keeps it.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[dev,mlir]'
+	@command -v dot >/dev/null || echo "note: Graphviz's dot is not installed, so nexus viz writes .dot files; make graphviz installs it"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# Compile tiny_lm, train it ~2 minutes on the built-in corpus (its `train` section), sample it.
+# Compile tiny_lm, train it ~2 minutes on the built-in corpus (its `train` section), sample it,
+# draw its curves. README.md lists these commands; tests/test_docs_run.py runs them from there.
 demo: install
 	$(BIN)/nexus compile examples/tiny_lm.nx
 	rm -rf runs/demo
 	$(BIN)/nexus train examples/tiny_lm.nx --out runs/demo
 	$(BIN)/nexus generate examples/tiny_lm.nx --checkpoint runs/demo --prompt "The " --max-bytes 300 --temperature 0.6
+	$(BIN)/nexus plot runs/demo -o runs/demo/curves.png
 
 test: install
 	$(BIN)/ruff check nexusdsl tests benchmarks
@@ -42,6 +49,12 @@ bench: install
 	$(BIN)/python benchmarks/backends.py
 	$(BIN)/python benchmarks/passes.py
 	$(BIN)/python benchmarks/hyena.py --crossover
+
+# Graphviz's `dot`, which `nexus viz` needs for pictures, where apt is available.
+graphviz:
+	@if command -v dot >/dev/null; then echo "Graphviz is installed: $$(dot -V 2>&1)"; \
+	elif command -v apt-get >/dev/null; then $(SUDO) apt-get install -y graphviz; \
+	else echo "install Graphviz (https://graphviz.org/download/), e.g. brew install graphviz"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info

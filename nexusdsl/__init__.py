@@ -4,6 +4,7 @@
     program = nexusdsl.load("examples/tiny_lm.nx")      # parse and check (no torch import)
     model = nexusdsl.compile(program, dim=256)          # a torch.nn.Module
     logits = model(tokens)
+    run = nexusdsl.load_run("runs/tiny")                # a trained model: run.model, run.program
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from nexusdsl.elaborate.program import Program, load, loads
 from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.version import __version__
 
-__all__ = ["NexusError", "Program", "__version__", "compile", "load", "loads", "train"]
+__all__ = ["NexusError", "Program", "__version__", "compile", "load", "load_run", "loads",
+           "train"]
+
 
 def compile(program_or_path: Program | str | Path, model: str | None = None, *,
             target: str = "torch", opt: int = 1, device: str = "cpu", dtype: str | None = None,
@@ -39,3 +42,15 @@ def train(program_or_path: Program | str | Path, model: str | None = None, **set
     from nexusdsl.train.api import train as run
 
     return run(program_or_path, model, **settings)
+
+
+def load_run(run: str | Path, file: str | Path | None = None, *, model: str | None = None,
+             device: str = "cpu"):
+    """A trained model: the newest checkpoint of a run folder (`runs/tiny`), or a step
+    directory, loaded into the model compiled as it was trained (the hyperparameters its
+    train section and flags set, tied weights tied again), in evaluation mode. Returns a
+    `Run`: `.model`, `.program`, `.step`, `.config`, `.metrics`, `.history()`. `file` is the
+    `.nx` file, by default the one the checkpoint recorded (see `nexusdsl.train.runs`)."""
+    from nexusdsl.train.runs import load_run as load_trained
+
+    return load_trained(run, file, model=model, device=device)

@@ -17,6 +17,34 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def version_text() -> str:
+    """`nexus --version`: this package's version and the versions it runs with (read from
+    the installed packages' metadata, so torch is not imported)."""
+    import platform
+    from importlib import metadata
+
+    from nexusdsl.version import __version__
+
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = "not installed"
+    return (f"nexus {__version__} (language `nexus 0.1`; torch {torch}; Python "
+            f"{platform.python_version()})")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(version_text(), markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_show_version,
+                                          is_eager=True, help="print the version and exit")):
+    """nexusdsl: compile, check and train modular neural networks from .nx files."""
+
+
 def fail(message: str) -> None:
     from nexusdsl.tools.highlight import print_message  # colour on a terminal, plain otherwise
 
@@ -33,6 +61,24 @@ def parse_sets(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
             fail(f"error: {flag} expects NAME=VALUE, got {pair!r}")
         values[key.strip()] = parse_literal(raw.strip())
     return values
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """`; did you mean `dim`?` when a candidate is close to `name`, else nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def check_hyper_names(program, model: str | None, hyper: dict[str, Any]) -> None:
+    """Every `--set` name is a hyperparameter of the model (a typo gets a suggestion)."""
+    tree = program.model_ast(model)
+    names = [p.name for p in tree.params if p.type is None]
+    for key in hyper:
+        if key not in names:
+            fail(f"error: --set {key}=...: model {tree.name} has no hyperparameter `{key}`"
+                 f"{did_you_mean(key, names)} (it has {', '.join(names) or 'none'})")
 
 
 def parse_literal(raw: str) -> Any:
@@ -110,7 +156,9 @@ def render(error: NexusError) -> str:
     return "\n".join(parts)
 
 
-def summary_text(info: dict) -> str:
+def summary_text(info: dict, context: int = 256) -> str:
+    """The summary table; `context` is the length the FLOPs were counted at (every symbolic
+    axis but the batch's)."""
     table = Table(title=f"model {info['model']}", show_header=False, box=None)
     for name, t in info["inputs"].items():
         table.add_row("input", name, t)
@@ -122,7 +170,7 @@ def summary_text(info: dict) -> str:
     if "bound" in p:  # filled from checkpoints by `bind` sections
         kinds += f"; bound {p['bound']:,}, initialised {p['total'] - p['bound']:,}"
     table.add_row("params", f"{p['total']:,}", kinds)
-    table.add_row("FLOPs/token", f"{info['flops_per_token']:,}", "forward, batch 1, context 256")
+    table.add_row("FLOPs/token", f"{info['flops_per_token']:,}", f"forward, batch 1, context {context}")
     console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
     console.print(table)
     return console.export_text().rstrip()

@@ -9,7 +9,16 @@ from typing import Optional
 
 import typer
 
-from nexusdsl.cli.app import app, err, fail, out, parse_sets, report, summary_text
+from nexusdsl.cli.app import (
+    app,
+    check_hyper_names,
+    err,
+    fail,
+    out,
+    parse_sets,
+    report,
+    summary_text,
+)
 from nexusdsl.lang.diagnostics import NexusError
 
 
@@ -96,8 +105,12 @@ def compile_cmd(
     hyper = parse_sets(sets)
     flags = PassFlags(opt, print_after, print_all, disable, explain, sparsity, target, via,
                       report=emit == Emit.passes)
+    weights = output is not None and _output_kind(output, emit, target) == "weights"
+    as_json = as_json or (output is not None and output.suffix.lower() == ".json"
+                          and emit == Emit.summary)
     try:
         program = nexusdsl.load(file)
+        check_hyper_names(program, model, hyper)
         graph, records = optimize_for_cli(program.elaborate(model, **hyper), flags)
     except NexusError as e:
         report(e)
@@ -108,6 +121,8 @@ def compile_cmd(
                            cuda_arch)
         return compile_backend(program, graph, emit.value, output, device, settings)
     try:  # lowering refuses names it cannot compile and weights too big for the device
+        if weights:
+            return _write_weights(build_module(graph, device), output)
         binding = program.binding(model, **hyper)  # the parameters `bind` sections fill
         bound = set(binding.plan) if binding is not None else None
         text = passes_text(records, flags) if emit == Emit.passes else render_emit(
@@ -116,11 +131,75 @@ def compile_cmd(
         report(NexusError(e.diagnostics, program.sources))
     if output is None:
         out.print(text, markup=False)
+        if emit == Emit.summary and not as_json:
+            _train_section_note(program, graph.name, hyper, file)
         return
     from nexusdsl.fsutil import atomic_write_text
 
     atomic_write_text(output, text + "\n")
     out.print(f"wrote {output}", markup=False)
+
+
+PICKLES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")  # what torch.save writes
+
+
+def _output_kind(output: Path, emit: Emit, target: str) -> str:
+    """What `-o` will hold, from its suffix: "weights" (.safetensors, the summary's model's
+    initial weights) or "text"; a pickle suffix is refused, since nexusdsl never writes one
+    (loading a pickle can run code) and the text written under it would not load."""
+    suffix = output.suffix.lower()
+    if suffix in PICKLES:
+        fail(f"error: -o {output}: a {suffix} file is a Python pickle, which nexusdsl never "
+             f"writes; -o {output.with_suffix('.safetensors')} writes the model's initial "
+             "weights, a .txt or .json name its summary; a trained model is loaded with "
+             "nexusdsl.load_run(RUN)")
+    if suffix != ".safetensors" or target != "torch":
+        return "text"
+    if emit != Emit.summary:
+        fail(f"error: -o {output}: --emit {emit.value} writes text; a .safetensors file holds "
+             "the model's weights (without --emit)")
+    return "weights"
+
+
+def _write_weights(module, output: Path) -> None:
+    """The module's initial weights as safetensors, each tied tensor once (the other names
+    are listed in the file's metadata, as checkpoints list them)."""
+    from safetensors.torch import save
+
+    from nexusdsl.fsutil import atomic_write_bytes
+
+    seen, tensors, tied = {}, {}, {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            tied[name] = seen[id(tensor)]
+            continue
+        seen[id(tensor)] = name
+        tensors[name] = tensor.detach().cpu().contiguous()
+    metadata = {"tied": json.dumps(tied)} if tied else None
+    atomic_write_bytes(output, save(tensors, metadata=metadata))
+    count = sum(t.numel() for t in tensors.values())
+    ties = f"; tied: {', '.join(f'{a} is {b}' for a, b in tied.items())}" if tied else ""
+    out.print(f"wrote {output}: {len(tensors)} tensors, {count:,} initial weights (seed 0)"
+              f"{ties}", markup=False)
+
+
+def _train_section_note(program, name: str, hyper: dict, file: Path) -> None:
+    """When the model's train section sets hyperparameters, `nexus train` trains another
+    size than the one just shown: say which, and how to see the whole configuration."""
+    from nexusdsl.compiler.summary import count_params
+
+    try:
+        section = program.train_config(name)
+        names = [p.name for p in program.model_ast(name).params if p.type is None]
+        trained = {k: v for k, (v, _) in section.items() if k in names}
+        if not trained or trained.items() <= hyper.items():
+            return
+        params = count_params(program.elaborate(name, **trained))["total"]
+    except NexusError:
+        return  # `nexus train` reports the train section's own mistakes
+    values = ", ".join(f"{k}={v}" for k, v in trained.items())
+    err.print(f"note: the train section of {name} trains {values} ({params:,} parameters); "
+              f"`nexus train {file} --dry-run` shows everything it would train", markup=False)
 
 
 def render_emit(graph, emit: Emit, as_json: bool, device: str, bound: set[str] | None = None) -> str:

@@ -19,14 +19,28 @@ Every command takes `.nx` files and reports a mistake as `FILE:LINE:COL: error: 
 source line, on standard error, with exit status 1 (never a Python traceback). On a terminal the
 quoted source line is highlighted. `nexus COMMAND --help` prints the same options as below.
 
-```
+```sh
+nexus --version
 nexus check examples/*.nx                     # parse and check shapes
+nexus list examples/gpt.nx                    # models (inputs, outputs, train section), blocks
 nexus compile examples/tiny_lm.nx --emit ir   # the IR after optimisation
 nexus summary examples/tiny_lm.nx --by-node   # parameters and FLOPs, node by node
-nexus viz examples/tiny_lm.nx -o tiny.svg --depth 2
-nexus fmt --check .                           # is every .nx file formatted?
-nexus train examples/tiny_lm.nx --steps 200
+nexus viz examples/tiny_lm.nx -o tiny.svg --depth 2   # needs Graphviz's dot for .svg
+nexus fmt --check examples stdlib             # is every .nx file there formatted?
+nexus train examples/tiny_lm.nx --steps 200 --dry-run
+nexus train examples/tiny_lm.nx --steps 200 --out runs/cli-tiny
+nexus plot runs/cli-tiny -o cli-tiny.png
+nexus run examples/tiny_lm.nx --checkpoint runs/cli-tiny --size B=2 --size T=32
 ```
+
+`nexus fmt --check .` at the repository's root fails on purpose: tests/golden/diagnostics holds
+a file with a deliberate syntax error (`make test` excludes it with `--exclude`).
+
+`nexus train` stops cleanly on Ctrl-C or SIGTERM: it finishes the step in progress, saves it,
+prints the command that continues the run (the same one with `--resume`) and exits with status
+130 (143 for SIGTERM). Every run folder keeps `metrics.jsonl`, which `nexus plot` draws. The
+environment variable `NEXUS_MAX_STEPS=N` makes every training run stop after at most N steps
+(the schedule unchanged), to try commands quickly.
 
 This page is generated from the program (`python -m nexusdsl.cli.docs -o docs/cli.md`);
 the test suite checks that every command and option is here.

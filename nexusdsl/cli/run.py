@@ -3,6 +3,7 @@
     nexus compile tiny_lm.nx --emit mlir-linalg --size T=64 --dynamic B -o model.mlir
     nexus compile tiny_lm.nx --target iree-cpu -o model.vmfb
     nexus run tiny_lm.nx --backend iree-cpu --inputs batch.safetensors --check
+    nexus run tiny_lm.nx --checkpoint runs/tiny --inputs batch.safetensors -o out.safetensors
 
 Backend failures (no C++ compiler, no GPU, a tool error) print one `error:` line and exit 1.
 """
@@ -18,16 +19,7 @@ from typing import Optional
 
 import typer
 
-from nexusdsl.cli.app import (
-    app,
-    check_seed,
-    fail,
-    out,
-    parse_sets,
-    render,
-    report,
-    utf8_flag,
-)
+from nexusdsl.cli.app import app, check_hyper_names, check_seed, fail, out, parse_sets, report
 from nexusdsl.lang.diagnostics import NexusError
 
 TOLERANCE = 1e-4  # of the largest output magnitude, for --check
@@ -180,30 +172,33 @@ def run_cmd(
     via: str = typer.Option("mlir-torch", "--via", help="the MLIR dialect IREE compiles"),
     check: bool = typer.Option(False, "--check", help="compare with eager (exit 1 beyond 1e-4)"),
     repeat: int = typer.Option(3, "--repeat", min=1, help="timed calls after the first"),
-    text: Optional[str] = typer.Option(None, "--text", help="text for the model's one token "
-                                       "input (bytes, or ids through its tokenizer) instead "
-                                       "of random inputs"),
-    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="a directory with "
-                                             "tokenizer.json, for --text (default: the one "
-                                             "the input's ids modality names)"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
+                                              help="run or step directory: run the trained "
+                                                   "model (its weights and hyperparameters)"),
 ) -> None:
-    """Run a model on inputs with a backend and print (or save) its outputs."""
+    """Run a model on inputs with a backend and print (or save) its outputs.
+
+    Without --checkpoint the weights are freshly initialised from --seed; with it, they are a
+    training run's, and the model is built with the hyperparameters it was trained with."""
     from nexusdsl.compiler.backends import BackendError
 
     settings = Backend(backend.value, via, parse_sets(sizes, "--size"), (), compile_mode)
     _check_device(device)
     check_seed(seed)
     try:
-        program, graph = _load(file, model, sets, opt)
-        tensors = (_read_inputs(graph, inputs, settings, device, seed) if text is None
-                   else _text_inputs(program, graph, text, tokenizer, inputs, device))
-        runner = _runner(program, graph, backend.value, settings, device, seed)
+        if checkpoint is None:
+            program, graph = _load(file, model, sets, opt)
+            weights = None
+        else:
+            program, graph, weights = _load_trained(file, model, sets, opt, checkpoint)
+        tensors = _read_inputs(graph, inputs, settings, device, seed)
+        runner = _runner(program, graph, backend.value, settings, device, seed, weights)
         results, first, rest = _timed(runner, tensors, repeat)
         _show(graph, results, backend.value, first, rest)
         if output is not None:
             _write_outputs(graph, results, output)
         if check:
-            _check(_lower(graph, device, seed), tensors, results)
+            _check(_lower(graph, device, seed, weights), tensors, results)
     except NexusError as e:
         report(e)
     except BackendError as e:
@@ -215,10 +210,33 @@ def _load(file, model, sets, opt):
     from nexusdsl.compiler.pipeline import optimize
 
     program = nexusdsl.load(file)
-    return program, optimize(program.elaborate(model, **parse_sets(sets)), opt)
+    hyper = parse_sets(sets)
+    check_hyper_names(program, model, hyper)
+    return program, optimize(program.elaborate(model, **hyper), opt)
 
 
-def _runner(program, graph, backend: str, settings: Backend, device: str, seed: int):
+def _load_trained(file, model, sets, opt, checkpoint):
+    """(program, graph at `opt`, trained weights by state_dict name) of a checkpoint: the
+    graph built as it was trained (recorded hyperparameters, or the pruned IR it carries).
+    Weights keep their names at every optimisation level, so they load at any."""
+    from nexusdsl.compiler.pipeline import optimize
+    from nexusdsl.train.runs import load_run
+
+    if sets:
+        fail("error: --set cannot be used with --checkpoint: the trained weights fit the "
+             "hyperparameters they were trained with")
+    run = load_run(checkpoint, file, model=model)
+    if run.config.prefix:
+        fail(f"error: {checkpoint} was prompt-tuned (prefix = {run.config.prefix}); its prefix "
+             "is applied by nexus eval and nexus generate, not by nexus run")
+    name = run.model.graph.name
+    base = run.model.graph if run.pruned else run.program.elaborate(name, **run.config.hyper)
+    graph = optimize(base, opt)
+    return run.program, graph, run.model.state_dict()
+
+
+def _runner(program, graph, backend: str, settings: Backend, device: str, seed: int,
+            weights=None):
     """A callable running the model on `backend`, after checking every op supports it."""
     from nexusdsl.compiler.backends import check_backend
 
@@ -227,8 +245,8 @@ def _runner(program, graph, backend: str, settings: Backend, device: str, seed: 
     if backend.startswith("iree-"):
         from nexusdsl.compiler.lower.targets import IreeModule
 
-        return IreeModule(_lower(graph, "cpu", seed), backend, settings.via)
-    module = _lower(graph, device, seed).eval()
+        return IreeModule(_lower(graph, "cpu", seed, weights), backend, settings.via)
+    module = _lower(graph, device, seed, weights).eval()
     if backend == "eager":
         return module
     from nexusdsl.compiler.lower.compile import compile_module, run_compiled
@@ -336,20 +354,6 @@ def _check_ids(node, tensor, path) -> None:
              f"vocabulary ({limit})")
 
 
-def _text_inputs(program, graph, text: str, tokenizer: Path | None, inputs: Path | None,
-                 device: str):
-    """--text: the text encoded into the one token input (train/tokenizer.py)."""
-    from nexusdsl.train.tokenizer import text_inputs
-
-    if inputs is not None:
-        fail("error: give --text or --inputs, not both")
-    utf8_flag(text, "--text")
-    try:
-        return [t.to(device) for t in text_inputs(program, graph, text, tokenizer)]
-    except NexusError as e:
-        fail(render(e))
-
-
 def _random_inputs(graph, settings: Backend, device: str, seed: int = 0):
     from nexusdsl.compiler.lower.mlir import example_inputs, input_shapes
 
@@ -364,11 +368,15 @@ def _sizes(settings: Backend) -> dict[str, int]:
     return sizes
 
 
-def _lower(graph, device: str, seed: int = 0):
+def _lower(graph, device: str, seed: int = 0, weights=None):
+    """The eager module of `graph`: initialised from `seed`, or holding `weights`."""
     from nexusdsl.compiler.lower.fx import lower
 
     _check_device(device)
-    return lower(graph, device=device, seed=seed)
+    module = lower(graph, device=device, seed=seed)
+    if weights is not None:
+        module.load_state_dict(weights)
+    return module
 
 
 def _check_device(device: str) -> None:

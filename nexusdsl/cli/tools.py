@@ -12,7 +12,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nexusdsl.cli.app import app, err, fail, out, parse_sets, report, summary_text
+from nexusdsl.cli.app import (
+    app,
+    check_hyper_names,
+    err,
+    fail,
+    out,
+    parse_sets,
+    report,
+    summary_text,
+)
 from nexusdsl.lang.diagnostics import NexusError
 
 # Folders `nexus fmt DIR` never enters: tools' and virtual environments' own files.
@@ -86,7 +95,9 @@ def _elaborate(file: Path, model: Optional[str], sets: list[str]):
 
     hyper = parse_sets(sets)
     try:
-        return nexusdsl.load(file).elaborate(model, **hyper)
+        program = nexusdsl.load(file)
+        check_hyper_names(program, model, hyper)
+        return program.elaborate(model, **hyper)
     except NexusError as e:
         report(e)
 
@@ -137,7 +148,7 @@ def summary_cmd(
 
     graph = _elaborate(file, model, sets)
     if not by_node:
-        out.print(summary_text(summarize(graph, context)), markup=False)
+        out.print(summary_text(summarize(graph, context), context), markup=False)
         return
     table = node_table(graph, context)
     if out.is_terminal:
@@ -163,3 +174,84 @@ def node_table(graph, context: int) -> Table:
     table.add_section()
     table.add_row("total", "", "", f"{count_params(graph)['total']:,}", f"{flops:,}")
     return table
+
+
+@app.command("list")
+def list_cmd(
+    file: Path = typer.Argument(..., help="the .nx file"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """The models of a file (hyperparameters, inputs, outputs, train section) and its blocks."""
+    import json
+
+    import nexusdsl
+
+    try:
+        program = nexusdsl.load(file)
+        listing = file_listing(program)
+    except NexusError as e:
+        report(e)
+    if as_json:
+        out.print(json.dumps(listing, indent=2), markup=False)
+        return
+    out.print(listing_text(listing), markup=False)
+
+
+def file_listing(program) -> dict:
+    """{"file", "models": [...], "blocks": [...]} of a checked program (the file's own
+    definitions, not its imports'); inputs and outputs at the default hyperparameters."""
+    from nexusdsl.compiler.summary import summarize
+    from nexusdsl.lang import ast
+
+    models = []
+    for tree in program.scope.models:
+        info = summarize(program.elaborate(tree.name))
+        section = program.train_config(tree.name)
+        models.append({"name": tree.name, "hyper": _params(program, tree.params),
+                       "inputs": info["inputs"], "outputs": info["outputs"],
+                       "params": info["params"]["total"],
+                       "train": {k: _source_text(program, span) for k, (_, span)
+                                 in section.items()}})
+    blocks = [{"name": b.name, "params": _params(program, b.params)}
+              for b in program.scope.defs.values() if isinstance(b, ast.Block)]
+    return {"file": program.file, "models": models, "blocks": blocks}
+
+
+def _params(program, params) -> list[str]:
+    """`dim = 128`, `x: text[B, T]`, `x`, as written."""
+    shown = []
+    for p in params:
+        text = p.name
+        if p.type is not None:
+            text += f": {_source_text(program, p.type.span)}"
+        if p.default is not None:
+            text += f" = {_source_text(program, p.default.span)}"
+        shown.append(text)
+    return shown
+
+
+def _source_text(program, span) -> str:
+    """The text a span covers (one line's worth, whitespace squeezed)."""
+    lines = program.sources.get(span.file, "").splitlines()
+    if not span.line or span.line > len(lines):
+        return ""
+    if span.end_line == span.line and span.end_col > span.col:
+        return lines[span.line - 1][span.col - 1:span.end_col - 1]
+    text = lines[span.line - 1][span.col - 1:]
+    return " ".join(text.split("#")[0].split())
+
+
+def listing_text(listing: dict) -> str:
+    lines = [listing["file"]]
+    for m in listing["models"]:
+        lines.append(f"  model {m['name']}({', '.join(m['hyper'])})  {m['params']:,} parameters")
+        lines += [f"    input   {name}: {t}" for name, t in m["inputs"].items()]
+        lines += [f"    output  {name}: {t}" for name, t in m["outputs"].items()]
+        if m["train"]:
+            settings = "; ".join(m["train"].values())
+            lines.append(f"    train   {settings}")
+    for b in listing["blocks"]:
+        lines.append(f"  block {b['name']}({', '.join(b['params'])})")
+    if not listing["models"] and not listing["blocks"]:
+        lines.append("  (no models or blocks)")
+    return "\n".join(lines)

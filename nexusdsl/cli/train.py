@@ -1,25 +1,41 @@
-"""`nexus train`, `nexus eval` and `nexus generate`.
+"""`nexus train`, `nexus eval`, `nexus generate` and `nexus plot`.
 
     nexus train examples/tiny_lm.nx --steps 500 --out runs/tiny
     nexus train examples/tiny_lm.nx --out runs/tiny --resume --steps 1000
+    nexus train examples/tiny_lm.nx --dry-run
     torchrun --nproc_per_node 2 -m nexusdsl.cli train examples/tiny_lm.nx --out runs/ddp
     nexus eval examples/tiny_lm.nx --checkpoint runs/tiny
     nexus generate examples/tiny_lm.nx --checkpoint runs/tiny --prompt "The "
+    nexus plot runs/tiny runs/wide -o curves.png
 
 Mistakes (a missing data file, a model that does not fit the objective, a checkpoint of
-another model) print one located error and exit 1; nothing already saved is touched.
+another model) print one located error and exit 1; nothing already saved is touched. Ctrl-C
+or SIGTERM while training saves the step reached and exits 130 or 143, saying how to resume.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from nexusdsl.cli.app import app, check_finite, check_seed, fail, out, parse_sets, render, utf8_flag
+from nexusdsl.cli.app import (
+    app,
+    check_finite,
+    check_seed,
+    did_you_mean,
+    err,
+    fail,
+    out,
+    parse_sets,
+    render,
+    utf8_flag,
+)
 from nexusdsl.lang.diagnostics import NexusError
 
 
@@ -32,23 +48,48 @@ def train_cmd(
     file: Path = typer.Argument(..., help="the .nx file"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model to train (if several)"),
     sets: list[str] = typer.Option([], "--set", help="override a setting or hyperparameter: NAME=VALUE"),
-    data: Optional[str] = typer.Option(None, "--data", help="text file or folder (default: the file's `data`)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="optimizer steps"),
+    data: Optional[str] = typer.Option(None, "--data", help="a text file, a folder of them, or "
+                                       "`digits` (scikit-learn's 8x8 digits; default: the "
+                                       "file's `data`)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="train to this step (with "
+                                        "--resume too)"),
     batch: Optional[int] = typer.Option(None, "--batch", help="examples per step (all processes)"),
     context: Optional[int] = typer.Option(None, "--context", help="tokens per example"),
     lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate"),
-    seconds: Optional[float] = typer.Option(None, "--time", help="stop after this many seconds"),
-    output: Optional[Path] = typer.Option(None, "--out", help="checkpoint directory (default runs/MODEL)"),
+    seconds: Optional[float] = typer.Option(None, "--time", help="stop after this many seconds "
+                                            "of training in this run"),
+    output: Optional[Path] = typer.Option(None, "--out", help="run folder: checkpoints and "
+                                          "metrics.jsonl (default runs/MODEL)"),
     resume: bool = typer.Option(False, "--resume", help="continue the newest checkpoint in --out"),
     until: Optional[int] = typer.Option(None, "--until", help="stop at this step (schedule unchanged)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of weights, data order and sampling"),
     shard: bool = typer.Option(False, "--shard", help="under torchrun: FSDP instead of DDP"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or progress lines"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show what would be trained (model "
+                                 "size, data, steps, schedule), train nothing"),
 ) -> None:
-    """Train a model on its `train` section's data; flags override the section."""
+    """Train a model on its `train` section's data; flags override the section.
+
+    On a terminal a progress bar shows loss, throughput and ETA; otherwise one line per
+    `log_every` steps. The run folder keeps checkpoints and metrics.jsonl (`nexus plot`).
+    Ctrl-C or SIGTERM finishes the step, saves it, and exits 130 or 143."""
+    from nexusdsl.train.interrupts import Interrupted, deferred
+
+    with deferred(not dry_run):  # from the start: see train/interrupts.py
+        try:
+            result = _train(file, model, sets, data, steps, batch, context, lr, seconds, output,
+                            resume, until, seed, shard, device, quiet, dry_run)
+        except Interrupted as stop:
+            _interrupted(stop)
+    if result is not None and _rank() == 0:
+        _summary(result)
+
+
+def _train(file, model, sets, data, steps, batch, context, lr, seconds, output, resume, until,
+           seed, shard, device, quiet, dry_run):
     import nexusdsl
-    from nexusdsl.train.api import train
+    from nexusdsl.train.api import plan, train
 
     settings = parse_sets(sets)
     flags = {"data": data, "steps": steps, "batch": batch, "context": context, "lr": lr,
@@ -60,19 +101,68 @@ def train_cmd(
     try:
         program = nexusdsl.load(file)
         name = program.model_ast(model).name
-        result = train(program, name, **flags, out=output or Path("runs") / name,
-                       resume=resume, until=until, shard=shard, device=device, progress=not quiet,
-                       console=out, **settings)
+        _check_set_names(program, name, settings)
+        run_folder = output or Path("runs") / name
+        if dry_run:
+            return _describe(plan(program, name, **flags, out=run_folder, resume=resume,
+                                  until=until, device=device, **settings))
+        return train(program, name, **flags, out=run_folder, resume=resume, until=until,
+                     shard=shard, device=device, progress=not quiet, console=out, **settings)
     except NexusError as e:
         fail(render(e))
+
+
+def _check_set_names(program, model: str, settings: dict) -> None:
+    """`--set NAME=...` names a training setting or a hyperparameter; a typo gets a
+    suggestion."""
+    from nexusdsl.elaborate.train_config import SETTINGS
+
+    hyper = [p.name for p in program.model_ast(model).params if p.type is None]
+    for key in settings:
+        if key not in SETTINGS and key not in hyper and key not in ("lr", "reward"):
+            fail(f"error: --set {key}=...: `{key}` is neither a training setting nor a "
+                 f"hyperparameter of {model}{did_you_mean(key, [*hyper, *SETTINGS])} "
+                 f"(hyperparameters: {', '.join(hyper) or 'none'}; settings: "
+                 f"{', '.join(sorted(SETTINGS))})")
+
+
+def _describe(session) -> None:
+    from nexusdsl.train.describe import describe
+
+    out.print(describe(session), markup=False)
+
+
+def _interrupted(stop) -> None:
+    """Where the interrupted run is, and the command that continues it; exit 130 or 143."""
+    from nexusdsl.train.interrupts import signal_name
+
     if _rank() == 0:
-        _summary(result)
+        what = f"interrupted by {signal_name(stop.signum)}"
+        if stop.checkpoint is None:
+            err.print(f"{what} before the first step: nothing to save", markup=False)
+        else:
+            err.print(f"{what} at step {stop.step}: saved {stop.checkpoint}", markup=False)
+            err.print(f"continue with: {resume_command()}", markup=False)
+    raise typer.Exit(stop.exit_status)
+
+
+def resume_command() -> str:
+    """This command line with --resume added (the same flags: the same run, continued)."""
+    args = sys.argv[1:]
+    if "--resume" not in args:
+        args = [*args, "--resume"]
+    return "nexus " + shlex.join(args)
 
 
 def _summary(result) -> None:
     key = next((k for k in ("bpb", "accuracy", "retrieval_accuracy", "reward")
                 if k in result.after), "loss")
     label = {"bpb": "held-out bits per byte"}.get(key, f"held-out {key.replace('_', ' ')}")
+    if result.steps == result.start_step and result.start_step:
+        out.print(f"{label}: {result.after[key]:.3f} at step {result.steps}; nothing to train: "
+                  "the run is already there (give a larger --steps to train further)",
+                  markup=False)
+        return
     out.print(f"{label}: {result.before[key]:.3f} before, {result.after[key]:.3f} after "
               f"{result.steps} steps", markup=False)
 
@@ -118,32 +208,23 @@ def generate_cmd(
     top_k: int = typer.Option(0, "--top-k", min=0, help="sample among the k likeliest bytes"),
     seed: int = typer.Option(0, "--seed", help="sampling seed"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the checkpoint's)"),
-    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="a directory with the "
-                                             "model's tokenizer.json (default: the one its "
-                                             "ids modality names)"),
 ) -> None:
-    """Continue a prompt with a trained byte model, or a model of ids with its tokenizer.
-
-    With a tokenizer (the one its ids modality names, or --tokenizer), the prompt is encoded,
-    ids are sampled until the text holds --max-bytes bytes or the end-of-text id comes, and
-    the text is decoded."""
-    from nexusdsl.train.generate import generate_text
+    """Continue a prompt with a trained byte model."""
+    from nexusdsl.train.generate import check_byte_model, sample
     from nexusdsl.train.threads import threads_for
-    from nexusdsl.train.tokenizer import generation_tokenizer
 
     check_seed(seed)
     check_finite(temperature, "--temperature")
-    utf8_flag(prompt, "--prompt")
+    prompt_bytes = utf8_flag(prompt, "--prompt")
     session = _session(file, model, checkpoint, {})
-    graph = session.module.graph
-    try:  # a model that does not fit, a tokenizer that does not, weights not finite numbers
-        words = generation_tokenizer(session.program, graph, tokenizer)
+    try:  # a model that is not a byte model, or whose weights are not finite numbers
+        output = check_byte_model(session.module.graph)
         with threads_for(0):
-            text = generate_text(session.trainee, graph, words, prompt, max_bytes,
-                                 session.config.context, temperature, top_k, seed)
+            text = sample(session.trainee, output, prompt_bytes, max_bytes,
+                          session.config.context, temperature, top_k, seed)
     except NexusError as e:
         fail(render(e))
-    out.print(text, markup=False)
+    out.print(prompt + text.decode("utf-8", errors="replace"), markup=False)
 
 
 def _session(file: Path, model: Optional[str], checkpoint: Path, overrides: dict):
@@ -156,3 +237,19 @@ def _session(file: Path, model: Optional[str], checkpoint: Path, overrides: dict
         fail(render(e))
 
 
+
+
+@app.command("plot")
+def plot_cmd(
+    runs: list[Path] = typer.Argument(..., help="run folders (the --out of nexus train)"),
+    output: Path = typer.Option(Path("curves.png"), "-o", "--output",
+                                help="picture to write: .png, .svg or .pdf"),
+) -> None:
+    """Draw the training loss and held-out curves of one or several runs (their metrics.jsonl)."""
+    from nexusdsl.train.plot import plot
+
+    try:
+        plot(runs, output)
+    except NexusError as e:
+        fail(render(e))
+    out.print(f"wrote {output}", markup=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,10 @@ from nexusdsl.fsutil import (
 from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import checkpoint as ckpt
 from nexusdsl.train import distributed
+from nexusdsl.train.interrupts import Interrupted, check, deferred
 from nexusdsl.train.loop import Result, prepare_optimizer, run
+from nexusdsl.train.metrics import FILE as METRICS
+from nexusdsl.train.metrics import MetricsLog
 from nexusdsl.train.progress import Display
 from nexusdsl.train.session import (
     Session,
@@ -49,13 +53,19 @@ def train(program_or_path, model: str | None = None, *, data: str | None = None,
         result.model                 # the trained torch module
 
     `settings` override any other training setting or model hyperparameter (`prefix=8`,
-    `dim=64`, `objective="denoise"`). With `out`, checkpoints are written there; `resume`
-    continues the newest one; `until` stops at that step (the schedule still spans `steps`),
-    to run a long schedule in pieces. Under torchrun, runs on every process (`shard`: FSDP).
+    `dim=64`, `objective="denoise"`). With `out`, checkpoints are written there, and the
+    run's history to `out/metrics.jsonl` (train/metrics.py); `resume` continues the newest
+    checkpoint up to `steps` (`steps=4000, resume=True` trains to step 4000); `time` is the
+    budget of this run, resumed or not; `until` stops at that step (the schedule still spans
+    `steps`), to run a long schedule in pieces. Under torchrun, runs on every process
+    (`shard`: FSDP).
 
     Nothing is lost: `out` is locked for the run (another run into it fails at once, naming
     this process), checked before any training (a file, an unwritable folder, a checkpoint
-    without `resume`), and a checkpoint newer than the one resumed is never overwritten."""
+    without `resume`), and a checkpoint newer than the one resumed is never overwritten.
+    With `out`, SIGINT (Ctrl-C) or SIGTERM while training finishes the step, saves it and
+    raises `nexusdsl.train.interrupts.Interrupted` (a KeyboardInterrupt whose `.checkpoint`
+    is the saved step directory)."""
     check_device(device)
     d = distributed.setup(shard, device)
     overrides = {"data": data, "steps": steps, "batch": batch, "context": context, "lr": lr,
@@ -70,14 +80,23 @@ def train(program_or_path, model: str | None = None, *, data: str | None = None,
     return result
 
 
+def plan(program_or_path, model: str | None = None, *, out: str | Path | None = None,
+         resume: bool = False, until: int | None = None, device: str = "cpu",
+         **settings: Any) -> Session:
+    """What `train` with the same arguments would train (`nexus train --dry-run`): the
+    session built, checked on a trial batch and restored from the checkpoint it would resume,
+    without training or writing anything. `train/describe.py` puts it in words."""
+    check_device(device)
+    d = distributed.Dist(device=device)
+    program, config = _configured(program_or_path, model, settings, d)
+    out = Path(out) if out is not None else None
+    existing = _existing_checkpoint(out, resume) if out is not None else None
+    return _session(program, model, config, d, out, existing, until, Display(False))
+
+
 def _train(d, program_or_path, model, out, resume, until, progress, console,
            overrides) -> Result:
-    program = load_program(program_or_path)
-    config = configure(program, model, overrides)
-    check_values(config, program.sources)
-    if config.batch % d.world:
-        raise NexusError.at(NO_SPAN, f"batch {config.batch} does not divide evenly over "
-                            f"{d.world} processes")
+    program, config = _configured(program_or_path, model, overrides, d)
     out = Path(out) if out is not None else None
     existing = _existing_checkpoint(out, resume) if out is not None else None
     try:
@@ -88,25 +107,82 @@ def _train(d, program_or_path, model, out, resume, until, progress, console,
         raise NexusError(err.diagnostics, program.sources) from None
 
 
+def _configured(program_or_path, model, overrides, d):
+    """The program and its checked training configuration (NEXUS_MAX_STEPS checked too)."""
+    program = load_program(program_or_path)
+    config = configure(program, model, overrides)
+    check_values(config, program.sources)
+    step_cap()
+    if config.batch % d.world:
+        raise NexusError.at(NO_SPAN, f"batch {config.batch} does not divide evenly over "
+                            f"{d.world} processes")
+    return program, config
+
+
 def _run(program, model, config, d, out, existing, resume, until, progress,
          console) -> Result:
-    with _claimed(out, d):
-        session = build(program, model, config, d)
-        session.until, session.out = until, out
-        dry_run(session)
-        check_memory(session)
+    with _claimed(out, d), deferred(out is not None) as stop:
         display = Display(progress and d.main, console)
-        if existing is not None:
-            restore(session, ckpt.load(existing))
-            display.log(f"resuming from {session.resumed.path} (step {session.step})")
-        elif resume:
+        session = _session(program, model, config, d, out, existing, until, display)
+        if existing is None and resume:
             display.log(f"no checkpoint in {out} yet; starting at step 0")
         prepare_optimizer(session)
-        with threads_for(config.threads, d, display):
-            result = run(session, display)
+        check(stop if not d.active else None)  # a signal while building: nothing to save yet
+        session.metrics = MetricsLog(out, d.main)
+        session.metrics.begin(session.start_step if session.resumed is not None else None)
+        session.stop = stop
+        try:
+            with threads_for(config.threads, d, display):
+                result = run(session, display)
+            if stop:  # the signal came during the last save: the run is complete
+                raise Interrupted(stop.signum, result.steps, result.checkpoint)
+        finally:
+            session.metrics.close()
         if out is not None:
             write_rank_report(session, result)
     return result
+
+
+def _session(program, model, config, d, out, existing, until, display) -> Session:
+    """Built, checked on a trial batch and in memory, restored from `existing`, and stopping
+    where `until` and NEXUS_MAX_STEPS say."""
+    session = build(program, model, config, d)
+    session.until, session.out = until, out
+    dry_run(session)
+    check_memory(session)
+    if existing is not None:
+        restore(session, ckpt.load(existing))
+        display.log(f"resuming from {session.resumed.path} (step {session.step})")
+        if session.step >= session.end:
+            display.log(nothing_to_train(session))
+    cap = step_cap()
+    if cap is not None and session.step + cap < session.end:
+        session.until = session.step + cap
+        display.log(f"{MAX_STEPS}={cap}: this run stops at step {session.until} (the schedule "
+                    f"still spans {config.steps} steps)")
+    return session
+
+
+MAX_STEPS = "NEXUS_MAX_STEPS"  # caps every run's steps: for trying commands quickly
+
+
+def step_cap() -> int | None:
+    """NEXUS_MAX_STEPS: at most this many steps per run, as `until` would stop them (the
+    schedule unchanged). The docs' own test runs every command of the docs this way."""
+    raw = os.environ.get(MAX_STEPS, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise NexusError.at(NO_SPAN, f"{MAX_STEPS} must be a whole number >= 1, got {raw!r}")
+    return int(raw)
+
+
+def nothing_to_train(session: Session) -> str:
+    """What a resume of a finished run says: where it is and how to train further."""
+    stop = (f"--until {session.until}" if session.until and session.until < session.config.steps
+            else f"--steps {session.config.steps}")
+    return (f"nothing to train: the checkpoint is at step {session.step}, and this run stops "
+            f"at {stop}; give a larger --steps (with --resume) to train further")
 
 
 def check_device(device: str) -> None:
@@ -174,10 +250,13 @@ def _claimed(out: Path | None, d: distributed.Dist):
 
 
 def _remove_if_empty(out: Path) -> None:
-    """Remove an `out` this run created and left holding nothing but its lock file."""
+    """Remove an `out` this run created and left holding no checkpoint: nothing but its lock
+    file and the metrics of steps never saved."""
     with contextlib.suppress(OSError):
-        if [p.name for p in out.iterdir()] == [LOCK]:
-            (out / LOCK).unlink()
+        left = {p.name for p in out.iterdir()}
+        if LOCK in left and left <= {LOCK, METRICS}:
+            for name in left:
+                (out / name).unlink()
             out.rmdir()
 
 

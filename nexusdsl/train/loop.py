@@ -4,7 +4,12 @@ gradient clipping, the schedule, held-out evaluation, checkpoints, and resuming 
 Determinism: step s uses a generator seeded from (seed, s) for its data and corruption, the
 schedule depends on s only (unless a time budget is set), and a checkpoint restores weights,
 optimizer tensors and every process's torch RNG state; so N steps, a stop, and N resumed steps
-equal 2N straight steps bit for bit on CPU.
+equal 2N straight steps bit for bit on CPU. The stop may be a signal: SIGINT or SIGTERM
+during training ends the step in progress, saves it and raises `Interrupted`
+(train/interrupts.py).
+
+A time budget (`time`) is this run's: a resumed run gets the whole budget again, and the
+schedule fits what remains of it into that time (`progress_of`).
 
 Data parallel: every process draws the same global batch and keeps its own slice, so the
 gradient DDP averages is the full batch's gradient (as in one process).
@@ -13,6 +18,7 @@ gradient DDP averages is the full batch's gradient (as in one process).
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +30,8 @@ from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import checkpoint as ckpt
 from nexusdsl.train import distributed
 from nexusdsl.train.data import slice_batch
+from nexusdsl.train.expert_load import ExpertLoad
+from nexusdsl.train.interrupts import Interrupted, StopRequest, signal_name
 from nexusdsl.train.optim import base_lr, build_optimizer, lr_factor, set_lr
 from nexusdsl.train.progress import Display, format_metrics, format_seconds
 from nexusdsl.train.session import Session, collect_aux
@@ -46,6 +54,7 @@ class Result:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
     seconds: float = 0.0
+    start_step: int = 0  # the step this run started from (a resumed run's checkpoint step)
 
 
 # ----------------------------------------------------------------------------- one step
@@ -75,10 +84,15 @@ def train_step(s: Session, step: int, lr: float) -> tuple[float, int]:
     return float(loss.detach()), s.objective.count(batch) * s.dist.world
 
 
-def progress_of(s: Session, step: int, elapsed: float) -> float:
-    """How far through the run: by steps, or by the time budget when that is further."""
+def progress_of(s: Session, step: int, run_seconds: float) -> float:
+    """How far through the schedule: by steps, or by this run's time budget when that is
+    further. The budget covers what remains after the step this run started from, so a
+    resumed run decays over its own budget instead of finding it spent."""
     p = step / s.config.steps
-    return max(p, elapsed / s.config.time) if s.config.time else p
+    if not s.config.time:
+        return p
+    start = min(s.start_step / s.config.steps, 1.0)
+    return max(p, start + (1 - start) * run_seconds / s.config.time)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -95,6 +109,9 @@ def evaluate(s: Session) -> dict[str, float]:
     s.trainee.eval()
     with torch.no_grad():
         for i, batch in enumerate(batches):
+            if s.stop and not d.active:  # one process: stop at once (evaluating changes nothing)
+                s.trainee.train()
+                raise Interrupted(s.stop.signum, s.step)
             if not d.sharded and i % d.world != d.rank:
                 continue
             batch = obj.prepare(batch, torch.Generator().manual_seed(EVAL_SEED + i))
@@ -162,60 +179,130 @@ def prepare_optimizer(s: Session) -> None:
 
 
 def run(s: Session, display: Display) -> Result:
+    """Evaluate, train to `s.end` (or the time budget), evaluate, save. A signal recorded in
+    `s.stop` ends the step in progress; the run is then saved and `Interrupted` raised."""
     config = s.config
+    if s.stop is None:
+        s.stop = StopRequest()
+    if s.expert_load is None:
+        s.expert_load = ExpertLoad(s.module, enabled=not s.dist.sharded)
     display.log(f"data: {s.data.name}; objective {config.objective.fn}; "
                 f"{sum(p.numel() for p in s.trainee.parameters() if p.requires_grad):,} "
                 f"trainable parameters; {s.dist.world} process(es)"
                 + (", sharded" if s.dist.sharded else ""))
-    before = evaluate(s)
-    display.log(f"held-out at step {s.step}: {format_metrics(before)}")
-    history = _loop(s, display)
-    after = evaluate(s)
-    display.log(f"held-out at step {s.step}: {format_metrics(after)}")
+    try:
+        before = _heldout(s, display)
+        history = _loop(s, display)
+        if s.stop:
+            raise Interrupted(s.stop.signum, s.step)
+        after = _heldout(s, display)
+    except Interrupted as stop:
+        stop.step, stop.checkpoint = s.step, _save_interrupted(s, display, stop)
+        raise
     path = save(s, after) if s.out is not None else None
     if path is not None:
         display.log(f"checkpoint: {path}")
-    return Result(s.module, s.step, before, after, history, path, s.elapsed)
+    return Result(s.module, s.step, before, after, history, path, s.elapsed, s.start_step)
+
+
+def _heldout(s: Session, display: Display) -> dict[str, float]:
+    metrics = evaluate(s)
+    display.log(f"held-out at step {s.step}: {format_metrics(metrics)}")
+    if s.metrics is not None:
+        s.metrics.heldout(s.step, metrics, round(s.elapsed, 3))
+    return metrics
+
+
+def _save_interrupted(s: Session, display: Display, stop: Interrupted) -> Path | None:
+    """The checkpoint of an interrupted run: saved now if this run trained a step, else the
+    one it resumed from (None for a fresh run that trained nothing)."""
+    display.log(f"{signal_name(stop.signum)}: stopping at step {s.step}")
+    if s.out is None:
+        return None
+    if s.step == s.start_step:
+        return s.resumed.path if s.resumed is not None else None
+    return save(s)
 
 
 def _loop(s: Session, display: Display) -> list[dict[str, float]]:
     config, history = s.config, []
     display.start(config.steps, s.step, s.objective.unit)
     start, start_elapsed, start_step, units = time.perf_counter(), s.elapsed, s.step, 0
+    window: list[float] = []  # training losses since the last reported step
+    spent = False  # this run's time budget
     try:
-        while s.step < s.end and not (config.time and s.elapsed >= config.time):
-            lr = base_lr(config) * lr_factor(config, s.step, progress_of(s, s.step, s.elapsed))
+        while s.step < s.end and not spent:
+            lr = base_lr(config) * lr_factor(config, s.step, progress_of(s, s.step,
+                                                                          s.run_seconds))
+            s.expert_load.armed = _logs(s, s.step + 1)
             loss, n = train_step(s, s.step, lr)
             s.step, units = s.step + 1, units + n
-            if not distributed.all_true(math.isfinite(loss), s.dist):
+            s.run_seconds = time.perf_counter() - start
+            s.elapsed = start_elapsed + s.run_seconds
+            finite, stopping, spent = _agree(s, math.isfinite(loss))
+            if not finite:
                 raise diverged(s, "the loss is no longer finite")
-            s.elapsed = start_elapsed + time.perf_counter() - start
             history.append({"step": s.step, "loss": loss, "lr": lr})
-            _report(s, display, loss, lr, units, start_step, start_elapsed)
+            window.append(loss)
+            if _logs(s, s.step) or stopping or spent:  # a run's last step is always reported
+                _report(s, display, sum(window) / len(window), lr, units, start_step)
+                window = []
+            if stopping:
+                break
             _periodic(s, display)
     finally:
+        s.expert_load.armed = False
         display.stop()
-    took = s.elapsed - start_elapsed
-    display.log(f"trained {s.step - start_step} steps in {format_seconds(took)}"
-                + (" (time budget reached)" if s.step < s.end else ""))
+    took = s.step - start_step
+    why = (" (interrupted)" if s.stop else " (time budget reached)" if s.step < s.end else "")
+    display.log(f"trained {took} steps in {format_seconds(s.run_seconds)}{why}")
     return history
 
 
+def _agree(s: Session, finite: bool) -> tuple[bool, bool, bool]:
+    """(the loss is finite on every process, some process received a stop signal, some
+    process's clock has spent the time budget): one exchange per step, so that every process
+    stops or goes on together."""
+    late = bool(s.config.time) and s.run_seconds >= s.config.time
+    if not s.dist.active:
+        return finite, bool(s.stop), late
+    votes = distributed.sum_all({"nonfinite": float(not finite), "stop": float(bool(s.stop)),
+                                 "late": float(late)}, s.dist)
+    if votes["stop"] and not s.stop:  # another process got the signal: stop with it
+        s.stop.signum = signal.SIGINT
+    return votes["nonfinite"] == 0, votes["stop"] > 0, votes["late"] > 0
+
+
+def _logs(s: Session, step: int) -> bool:
+    """Whether `step` (1-based, the step about to finish) is one that is reported."""
+    return step % s.config.log_every == 0 or step == s.end
+
+
 def _report(s: Session, display: Display, loss: float, lr: float, units: int,
-            start_step: int, start_elapsed: float) -> None:
-    if s.step % s.config.log_every and s.step != s.end:
-        return
-    spent = max(s.elapsed - start_elapsed, 1e-9)
+            start_step: int) -> None:
+    """The progress display and a metrics.jsonl line: `loss` is the mean training loss of the
+    steps since the last report, `lr` the last step's rate."""
+    spent = max(s.run_seconds, 1e-9)
     per_step = spent / max(s.step - start_step, 1)
     eta = (s.end - s.step) * per_step
     if s.config.time:
-        eta = min(eta, s.config.time - s.elapsed)
-    display.update(s.step, loss, units / spent, lr, eta)
+        eta = min(eta, s.config.time - s.run_seconds)
+    rate = units / spent
+    display.update(s.step, loss, rate, lr, eta)
+    if s.metrics is not None:
+        record = {"loss": loss, "lr": lr, f"{s.objective.unit}_per_s": round(rate, 1),
+                  "seconds": round(s.elapsed, 3)}
+        experts = s.expert_load.shares(s.dist) if s.expert_load else {}
+        if experts:
+            record["experts"] = experts
+        s.metrics.train(s.step, record)
+    elif s.expert_load:
+        s.expert_load.shares(s.dist)  # every process takes part in the sum
 
 
 def _periodic(s: Session, display: Display) -> None:
     config = s.config
     if config.eval_every and s.step % config.eval_every == 0 and s.step < s.end:
-        display.log(f"held-out at step {s.step}: {format_metrics(evaluate(s))}")
+        _heldout(s, display)
     if s.out is not None and config.save_every and s.step % config.save_every == 0:
         save(s)

@@ -1,8 +1,10 @@
 """Optimizers (AdamW, SGD) and the learning-rate schedule (linear warm-up, cosine decay).
 
-The schedule is a pure function of the step (and, with a time budget, of elapsed time), so a
-resumed run needs no scheduler state. Weight decay applies to matrices only (dim >= 2), as in
-nanoGPT: norms' gains and biases are not pulled towards zero.
+The schedule is a pure function of the run's progress: the step over `steps`, or with a time
+budget whichever is further along, steps or time (loop.progress_of). Warm-up and decay are both
+measured in that progress, so a run cut short by its time budget still warms up and still
+decays to `final`; a resumed run needs no scheduler state. Weight decay applies to matrices
+only (dim >= 2), as in nanoGPT: norms' gains and biases are not pulled towards zero.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ def warmup_steps(config: TrainConfig) -> int:
 
 def lr_factor(config: TrainConfig, step: int, progress: float) -> float:
     """Multiplier of the base rate at `step` (0-based), `progress` in [0, 1] of the run:
-    a linear ramp over the warm-up steps, times a cosine from 1 down to `final`."""
+    a linear ramp over the warm-up steps, times a cosine from 1 down to `final`. The ramp
+    counts steps, or `progress * steps` when a time budget has moved progress further than
+    the steps have (so the warm-up takes the same share of a run that time cuts short)."""
     warm = warmup_steps(config)
-    ramp = min(1.0, (step + 1) / warm) if warm else 1.0
+    done = max(step + 1, progress * config.steps)  # steps' worth of the run, this one included
+    ramp = min(1.0, done / warm) if warm else 1.0
     if config.schedule.fn == "constant":
         return ramp
     final = float(config.schedule.kwargs.get("final", 0.1))

@@ -1,6 +1,8 @@
-"""The progress display of `nexus train`: a rich bar with loss, throughput and ETA, and log
-lines above it (held-out metrics, checkpoints). Silent when `enabled` is false (the Python
-API's default in tests, and every rank but 0)."""
+"""The progress display of `nexus train`: on a terminal, a rich bar with loss, throughput and
+ETA, and log lines above it (held-out metrics, checkpoints); elsewhere (output redirected to a
+file or a pipe, where a bar would show nothing until the end) one plain line per reported
+step, every `log_every` steps. Silent when `enabled` is false (the Python API's default in
+tests, and every rank but 0)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class Display:
         self.console = console or Console(stderr=False, highlight=False)
         self._progress: Progress | None = None
         self._task = None
+        self._total, self._unit = 0, ""
 
     def log(self, message: str) -> None:
         if self.enabled:
@@ -30,7 +33,8 @@ class Display:
             target.print(message, markup=False, highlight=False)
 
     def start(self, total: int, completed: int, unit: str) -> None:
-        if not self.enabled:
+        self._total, self._unit = total, unit
+        if not self.enabled or not self.console.is_terminal:
             return
         self._progress = Progress(
             TextColumn("train"), BarColumn(), MofNCompleteColumn(),
@@ -45,6 +49,9 @@ class Display:
         if self._progress is not None:
             self._progress.update(self._task, completed=step, loss=f"{loss:.4f}",
                                   rate=f"{rate:,.0f}", lr=f"{lr:.2e}", eta=format_seconds(eta))
+        elif self.enabled:
+            self.log(f"step {step}/{self._total}  loss {loss:.4f}  lr {lr:.2e}  "
+                     f"{rate:,.0f} {self._unit}/s  ETA {format_seconds(eta)}")
 
     def stop(self) -> None:
         if self._progress is not None:

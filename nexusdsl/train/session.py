@@ -30,7 +30,6 @@ from nexusdsl.train.data import Dataset, open_data
 from nexusdsl.train.distributed import Dist
 from nexusdsl.train.objective_table import make_objective
 from nexusdsl.train.objectives import Objective
-from nexusdsl.train.tokenizer import corpus_tokenizer
 from nexusdsl.train.trainee import Trainee, freeze
 
 
@@ -51,6 +50,11 @@ class Session:
     tied: dict[str, str] = field(default_factory=dict)
     resumed: ckpt.Checkpoint | None = None
     until: int | None = None  # stop at this step (a checkpoint), the schedule still spanning `steps`
+    start_step: int = 0  # where this run started (0, or the step it resumed)
+    run_seconds: float = 0.0  # training time of this run alone: what `time` budgets
+    stop: Any = None  # interrupts.StopRequest: a signal received while training
+    metrics: Any = None  # metrics.MetricsLog: OUT/metrics.jsonl
+    expert_load: Any = None  # expert_load.ExpertLoad: routing shares of MoE models
 
     @property
     def end(self) -> int:
@@ -69,6 +73,7 @@ class Session:
         return {"model": self.model_name, "hyper": self.config.hyper,
                 "config": self.config.to_json(), "graph_hash": self.graph_hash,
                 "source": {"file": self.program.file,
+                           "path": str(Path(self.program.file).resolve()),
                            "sha256": ckpt.source_hash(self.program.source)},
                 "world_size": self.dist.world, "sharded": self.dist.sharded}
 
@@ -139,8 +144,7 @@ def build(program: Program, model: str | None, config: TrainConfig, d: Dist,
         module = (compile_program(program, model, seed=config.seed, device=d.device,
                                   **config.hyper) if graph is None
                   else lower(graph, device=d.device, seed=config.seed))
-        data = data or open_data(config.data, corpus_tokenizer(program, module.graph,
-                                                                config.objective))
+        data = data or open_data(config.data)
         objective = make_objective(config.objective, config.span("objective"), module.graph, data)
         freeze(module, config.freeze, config.span("freeze"))
         trainee = Trainee(module, config.prefix, config.span("prefix"), config.seed)
@@ -280,7 +284,7 @@ def restore(session: Session, checkpoint: ckpt.Checkpoint) -> None:
     ckpt.check_compatible(checkpoint, session.model_name, session.graph_hash,
                           session.program.file)
     ckpt.load_weights(session.trainee, checkpoint.model)
-    session.step = checkpoint.step
+    session.step = session.start_step = checkpoint.step
     session.elapsed = float(checkpoint.state.get("elapsed", 0.0))
     session.resumed = checkpoint
 
