@@ -1,14 +1,16 @@
 """Applying a value to arguments: partial application (`act = gelu(approx = tanh)` then
-`act(x)`), then an op call, a block call, or a configuration function (`topk(k = 2)`)."""
+`act(x)`), then an op call, a block call, a pretrained module (`x |> pretrained("dir", module =
+"encoder.layer.0")`), or a configuration function (`topk(k = 2)`)."""
 
 from __future__ import annotations
 
 from nexusdsl.elaborate.block_calls import BlockCalls
 from nexusdsl.elaborate.frame import Frame
-from nexusdsl.elaborate.names import suggest, suggest_local
+from nexusdsl.elaborate.names import OptionFunction, suggest, suggest_local
 from nexusdsl.elaborate.nodes import NodeWriter
 from nexusdsl.elaborate.observer import Observer
 from nexusdsl.elaborate.op_calls import OpCalls, is_tensorish
+from nexusdsl.elaborate.pretrained_calls import NAME, PretrainedCalls, is_pretrained
 from nexusdsl.elaborate.values import Arg, Partial, Symbol, describe
 from nexusdsl.lang.diagnostics import NexusError, Span
 from nexusdsl.ops.base import Op
@@ -21,6 +23,7 @@ class Calls:
         self.blocks = blocks
         self.nodes = nodes
         self.observer = observer
+        self.pretrained = PretrainedCalls(nodes)
 
     def apply(self, func, args: list[Arg], kwargs, span: Span, alias: str | None, frame: Frame):
         if self.observer is None:
@@ -39,6 +42,10 @@ class Calls:
             if isinstance(func.target, Op):
                 return self.ops.call(func.target, args, list(merged.items()), span, alias, frame)
             return self.blocks.call(func.target, args, list(merged.items()), span, alias, frame)
+        if is_pretrained(func):  # a module of an open-weight model, a block like any other
+            return self.pretrained.apply(func, args, kwargs, span, alias, frame)
+        if isinstance(func, OptionFunction) and func.name == NAME:
+            return self.pretrained.call(args, kwargs, span, alias, frame)
         if callable(func) and hasattr(func, "name"):  # a configuration function
             return func(args, kwargs, span)
         if isinstance(func, Symbol):

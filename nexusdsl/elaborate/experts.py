@@ -9,7 +9,8 @@ expert, made of `adapter` nodes:
 `linear_1` / `linear_2` are left out when the expert's width equals x's and `adapter = false`;
 `linear_3` is there only with `skip = true`. Square adapters start as the identity and
 `linear_3` at zero, so a wrapped expert starts as itself. A `pretrained(...)` expert is a
-region around one `pretrained_module` node whose frozen parameters come from the model.
+region around one `pretrained_module` node whose frozen parameters come from the model (the
+node `pretrained_calls.py` makes wherever else `pretrained(...)` is applied).
 
 A shared expert (`moe(x, ffn, shared = swiglu(hidden = 64))`) sees every token, so it is no
 region: its block is applied to x here, as ordinary nodes named under the moe node
@@ -26,6 +27,7 @@ from nexusdsl.elaborate.core import Core
 from nexusdsl.elaborate.frame import Frame
 from nexusdsl.elaborate.modules import FileScope
 from nexusdsl.elaborate.nodes import NodeWriter
+from nexusdsl.elaborate.pretrained_calls import is_pretrained, module_attrs, reads_a_file
 from nexusdsl.elaborate.values import Arg, ExpertSet, OptionCall, Partial, Tensor, describe
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.types import TensorType
@@ -78,7 +80,7 @@ class Experts:
         if arg is None:
             return kwargs
         member = arg.value
-        if not isinstance(member, Partial):
+        if not isinstance(member, Partial) and not is_pretrained(member):
             raise NexusError.at(arg.span, f"`{op.name}`: `shared` takes a block or op that "
                                 "every token goes through (`shared = swiglu(hidden = 64)`), "
                                 f"got {describe(member)}")
@@ -138,18 +140,20 @@ class Experts:
         return _check_adaptable(out, x, index, member.name, span)
 
     def _pretrained_expert(self, call: OptionCall, x: Tensor, adapter: bool, frame: Frame):
-        from nexusdsl.weights.pretrained import PretrainedError, pretrained_attrs
-
-        if call.name != "pretrained":
+        if not is_pretrained(call):
             raise NexusError.at(call.span, f"`{call.name}(...)` is not an expert; experts are "
                                 "blocks, ops or `pretrained(...)`")
-        source = call.args[0] if call.args else call.kwargs.get("source")
-        if isinstance(source, str) and source.endswith(".safetensors"):
+        if reads_a_file(call):
             return self._file_expert(call, x, adapter, frame)
-        try:
-            attrs = pretrained_attrs(call.args, call.kwargs, call.span.file)
-        except PretrainedError as err:
-            raise NexusError.at(call.span, str(err)) from None
+        if "mask" in call.kwargs:
+            raise NexusError.at(call.span, "an expert sees only the tokens routed to it, so "
+                                "`pretrained(...)` as an expert takes no `mask`")
+        attrs = module_attrs(call)
+        if attrs.get("ids"):
+            raise NexusError.at(call.span, f"pretrained module `{attrs['module']}` takes token "
+                                "ids, but an expert takes the vectors of the tokens routed to "
+                                "it; apply it to the ids before the moe instead")
+        attrs.pop("mask_form", None)  # it takes none: its node stays as experts' always were
         h = self._adapt(x, attrs["width"], adapter, "linear_1", call.span, frame)
         op = REGISTRY["pretrained_module"]
         return self.nodes.add_op(op, [h], op.Attrs(**attrs), {}, call.span, "pretrained", frame)

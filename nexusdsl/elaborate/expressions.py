@@ -15,6 +15,7 @@ from nexusdsl.elaborate.names import Names, suggest
 from nexusdsl.elaborate.nodes import NodeWriter
 from nexusdsl.elaborate.observer import Observer
 from nexusdsl.elaborate.op_calls import OpCalls
+from nexusdsl.elaborate.pretrained_calls import is_pretrained
 from nexusdsl.elaborate.routes import Routes
 from nexusdsl.elaborate.values import (
     Arg,
@@ -190,7 +191,7 @@ class Expressions:
             raise NexusError.at(e.count.span, f"an expert count must be between 1 and {MAX_EXPERTS}, "
                                 f"got {count}")
         template = self.eval(e.template, frame)
-        if not isinstance(template, Partial):
+        if not isinstance(template, Partial) and not is_pretrained(template):
             raise NexusError.at(e.template.span, f"`of` needs a block or op to copy, got {describe(template)}")
         return ExpertSet([template] * count, e.span)
 

@@ -66,9 +66,11 @@ class NodeWriter:
 
     # ------------------------------------------------------------------ op nodes
     def add_op(self, op: Op, tensors: list[Tensor], attrs, hints, span: Span, alias, frame: Frame,
-               labels: list[str | None] | None = None, at: Span | None = None, regions=None):
+               labels: list[str | None] | None = None, at: Span | None = None, regions=None,
+               base: str | None = None):
         """Add one node. `labels` name the inputs as written (for notes); `at` is where a
-        mistake is pointed at (an operator), when not the whole call."""
+        mistake is pointed at (an operator), when not the whole call; `base` names an unnamed
+        node instead of the op's name (`pretrained` for a `pretrained_module`)."""
         types = [t.type for t in tensors]
         ctx = InferContext(hints=hints, modalities=self.modalities, lookup=self.graph.by_name,
                            regions=regions or [])
@@ -78,7 +80,7 @@ class NodeWriter:
             params = op.params(ctx, types, attrs)
         except OpError as err:
             raise self._op_error(op, err, tensors, labels or [], at or span, span) from None
-        name = self.node_name(op.name, alias, span, frame)
+        name = self.node_name(base or op.name, alias, span, frame)
         shares = self.namer.owner_of(name) if params else None
         specs = _param_specs(params)
         if shares is not None:

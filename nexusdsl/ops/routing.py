@@ -380,20 +380,34 @@ class Adapter(Op):
         return lambda m, x: F.linear(x, m.weight, m.bias if attrs.bias else None)
 
 
-class PretrainedModule(Op):
-    """A module of an open-weight model, loaded with its weights (never written by users:
-    `pretrained(source, module = "encoder.layer.3")` as an expert elaborates to it).
+# Attributes that came after `pretrained(...)` experts: left out at their defaults, so an
+# expert's node prints and hashes as before they existed.
+_PRETRAINED_LATER = {"ids": False, "vocab": None, "mask_form": "none", "tables": [], "given": []}
 
-    [*, T, width] -> [*, T, out]. `source` is a local Hugging Face directory; the parameters
-    are the module's own, with shapes read from the safetensors header, frozen unless
-    `frozen = false`. The lowering builds the module with transformers from the local config
-    (no network, no remote code), loads its tensors, and wraps its output (a tuple or model
-    output gives its first tensor). `hash` is the content hash of the loaded tensors: a
-    checkpoint records it instead of the weights."""
+
+class PretrainedModule(Op):
+    """A module of an open-weight model, run with its weights (never written by users:
+    `pretrained(source, module = "encoder.layer.3")` elaborates to it wherever it is applied:
+    piped, called, in a block, as an expert).
+
+    [*, T, width] -> [*, T, out]; a module that looks ids up (`ids`: an embeddings module, a
+    whole model) takes integer ids [*, T] instead (`vocab`: its table's rows). `mask = m`, a
+    bool [*, T] (true for real tokens), is its attention mask, as `mask_form` says: "padding"
+    for a whole model (passed as its 1/0 attention_mask), "layers" for a module inside an
+    encoder (passed as the mask that model makes for its layers); "none" (its forward takes
+    none) and "causal" (a module inside a causal model) take no mask. `source` is a local
+    Hugging Face directory; the parameters are the module's own, with shapes read from the
+    safetensors header, frozen unless `frozen = false`; its buffers are the torch module's
+    too. The lowering builds the module with transformers from the local config (no network,
+    no remote code), loads its tensors, and wraps its output (a tuple or model output gives
+    its first tensor). `hash` is the content hash of the loaded tensors: a checkpoint records
+    it instead of the weights. `tables` (embedding tables) are looked up, not multiplied: they
+    count no FLOPs."""
 
     name = "pretrained_module"
     family = "routing"
-    public = False  # written `pretrained(source, module = ...)` as an expert
+    public = False  # written `pretrained(source, module = ...)`
+    optional_inputs = ("mask",)
 
     class Attrs(OpAttrs):
         source: str
@@ -404,22 +418,43 @@ class PretrainedModule(Op):
         out: PosInt
         frozen: Bool = True
         tensors: dict[str, list[int]] = Field(default_factory=dict)  # parameter -> shape
+        ids: Bool = False
+        vocab: PosInt | None = None
+        mask_form: Literal["none", "padding", "layers", "causal"] = "none"
+        tables: list[str] = Field(default_factory=list)
+        given: list[Literal["mask"]] = set_by_compiler(default=[])
+
+        @model_serializer(mode="wrap")
+        def _plain_as_an_expert(self, handler):
+            data = handler(self)
+            return {k: v for k, v in data.items()
+                    if k not in _PRETRAINED_LATER or v != _PRETRAINED_LATER[k]}
 
     def infer(self, ctx, inputs, attrs):
-        x = inputs[0]
-        require_rank("pretrained module", x, 2, "[*, T, width]")
-        if fixed_width("pretrained module", x) != attrs.width:
-            raise OpError(f"pretrained module {attrs.module} takes width {attrs.width}, "
-                          f"got {x}", about=(0,))
-        return [same_type_as(x, (*x.axes[:-1], Axis(size=attrs.out)))]
+        x, what = inputs[0], _module_words(attrs)
+        if len(attrs.given) != len(inputs) - 1:
+            raise OpError(f"{what}: `given` is set by the compiler from `mask`; leave it out")
+        if attrs.ids:
+            _check_ids(ctx, x, attrs, what)
+            tokens = x.axes
+            out = same_type_as(x, (*tokens, Axis(size=attrs.out)), dtype="f32")
+        else:
+            _check_vectors(x, attrs, what)
+            tokens = x.axes[:-1]
+            out = same_type_as(x, (*tokens, Axis(size=attrs.out)))
+        if attrs.given:
+            _check_module_mask(tokens, inputs[1], attrs, what)
+        return [out]
 
     def params(self, ctx, inputs, attrs):
         return {name: ParamSpec(shape=tuple(shape), init="zeros", frozen=attrs.frozen)
                 for name, shape in attrs.tensors.items()}
 
     def flops(self, inputs, outputs, attrs):
-        per_token = 2 * sum(numel(tuple(s)) for s in attrs.tensors.values() if len(s) == 2)
-        return numel(inputs[0][:-1]) * per_token
+        tables = set(attrs.tables)
+        per_token = 2 * sum(numel(tuple(s)) for name, s in attrs.tensors.items()
+                            if len(s) == 2 and name not in tables)
+        return numel(inputs[0] if attrs.ids else inputs[0][:-1]) * per_token
 
     def finish(self, module, attrs, node):
         from nexusdsl.weights.pretrained import attach_weights
@@ -430,6 +465,50 @@ class PretrainedModule(Op):
         from nexusdsl.weights.pretrained import pretrained_forward
 
         return pretrained_forward(attrs)
+
+
+def _module_words(attrs) -> str:
+    return f"pretrained module `{attrs.module}`" if attrs.module else "the pretrained model"
+
+
+def _check_ids(ctx, x: TensorType, attrs, what: str) -> None:
+    """A module that looks ids up takes integer ids [*, T], within its vocabulary when their
+    modality tells theirs."""
+    if x.dtype != "i64" or x.rank < 1:
+        raise OpError(f"{what} takes integer token ids [*, T], got {x}: it makes their "
+                      f"vectors [*, T, {attrs.out}] itself", about=(0,))
+    spec = ctx.modalities.get(x.modality) if x.modality else None
+    vocab = spec.vocab if spec is not None and spec.discrete else None
+    if vocab is not None and attrs.vocab is not None and vocab > attrs.vocab:
+        raise OpError(f"{what} has a vocabulary of {attrs.vocab} ids, but modality {spec.name} "
+                      f"has {vocab}: its ids past {attrs.vocab - 1} have no row", about=(0,))
+
+
+def _check_vectors(x: TensorType, attrs, what: str) -> None:
+    """A module of hidden states takes [*, T, width] vectors of its config's width."""
+    if x.dtype == "i64":
+        raise OpError(f"{what} takes vectors [*, T, {attrs.width}], got integer ids {x}: embed "
+                      "them first (the model's embedding module, or the whole model, takes "
+                      "ids)", about=(0,))
+    require_float(what, x)
+    last = x.axes[-1].size if x.rank else None
+    if x.rank < 2 or last != attrs.width:
+        raise OpError(f"{what} takes vectors [*, T, {attrs.width}] (the width of its config), "
+                      f"got {x}", about=(0,))
+
+
+def _check_module_mask(tokens: tuple[Axis, ...], mask: TensorType, attrs, what: str) -> None:
+    if attrs.mask_form == "none":
+        raise OpError(f"{what} takes no attention mask (its forward has no `attention_mask`); "
+                      "leave `mask` out")
+    if attrs.mask_form == "causal":
+        raise OpError(f"{what} is part of a causal model, which makes its layers' mask together "
+                      "with their positions: give the mask to the whole model (leave `module` "
+                      "out)")
+    same = mask.rank == len(tokens) and all(a.same_extent(b) for a, b in zip(mask.axes, tokens))
+    if mask.dtype != "bool" or not same:
+        raise OpError(f"{what}: mask must be bool[{', '.join(map(str, tokens))}] (true for the "
+                      f"real tokens), got {mask}", about=(1,))
 
 
 # ---------------------------------------------------------------------------- route

@@ -1,4 +1,6 @@
-"""Modules of open-weight models as experts: `pretrained(source, module = path, frozen = true)`.
+"""Modules of open-weight models as block values: `pretrained(source, module = path, frozen =
+true)`, piped, called, passed to blocks or used as experts (docs/language.md, "Pretrained
+modules").
 
 `source` is a local Hugging Face directory (`config.json` + `*.safetensors`, possibly sharded
 with `model.safetensors.index.json`). Nothing is ever downloaded and no code shipped with a
@@ -6,15 +8,18 @@ model is run: transformers is called with `local_files_only=True`, `trust_remote
 and weights are read with safetensors only (pickled `*.bin` files are refused).
 
 Checking a file (`pretrained_attrs`) reads the safetensors headers and the config, builds the
-model on the meta device to find the module and its output width, and hashes the module's
-tensors. Lowering (`pretrained_forward`) builds only that module, loads its tensors, and runs
-it with the node's own parameters (`torch.func.functional_call`), so the state_dict, freezing
-and `torch.export` all see ordinary parameters.
+model on the meta device to find the module, what it takes (hidden states `[*, T, width]`, or
+token ids `[*, T]` for an embeddings module or a whole model), whether it takes an attention
+mask and its output width, and hashes the module's tensors. Lowering (`pretrained_forward`)
+builds only that module, loads its tensors, and runs it with the node's own parameters and
+buffers (`torch.func.functional_call`): the node's torch module holds both, so the
+state_dict, freezing, `.to()` and `torch.export` all see ordinary parameters and buffers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import struct
@@ -348,12 +353,21 @@ def meta_model(config):
 
 
 def submodule(model, module: str):
-    try:
-        return model.get_submodule(module) if module else model
-    except AttributeError:
-        children = ", ".join(n for n, _ in model.named_children())
-        raise PretrainedError(f"pretrained: the model has no module `{module}` (its top-level "
-                              f"modules are {children})") from None
+    """The module at a dotted path; a path that leads nowhere names the place it stops at and
+    what is there."""
+    if not module:
+        return model
+    found, parts = model, module.split(".")
+    for depth, part in enumerate(parts):
+        children = dict(found.named_children())
+        if part not in children:
+            where = ".".join(parts[:depth])
+            have = ", ".join(children) or "no modules"
+            place = f"`{where}` holds" if where else "its top-level modules are"
+            raise PretrainedError(f"pretrained: the model has no module `{module}` ({place} "
+                                  f"{have})")
+        found = children[part]
+    return found
 
 
 def first_tensor(out):
@@ -380,20 +394,56 @@ def _width(config) -> int:
                           f"(its config has none of {', '.join(_WIDTH_KEYS)})")
 
 
-def _probe_out(sub, width: int, module: str) -> int:
-    """Run the module on meta tokens to learn its output width."""
+def _forward_arguments(sub) -> list[str]:
+    return list(inspect.signature(sub.forward).parameters)
+
+
+def takes_ids(sub) -> bool:
+    """Whether the module looks token ids up (an embeddings module, a table, a whole model)
+    instead of transforming hidden states: an nn.Embedding, or a forward whose first argument
+    is transformers' `input_ids`."""
     import torch
 
+    arguments = _forward_arguments(sub)
+    return isinstance(sub, torch.nn.Embedding) or arguments[:1] == ["input_ids"]
+
+
+def mask_form(sub) -> str:
+    """How the module takes a padding mask: "none" (its forward has no `attention_mask`),
+    "padding" (a model: the [batch, T] mask of 1 and 0, which it turns into its layers' mask
+    itself), "layers" (a module inside an encoder: the bidirectional mask its model makes
+    for its layers) or "causal" (a module inside a causal model, whose mask its model makes
+    together with the positions: only the whole model can take a padding mask)."""
+    transformers = _transformers()
+    if "attention_mask" not in _forward_arguments(sub):
+        return "none"
+    if isinstance(sub, transformers.PreTrainedModel):
+        return "padding"
+    causal = any(getattr(m, "is_causal", False) is True for m in sub.modules())
+    return "causal" if causal else "layers"
+
+
+def _probe_out(sub, width: int | None, module: str) -> int:
+    """Run the module on meta tokens (4 vectors of its width, or 4 ids when `width` is None)
+    to learn its output width."""
+    import torch
+
+    if width is None:
+        probe, shown = torch.zeros(1, 4, dtype=torch.long, device="meta"), "token ids [1, 4]"
+    else:
+        probe, shown = torch.empty(1, 4, width, device="meta"), f"tokens [1, 4, {width}]"
     try:
-        out = first_tensor(sub(torch.empty(1, 4, width, device="meta")))
+        out = first_tensor(sub(probe))
     except Exception as err:  # noqa: BLE001  (any failure means: not a module over tokens)
-        raise PretrainedError(f"pretrained: module `{module}` cannot be run on tokens of width "
-                              f"{width} ([batch, tokens, {width}]), so it cannot be an expert: "
-                              f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+        raise PretrainedError(f"pretrained: module `{module}` cannot be run on {shown} alone, "
+                              "so it cannot be used as a block (a module that needs what its "
+                              "model computes, such as rotary positions, runs in the whole "
+                              f"model only): {type(err).__name__}: "
+                              f"{str(err).splitlines()[0]}") from None
     if out is None or out.dim() != 3 or tuple(out.shape[:2]) != (1, 4):
         got = "no tensor" if out is None else f"shape {list(out.shape)}"
-        raise PretrainedError(f"pretrained: module `{module}` gives {got} for tokens "
-                              f"[1, 4, {width}], which cannot be adapted to [batch, tokens, width]")
+        raise PretrainedError(f"pretrained: module `{module}` gives {got} for {shown}, not "
+                              "one vector per token ([batch, tokens, width])")
     return int(out.shape[-1])
 
 
@@ -406,6 +456,16 @@ def _prefix(files: dict[str, Path], model, module: str, names: list[str]) -> str
     missing = next(n for n in names if f"{module}.{n}" not in files)
     raise PretrainedError(f"pretrained: the safetensors files have no weights for "
                           f"`{module}.{missing}`")
+
+
+def _lookup_tables(sub) -> tuple[list[str], int | None]:
+    """The weights of the module's embedding tables (looked up, not multiplied: no FLOPs)
+    and the rows of the first one (the vocabulary, for a module that takes ids)."""
+    import torch
+
+    tables = [(name, m) for name, m in sub.named_modules() if isinstance(m, torch.nn.Embedding)]
+    names = sorted(f"{name}.weight" if name else "weight" for name, _ in tables)
+    return names, (tables[0][1].num_embeddings if tables else None)
 
 
 @lru_cache(maxsize=16)
@@ -425,10 +485,17 @@ def inspect_module(path: str, module: str, stamp: tuple) -> dict:
         if shape != params[name]:
             raise PretrainedError(f"pretrained: `{key}` has shape {shape} in the weights but "
                                   f"{params[name]} in the model built from config.json")
-    width = _width(config)
+    ids = takes_ids(sub)
+    width = None if ids else _width(config)
     out = _probe_out(sub, width, module)
-    return {"source": path, "module": module, "prefix": prefix, "width": width, "out": out,
-            "keys": list(full.values()), "tensors": params}
+    tables, vocab = _lookup_tables(sub)
+    # a module of ids records its output width as `width` too (it reads no vectors)
+    found = {"source": path, "module": module, "prefix": prefix, "width": width or out,
+             "out": out, "keys": list(full.values()), "tensors": params}
+    # what came after experts: left out at its default, so an expert's node is as before
+    extra = {"ids": ids, "vocab": vocab if ids else None, "mask_form": mask_form(sub),
+             "tables": tables}
+    return {**found, **{k: v for k, v in extra.items() if v not in (False, None, "none", [])}}
 
 
 @lru_cache(maxsize=64)
@@ -449,7 +516,8 @@ def module_keys(attrs, names) -> dict[str, str]:
 
 
 def build_module(attrs):
-    """The module with its weights, built from the local config (only this module)."""
+    """The module with its weights, built from the local config (only this module), and the
+    config of the model it belongs to (its layers' attention masks are made from it)."""
     import torch
     from safetensors import safe_open
 
@@ -457,9 +525,8 @@ def build_module(attrs):
     if not path.is_dir():
         raise FileNotFoundError(f"pretrained model directory {path} is gone")
     files = weight_files(path)
-    config = load_config(str(path))
-    sub = submodule(meta_model(config), attrs.module)
-    sub = sub.to_empty(device="cpu")
+    model = meta_model(load_config(str(path)))
+    sub = submodule(model, attrs.module).to_empty(device="cpu")
     state = sub.state_dict()
     keys = module_keys(attrs, state)
     digest = tensor_hash(files, [keys[n] for n in attrs.tensors])
@@ -472,8 +539,9 @@ def build_module(attrs):
             loaded[name] = f.get_tensor(key)
     sub.load_state_dict(loaded, strict=True)
     if _has_unsaved_buffers(sub):
-        sub = submodule(_full_model(str(path)), attrs.module)
-    return sub.to(torch.float32)
+        model = _full_model(str(path))
+        sub = submodule(model, attrs.module)
+    return sub.to(torch.float32), model.config
 
 
 def _has_unsaved_buffers(sub) -> bool:
@@ -489,28 +557,54 @@ def _full_model(path: str):
 
 
 def pretrained_forward(attrs):
+    """The node's function: (*, T, width) vectors, or (*, T) ids, and an optional bool padding
+    mask (*, T) -> (*, T, out), computed by the transformers module with the node's
+    parameters and buffers (those of the torch module `m` running it, wherever `.to()` put
+    them)."""
     import torch
 
-    sub = build_module(attrs)
-    names = list(attrs.tensors)
+    sub, config = build_module(attrs)
+    params = list(attrs.tensors)
+    buffers = [n for n, _ in sub.named_buffers()]
+    token_axes = 1 if attrs.ids else 2  # the axes of one sequence: (T,) ids, (T, width) vectors
     if attrs.frozen:
         sub.eval()  # a frozen module keeps its inference behaviour (no dropout)
 
-    def pretrained(m, x):  # (*, T, width) -> (*, T, out)
+    def pretrained(m, x, mask=None):
         if not attrs.frozen:
             sub.train(m.training)
-        lead = x.shape[:-2]
-        x3 = x.reshape(-1, x.shape[-2], x.shape[-1])  # (batch, T, width)
-        params = {n: m.get_parameter(n) for n in names}
-        out = first_tensor(torch.func.functional_call(sub, params, (x3,)))
-        return out.reshape(*lead, out.shape[-2], out.shape[-1])
+        lead = x.shape[:-token_axes]
+        flat = x.reshape(-1, *x.shape[len(lead):])  # one sequence per row
+        state = {n: m.get_parameter(n) for n in params}
+        state.update((n, m.get_buffer(n)) for n in buffers)
+        options = {}
+        if mask is not None:
+            rows = mask.reshape(-1, mask.shape[-1])
+            options["attention_mask"] = attention_mask(attrs.mask_form, config, flat, rows)
+        out = first_tensor(torch.func.functional_call(sub, state, (flat,), options))
+        return out.reshape(*lead, *out.shape[-2:])
 
     pretrained.hf_module = sub
     return pretrained
 
 
+def attention_mask(form: str, config, x, mask):
+    """The `attention_mask` a module takes, from a bool padding mask [batch, T] (true for real
+    tokens): a model's own [batch, T] mask of 1 and 0, or, for a module inside an encoder,
+    the mask its model would make for its layers from that one."""
+    import torch
+
+    if form == "padding":
+        return mask.to(torch.long)
+    from transformers.masking_utils import create_bidirectional_mask
+
+    # x gives the mask's batch, length, dtype and device only
+    return create_bidirectional_mask(config=config, inputs_embeds=x, attention_mask=mask)
+
+
 def attach_weights(module, attrs) -> None:
-    """Copy the loaded weights into the node's parameters and let the module share them."""
+    """Copy the loaded weights into the node's parameters and let the module share them;
+    register the module's buffers on the node's torch module too."""
     import torch
 
     sub = module._fn.hf_module
@@ -523,3 +617,33 @@ def attach_weights(module, attrs) -> None:
             target.copy_(param.to(target.dtype))
         owner, _, leaf = name.rpartition(".")
         (sub.get_submodule(owner) if owner else sub)._parameters[leaf] = target
+    _adopt_buffers(module, sub)
+
+
+def _adopt_buffers(module, sub) -> None:
+    """The transformers module's buffers (position ids, rotary frequencies, masks) as buffers
+    of the node's torch module, at the same paths as its parameters, so `.to()`, `.double()`
+    and `.cuda()` move and cast them with the weights (the forward reads them from there).
+    Each keeps its persistence (a non-persistent one stays out of the state_dict, as it does
+    in transformers) and the dtype transformers makes it in: rotary frequencies stay float32
+    in a bf16 model, as transformers keeps them, until `.to(dtype)` casts them."""
+    device = next(module.parameters()).device
+    persistent = set(sub.state_dict())
+    for name, buffer in list(sub.named_buffers()):
+        value = buffer.to(device=device)
+        owner, _, leaf = name.rpartition(".")
+        _holder(module, owner).register_buffer(leaf, value, persistent=name in persistent)
+        if value.device.type != "meta":  # one copy in memory, as for the parameters
+            (sub.get_submodule(owner) if owner else sub)._buffers[leaf] = value
+
+
+def _holder(module, dotted: str):
+    """The submodule at a dotted path of the node's torch module, made where missing (a
+    module of buffers only, such as a rotary embedding, has no parameters to have made it)."""
+    import torch
+
+    for part in filter(None, dotted.split(".")):
+        if part not in module._modules:
+            module.add_module(part, torch.nn.Module())
+        module = module._modules[part]
+    return module

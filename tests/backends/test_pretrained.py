@@ -27,3 +27,27 @@ def test_pretrained_expert_runs_in_iree_like_eager():
         want = model(x)
     got = IreeModule(model, "iree-cpu")(x)
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+VALUES = """model Values {
+  input ids: int[B, T]
+  input mask: bool[B, T]
+  h = ids |> pretrained("MODEL_DIR", module = "embeddings")
+  layer = pretrained("MODEL_DIR", module = "encoder.layer.0")
+  output y = layer(h, mask = mask)
+}
+"""
+
+
+def test_pretrained_values_with_buffers_and_a_mask_run_in_iree_like_eager():
+    """The embeddings' position ids are non-persistent buffers of the compiled module, which
+    torch-mlir's import takes as constants; the padding mask is made as BertModel makes it."""
+    source = VALUES.replace("MODEL_DIR", str(minilm.get_model_path()))
+    model = nexusdsl.compile(nexusdsl.loads(source, "values.nx")).eval()
+    ids = torch.randint(1000, 30000, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    with torch.no_grad():
+        want = model(ids, mask)
+    got = IreeModule(model, "iree-cpu")(ids, mask)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()

@@ -186,6 +186,7 @@ def import_program(program, dialect: str) -> str:
     """torch-mlir's fx importer on an exported program. MLIR's diagnostics are collected
     (not printed to stderr) and the failing ops named in the error."""
     fx_importer, diagnostics = _importer()
+    program = _buffers_as_constants(program)
     try:
         with warnings.catch_warnings():  # torch-mlir 20261001 uses a deprecated pytree API
             warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
@@ -195,6 +196,25 @@ def import_program(program, dialect: str) -> str:
         raise BackendError(f"torch-mlir could not lower to {dialect}: "
                            f"{_mlir_errors(diagnostics, str(err))}") from err
     return str(mlir)
+
+
+def _buffers_as_constants(program):
+    """torch-mlir's import looks every buffer up in the state_dict, where a non-persistent
+    one (a pretrained module's position ids or rotary frequencies) never is: such buffers go
+    over as the constants they are (the program holds their values among its constants)."""
+    import torch
+    from torch.export.graph_signature import ExportGraphSignature, InputKind, InputSpec
+
+    sig = program.graph_signature
+    loose = [s.kind == InputKind.BUFFER and not s.persistent for s in sig.input_specs]
+    if not any(loose):
+        return program
+    specs = [InputSpec(InputKind.CONSTANT_TENSOR, s.arg, s.target, None) if lost else s
+             for s, lost in zip(sig.input_specs, loose)]
+    return torch.export.ExportedProgram(
+        program.graph_module, program.graph, ExportGraphSignature(specs, sig.output_specs),
+        program.state_dict, program.range_constraints, program.module_call_graph,
+        program.example_inputs, program.constants, verifiers=program.verifiers)
 
 
 def _importer():
