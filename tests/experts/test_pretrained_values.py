@@ -267,6 +267,24 @@ def test_frozen_false_trains_the_module():
                if k.startswith("pretrained.")), "the embeddings stay frozen"
 
 
+def test_a_checkpoint_keeps_the_modules_by_reference(tmp_path):
+    from safetensors import safe_open
+
+    from nexusdsl.weights import load_checkpoint, save_checkpoint
+
+    trained = nexusdsl.compile(program(TUNE), seed=1)
+    with torch.no_grad():
+        trained.linear.weight.add_(1.0)
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(trained, path)
+    with safe_open(str(path), framework="pt") as f:
+        assert sorted(f.keys()) == ["linear.bias", "linear.weight"]  # no weights, no buffers
+    fresh = nexusdsl.compile(program(TUNE), seed=2)
+    load_checkpoint(fresh, path)
+    for k, v in trained.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+
+
 def test_summary_counts_the_modules_as_frozen(reference):
     counts = count_params(program(TUNE).elaborate())
     modules = [reference.embeddings, reference.encoder.layer[0]]
