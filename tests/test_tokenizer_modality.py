@@ -381,22 +381,36 @@ def test_generate_takes_a_tokenizer_for_a_model_whose_modality_names_none(traine
     assert run.stdout == expected_text(reference(bpe), result.model.eval(), "a tokenizer", 40,
                                        2) + "\n"
     # without one, an ids model of 320 ids is not a byte model
-    one_error(nexus(*args), "generate needs a byte model")
-    one_error(nexus(*args, "--tokenizer", MINILM), f"tokenizer {MINILM} gives ids up to "
-              "30521, but Lm's input tokens has a vocabulary of 320")
-    one_error(nexus(*args, "--tokenizer", tmp_path / "none"), f"--tokenizer {tmp_path / 'none'}: "
-              "there is no tokenizer directory")
+    one_error(nexus(*args), "error: generate needs a byte model")
+    from nexusdsl.cli.app import render
+    from nexusdsl.train.generate import check_token_model
+    from nexusdsl.train.tokenizer import generation_tokenizer
+
+    program = nexusdsl.load(tmp_path / "lm.nx")
+    graph = program.elaborate()
+    with pytest.raises(NexusError) as err:
+        check_token_model(graph, generation_tokenizer(program, graph, MINILM))
+    assert render(err.value) == (f"error: tokenizer {MINILM} gives ids up to 30521, but Lm's "
+                                 "input tokens has a vocabulary of 320")
+    with pytest.raises(NexusError) as err:
+        generation_tokenizer(program, graph, tmp_path / "none")
+    assert render(err.value) == (f"error: --tokenizer {tmp_path / 'none'}: there is no "
+                                 "tokenizer directory " f"{tmp_path / 'none'}; nothing is "
+                                 "downloaded")
 
 
 def test_generate_refuses_a_tokenizer_for_a_byte_model(tmp_path):
+    from nexusdsl.cli.app import render
+    from nexusdsl.train.tokenizer import generation_tokenizer
     from tests.train.models import TINY
 
     (tmp_path / "tiny.nx").write_text(TINY)
-    assert nexus("train", tmp_path / "tiny.nx", "--steps", 1, "--batch", 2, "--context", 8,
-                 "--out", tmp_path / "run", "--quiet").returncode == 0
-    one_error(nexus("generate", tmp_path / "tiny.nx", "-c", tmp_path / "run", "--tokenizer",
-                    MINILM), "--tokenizer: input tokens reads bytes (modality text = bytes), "
-              "which need no tokenizer")
+    program = nexusdsl.load(tmp_path / "tiny.nx")
+    assert generation_tokenizer(program, program.elaborate(), None) is None  # bytes, as before
+    with pytest.raises(NexusError) as err:
+        generation_tokenizer(program, program.elaborate(), MINILM)
+    assert render(err.value) == ("error: --tokenizer: input tokens reads bytes (modality text "
+                                 "= bytes), which need no tokenizer")
 
 
 # ----------------------------------------------------------------------------- run --text
@@ -437,6 +451,17 @@ model Masked(dim = 16) {
     torch.testing.assert_close(load_file(str(tmp_path / "out.safetensors"))["logits"], want)
 
 
+def text_error(path: Path, text: str, flag=None) -> str:
+    """The one `error:` line `nexus run --text` prints for a NexusError (cli/app.py render)."""
+    from nexusdsl.cli.app import render
+    from nexusdsl.train.tokenizer import text_inputs
+
+    program = nexusdsl.load(path)
+    with pytest.raises(NexusError) as err:
+        text_inputs(program, program.elaborate(), text, flag)
+    return render(err.value)
+
+
 def test_run_text_mistakes_are_one_line(bpe, tmp_path):
     (tmp_path / "lm.nx").write_text(lm(bpe))
     (tmp_path / "plain.nx").write_text(lm(bpe).replace(f', tokenizer = "{bpe}"', ""))
@@ -446,19 +471,21 @@ def test_run_text_mistakes_are_one_line(bpe, tmp_path):
         "  input extra: float[B, dim]\n  x = embed(tokens, dim) as tok\n"))
     fox = len(reference(bpe).encode("the quick brown fox").ids)
     cases = [
-        (["lm.nx", "--text", "a", "--inputs", "x.safetensors"], "give --text or --inputs, not both"),
-        (["plain.nx", "--text", "a"], "--text: input tokens (words[B, T]) has no tokenizer: name "
-                                      "one in its modality"),
-        (["plain.nx", "--text", "a", "--tokenizer", MINILM], f"tokenizer {MINILM} gives ids up "
-                                                             "to 30521, but input tokens has a "
-                                                             "vocabulary of 320"),
-        (["fixed.nx", "--text", "the quick brown fox"], f"--text gives {fox} tokens and a batch "
-                                                        "of 1, but input tokens is words[B, T=4]"),
-        (["two.nx", "--text", "a"], "--text feeds a model whose one input (besides inputs with a "
-                                    "default) is token ids [B, T]; Lm takes tokens: "),
+        ("plain.nx", "a", None, "error: --text: input tokens (words[B, T]) has no tokenizer: "
+                                "name one in its modality"),
+        ("plain.nx", "a", MINILM, f"error: tokenizer {MINILM} gives ids up to 30521, but input "
+                                  "tokens has a vocabulary of 320"),
+        ("fixed.nx", "the quick brown fox", None, f"error: --text gives {fox} tokens and a batch "
+                                                  "of 1, but input tokens is words[B, T=4]"),
+        ("two.nx", "a", None, "error: --text feeds a model whose one input (besides inputs with "
+                              "a default) is token ids [B, T]; Lm takes tokens: "),
     ]
-    for args, message in cases:
-        one_error(nexus("run", tmp_path / args[0], *args[1:]), message)
+    for name, text, flag, message in cases:
+        shown = text_error(tmp_path / name, text, flag)
+        assert shown.startswith(message) and "\n" not in shown, shown
+    one_error(nexus("run", tmp_path / "plain.nx", "--text", "a"), cases[0][3])
+    one_error(nexus("run", tmp_path / "lm.nx", "--text", "a", "--inputs", "x.safetensors"),
+              "error: give --text or --inputs, not both")
     run = nexus("run", tmp_path / "plain.nx", "--text", "the quick brown fox", "--tokenizer", bpe)
     assert run.returncode == 0 and f"logits: (1, {fox}, 320)" in run.stdout, run.stderr
 

@@ -33,6 +33,7 @@ CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 NOT_READ = ("tokenizer.model", "vocab.json", "vocab.txt", "merges.txt")  # other formats
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 CHUNK_BYTES = 1 << 20  # a corpus file is encoded a MiB or so at a time
+PIECES_AT_ONCE = 8  # pieces given to the library together: its threads encode them in parallel
 MAX_CONFIG_BYTES = 16 << 20  # tokenizer_config.json with a chat template is tens of KB
 PROBE = "a"  # a text every tokenizer encodes to something: shows what encode adds around it
 
@@ -77,28 +78,45 @@ class TextTokenizer:
         file's size; the framing special ids stand for no bytes."""
         ids, counts = [np.asarray(self.prefix, np.int32)], [np.zeros(len(self.prefix), np.int32)]
         carry = 0  # bytes of pieces that gave no ids, counted towards the next id
-        for start, piece in _pieces(data):
-            try:
-                text = bytes(piece).decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise TokenizerError(f"is not UTF-8 text (byte {start + err.start} is "
-                                     f"{piece[err.start]:#04x}); a tokenizer reads text") from None
-            encoding = self.tokenizer.encode(text, add_special_tokens=False)
-            piece_ids = np.asarray(encoding.ids, np.int32)
-            if not len(piece_ids):
-                carry += len(piece)
-                continue
-            piece_counts = _bytes_per_token(text, [a for a, _ in encoding.offsets], len(piece))
-            piece_counts[0] += carry
-            carry = 0
-            ids.append(piece_ids)
-            counts.append(piece_counts)
+        for texts in _batches(_texts(data), PIECES_AT_ONCE):
+            encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+            for text, encoding in zip(texts, encodings):
+                nbytes = len(text.encode("utf-8"))
+                if not encoding.ids:
+                    carry += nbytes
+                    continue
+                piece_counts = _bytes_per_token(text, [a for a, _ in encoding.offsets], nbytes)
+                piece_counts[0] += carry
+                carry = 0
+                ids.append(np.asarray(encoding.ids, np.int32))
+                counts.append(piece_counts)
         counts.append(np.zeros(len(self.suffix), np.int32))
         ids.append(np.asarray(self.suffix, np.int32))
         ids, counts = np.concatenate(ids), np.concatenate(counts)
         if carry and len(counts):
             counts[-1] += carry
         return ids, counts
+
+
+def _texts(data):
+    """The text of each piece of a file's bytes; bytes that are not UTF-8 are an error."""
+    for start, piece in _pieces(data):
+        try:
+            yield bytes(piece).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise TokenizerError(f"is not UTF-8 text (byte {start + err.start} is "
+                                 f"{piece[err.start]:#04x}); a tokenizer reads text") from None
+
+
+def _batches(items, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _pieces(data):
