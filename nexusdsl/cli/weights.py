@@ -332,8 +332,10 @@ def _first_line(err: Exception) -> str:
 @app.command()
 def export(
     file: Path = typer.Argument(..., help="the .nx file"),
-    hf: Path = typer.Option(..., "--hf", help="the directory to write, which "
-                            "transformers' from_pretrained loads"),
+    hf: Optional[Path] = typer.Option(None, "--hf", help="the directory to write, which "
+                                      "transformers' from_pretrained loads"),
+    peft: Optional[Path] = typer.Option(None, "--peft", help="write a LoRA run's adapters "
+                                        "here instead, for peft (with --checkpoint)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="a run folder or "
                                               "step directory: export its trained weights"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model to export (if several)"),
@@ -341,10 +343,17 @@ def export(
                                        "file; beyond it the weights are sharded with an index"),
 ) -> None:
     """Write a bound model as a Hugging Face checkpoint: its bind rules run backwards, the
-    config.json of its family's transformers class, the source's tokenizer files."""
+    config.json of its family's transformers class, the source's tokenizer files. With
+    --peft, a LoRA run's adapters as adapter_config.json + adapter_model.safetensors."""
     import nexusdsl
     from nexusdsl.weights.export import ExportError, parse_size
 
+    if (hf is None) == (peft is None):
+        fail("error: give one of --hf (the whole model) and --peft (a LoRA run's adapters)")
+    if peft is not None:
+        from nexusdsl.cli.merge import export_peft
+
+        return export_peft(file, checkpoint, peft, model)
     try:
         max_bytes = parse_size(max_shard_size)
     except ExportError as err:

@@ -11,6 +11,7 @@ from nexusdsl.elaborate.bindings import Binding, bind_model, check_binds, freeze
 from nexusdsl.elaborate.elaborator import Elaborator
 from nexusdsl.elaborate.modules import FileScope, Loader
 from nexusdsl.elaborate.names import BUILTINS
+from nexusdsl.elaborate.selectors import check as check_selectors
 from nexusdsl.elaborate.unused import check_uncalled_blocks
 from nexusdsl.ir.graph import Graph
 from nexusdsl.ir.verify import verify
@@ -119,9 +120,8 @@ class Program:
         (names, objectives, ranges) without loading data or torch. `graph`: the model as
         already elaborated, if the caller has it."""
         config = self._train_settings(model)
-        if config.freeze:
-            graph = graph or self.elaborate(model)
-            self._check_freeze(graph, config.freeze, config.span("freeze"))
+        if config.freeze or config.train or config.lora:
+            check_selectors(graph or self.elaborate(model), config)
 
     def _train_settings(self, model: str):
         from nexusdsl.elaborate.train_config import build_config
@@ -146,20 +146,6 @@ class Program:
                 what = "folder" if config.data.fn == "folder" else "path"
                 sink.add(NexusError.at(config.data.span, f"data {what} {path} does not exist"))
         sink.raise_if_any(self._loader.sources)
-
-    @staticmethod
-    def _check_freeze(graph: Graph, names: list[str], span: Span) -> None:
-        """`freeze` names a node of the model (or a part under one, or a group of nodes under
-        a dotted prefix). Whether it holds parameters is left to `nexus train`, which sees
-        the module."""
-        nodes = [node.name for node in graph.nodes()]
-        for name in names:
-            if not any(n == name or n.startswith(name + ".") or name.startswith(n + ".")
-                       for n in nodes):
-                with_params = sorted({n.split(".")[0] for n in nodes
-                                      if graph.by_name(n).params})
-                raise NexusError.at(span, f"freeze: {graph.name} has no node `{name}` (nodes "
-                                    f"with parameters: {', '.join(with_params)})")
 
     def _check_modal_codes(self, sink: DiagnosticSink) -> None:
         """Modal codes are unique among the file's modalities, used or not (a model that

@@ -9,6 +9,7 @@ field; mistakes in flags are one-line errors.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ NO_SPAN = Span("<command line>", 0, 0)
 _INTS = {"batch": 1, "context": 1, "steps": 1, "prefix": 0, "seed": 0, "eval_every": 0, "threads": 0,
          "eval_batches": 1, "save_every": 0, "log_every": 1}
 _FLOATS = {"clip": 0.0, "time": 0.0}
-SETTINGS = frozenset({"data", "objective", "optimizer", "schedule", "freeze", *_INTS, *_FLOATS})
+SETTINGS = frozenset({"data", "objective", "optimizer", "schedule", "freeze", "train", "lora",
+                      *_INTS, *_FLOATS})
 
 
 @dataclass
@@ -45,7 +47,9 @@ class TrainConfig:
     steps: int = 1000
     clip: float = 1.0
     time: float = 0.0  # a wall-clock budget in seconds (0: none), see loop.schedule_progress
-    freeze: list[str] = field(default_factory=list)
+    freeze: list[str] = field(default_factory=list)  # selectors (elaborate/selectors.py)
+    train: list[str] = field(default_factory=list)  # empty: every parameter trains
+    lora: Call | None = None  # `lora(rank, alpha, dropout, targets)` (train/lora.py)
     prefix: int = 0
     seed: int = 0
     eval_every: int = 500  # held-out metrics every N steps (0: before and after only)
@@ -62,7 +66,9 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         """Plain values only (for the checkpoint's JSON), without spans."""
         data = {k: v for k, v in asdict(self).items() if k != "spans"}
-        for name in ("data", "objective", "optimizer", "schedule"):
+        for name in ("data", "objective", "optimizer", "schedule", "lora"):
+            if data[name] is None:  # no LoRA
+                continue
             kwargs = {k: _entry_point(v) if callable(v) else v  # a reward given as a callable
                       for k, v in data[name]["kwargs"].items()}
             data[name] = {"fn": data[name]["fn"], "args": data[name]["args"], "kwargs": kwargs}
@@ -71,9 +77,10 @@ class TrainConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         values = dict(data)
-        for name in ("data", "objective", "optimizer", "schedule"):
-            c = values[name]
-            values[name] = Call(c["fn"], dict(c["kwargs"]), NO_SPAN, list(c["args"]))
+        for name in ("data", "objective", "optimizer", "schedule", "lora"):
+            c = values.get(name)
+            if c is not None:
+                values[name] = Call(c["fn"], dict(c["kwargs"]), NO_SPAN, list(c["args"]))
         return cls(**values)
 
 
@@ -114,6 +121,14 @@ def _nonneg(v):
     return _number(v) and v >= 0
 
 
+def _finite_positive(v):
+    return _positive(v) and math.isfinite(v)
+
+
+def _globs(v):  # LoRA targets: a non-empty list of globs
+    return isinstance(v, list) and bool(v) and all(isinstance(i, str) and i for i in v)
+
+
 CALLS: dict[str, dict[str, dict[str, Any]]] = {
     "data": {"text": {"path": _string}, "folder": {"path": _string}, "digits": {},
              "default": {}},
@@ -127,7 +142,12 @@ CALLS: dict[str, dict[str, dict[str, Any]]] = {
     "schedule": {"cosine": {"warmup": _nonneg_int, "final": _fraction},
                  "constant": {"warmup": _nonneg_int}},
 }
-_DESCRIBE = {_positive: "a positive number", _fraction: "a number in [0, 1)",
+# `lora(rank = 8, alpha = 16, dropout = 0.05, targets = ["*.q", "*.v"])` (train/lora.py): not
+# in CALLS, which lists the settings every run has; a run without LoRA has none.
+LORA_OPTIONS = {"rank": _whole, "alpha": _finite_positive, "dropout": _fraction, "targets": _globs}
+_CALL_TABLES = {**CALLS, "lora": {"lora": LORA_OPTIONS}}
+_DESCRIBE = {_positive: "a positive number", _finite_positive: "a positive number",
+             _globs: "a list of name globs, e.g. [\"*.q\", \"*.v\"]", _fraction: "a number in [0, 1)",
              _nonneg_int: "a whole number >= 0", _string: "a string", _whole: "a whole number >= 1",
              _reward: "a callable or an entry point \"package.module:function\"",
              _nonneg: "a number >= 0"}
@@ -163,7 +183,18 @@ def build_config(fields: dict[str, tuple[Any, Span]], hyper_names: list[str],
     for name, value in sorted((overrides or {}).items(), key=lambda kv: kv[0] == "reward"):
         if value is not None:
             _set(config, name, value, NO_SPAN, hyper_names)
+    _check_lora_alone(config)
     return config
+
+
+def _check_lora_alone(config: TrainConfig) -> None:
+    """LoRA trains its adapters with every weight frozen: `freeze`, `train` and `prefix`,
+    which choose what else trains, do not combine with it."""
+    clash = [name for name in ("freeze", "train", "prefix") if getattr(config, name)]
+    if config.lora is not None and clash:
+        span = config.span("lora") if config.span("lora").line else config.span(clash[0])
+        raise NexusError.at(span, f"{_where(span, 'lora')}: a LoRA run trains its adapters "
+                            f"only, every weight of the model frozen; leave out {clash[0]}")
 
 
 def _set(config: TrainConfig, name: str, value: Any, span: Span, hyper_names: list[str]) -> None:
@@ -189,11 +220,14 @@ def _set(config: TrainConfig, name: str, value: Any, span: Span, hyper_names: li
         _require(_number(value) and value >= 0, span,
                  f"{where}: {name} must be a number >= 0, got {value!r}")
         setattr(config, name, float(value))
-    elif name == "freeze":
+    elif name in ("freeze", "train"):
         items = value if isinstance(value, list) else [value]
         _require(all(isinstance(i, str) for i in items), span,
-                 f"{where}: freeze lists node names, e.g. `freeze = [tok]`")
-        config.freeze = list(items)
+                 f"{where}: {name} lists node names or globs over parameter names, e.g. "
+                 f"`{name} = [tok, \"blocks.*.attention\"]`")
+        setattr(config, name, list(items))
+    elif name == "lora":
+        config.lora = None if value in (None, "none") else _call("lora", value, span)
     elif name in hyper_names:
         config.hyper[name] = value
     else:
@@ -211,22 +245,22 @@ def _call(kind: str, value: Any, span: Span) -> Call:
     if isinstance(value, str):
         value = {"fn": value, "args": [], "kwargs": {}}
     where = _where(span, kind)
-    choices = ", ".join(CALLS[kind])
+    choices = ", ".join(_CALL_TABLES[kind])
     if not isinstance(value, dict) or "fn" not in value:
         raise NexusError.at(span, f"{where}: expected one of {choices}, got {value!r}")
     fn = value["fn"]
-    if fn not in CALLS[kind]:
+    if fn not in _CALL_TABLES[kind]:
         raise NexusError.at(span, f"{where}: unknown {kind} `{fn}` (choose one of {choices})")
     kwargs = _bind(fn, value, span, where)
     for key, v in kwargs.items():
-        check = CALLS[kind][fn][key]
+        check = _CALL_TABLES[kind][fn][key]
         _require(check(v), span, f"{where}: `{fn}({key} = ...)` must be {_DESCRIBE[check]}, "
                  f"got {v!r}")
     return Call(fn, kwargs, span)
 
 
 def _bind(fn: str, value: dict, span: Span, where: str) -> dict[str, Any]:
-    kind_options = next(opts[fn] for opts in CALLS.values() if fn in opts)
+    kind_options = next(opts[fn] for opts in _CALL_TABLES.values() if fn in opts)
     positional = _POSITIONAL.get(fn, [])
     args = list(value.get("args", []))
     if len(args) > len(positional):

@@ -217,10 +217,14 @@ def trainee_name(file_key: str) -> str:
 def aliases(module: torch.nn.Module) -> dict[str, str]:
     """Tied names -> the name saved: the same Parameter reached under several names
     (`unembed.weight` is `tok.weight`). safetensors refuses shared storage, so each tensor
-    is saved once and its other names are restored on load."""
+    is saved once and its other names are restored on load. Only names the module's state
+    is saved under count (a LoRA run saves its adapters alone: train/lora.py)."""
     first: dict[int, str] = {}
     tied: dict[str, str] = {}
+    saved = module.state_dict(keep_vars=True)
     for name, p in module.named_parameters(remove_duplicate=False):
+        if name not in saved:
+            continue
         if id(p) in first:
             tied[file_name(name)] = file_name(first[id(p)])
         else:

@@ -26,11 +26,12 @@ from nexusdsl.elaborate.train_config import (
 from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.memory import available_bytes, format_bytes
 from nexusdsl.train import checkpoint as ckpt
+from nexusdsl.train import lora
 from nexusdsl.train.data import Dataset, open_data
 from nexusdsl.train.distributed import Dist
 from nexusdsl.train.objective_table import make_objective
 from nexusdsl.train.objectives import Objective
-from nexusdsl.train.trainee import Trainee, freeze
+from nexusdsl.train.trainee import Trainee, trainee_for
 
 
 @dataclass
@@ -75,7 +76,8 @@ class Session:
                 "source": {"file": self.program.file,
                            "path": str(Path(self.program.file).resolve()),
                            "sha256": ckpt.source_hash(self.program.source)},
-                "world_size": self.dist.world, "sharded": self.dist.sharded}
+                "world_size": self.dist.world, "sharded": self.dist.sharded,
+                **lora.base_record(self.trainee.base_sha256)}
 
 
 def load_program(program_or_path) -> Program:
@@ -146,8 +148,7 @@ def build(program: Program, model: str | None, config: TrainConfig, d: Dist,
                   else lower(graph, device=d.device, seed=config.seed))
         data = data or open_data(config.data)
         objective = make_objective(config.objective, config.span("objective"), module.graph, data)
-        freeze(module, config.freeze, config.span("freeze"))
-        trainee = Trainee(module, config.prefix, config.span("prefix"), config.seed)
+        trainee = trainee_for(module, config)
         _check_sizes(config, data)
     except NexusError as err:
         raise NexusError(err.diagnostics, program.sources) from None
@@ -283,6 +284,7 @@ def restore(session: Session, checkpoint: ckpt.Checkpoint) -> None:
     """Weights (before wrapping), step and elapsed time of a checkpoint."""
     ckpt.check_compatible(checkpoint, session.model_name, session.graph_hash,
                           session.program.file)
+    lora.check_base(session.trainee.base_sha256, checkpoint)
     ckpt.load_weights(session.trainee, checkpoint.model)
     session.step = session.start_step = checkpoint.step
     session.elapsed = float(checkpoint.state.get("elapsed", 0.0))
@@ -305,6 +307,7 @@ def from_checkpoint(program: Program, model: str | None, path: Path,
     config.hyper, config.prefix, config.objective = saved.hyper, saved.prefix, saved.objective
     config.data, config.context, config.batch = saved.data, saved.context, saved.batch
     config.eval_batches, config.seed = saved.eval_batches, saved.seed
+    config.lora = saved.lora  # the adapters it holds
     overrides = dict(overrides or {})
     config.objective = _reward_of_file(program, name, config.objective, overrides.pop("reward", None))
     for key, value in overrides.items():

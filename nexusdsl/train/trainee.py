@@ -1,5 +1,7 @@
-"""What the optimizer trains: the compiled model, with `freeze = [...]` applied, and for
-`prefix = N` (prompt tuning: the paper's "model identity") a learned prefix.
+"""What the optimizer trains: the compiled model with the train section's selectors applied
+(`freeze = [...]`, `train = [...]`: elaborate/selectors.py), with LoRA adapters
+(`lora = lora(...)`: train/lora.py), or with a learned prefix for `prefix = N` (prompt tuning:
+the paper's "model identity"). `trainee_for(module, config)` builds it from a TrainConfig.
 
 Prompt tuning needs the prefix to enter after the embedding, which the `.nx` file does not
 say; so it is added here, without touching the graph: a forward hook on the first `embed`
@@ -13,7 +15,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nexusdsl.elaborate.selectors import select, trainable
+from nexusdsl.elaborate.train_config import TrainConfig
 from nexusdsl.lang.diagnostics import NexusError, Span
+from nexusdsl.train import lora
+
+
+def trainee_for(module: nn.Module, config: TrainConfig) -> Trainee:
+    """`module` (a NexusModule) as `config` trains it: selectors, LoRA or a prefix."""
+    if config.freeze or config.train:
+        select_trainable(module, config)
+    trainee = Trainee(module, config.prefix, config.span("prefix"), config.seed)
+    if config.lora is not None:
+        trainee.add_lora(config.lora, config.span("lora"), config.seed)
+    return trainee
 
 
 class Trainee(nn.Module):
@@ -24,8 +39,25 @@ class Trainee(nn.Module):
         self.model = model
         self.n_prefix = prefix
         self.trim: list[str] = []
+        self.base_sha256: str | None = None  # a LoRA run's base weights (train/lora.py)
         if prefix:
             self._add_prefix(prefix, span, seed)
+
+    def add_lora(self, call, span: Span | None, seed: int = 0) -> None:
+        """Freeze the model and adapt the projections `call` (a `lora(...)` Call) targets."""
+        self.base_sha256 = lora.base_hash(self.model)
+        lora.attach(self.model, call, span, seed)
+
+    def state_dict(self, *args, **kwargs):
+        """A LoRA run's state is its adapters: checkpoints save them alone (the base weights
+        come from the `.nx` file; `lora.check_base` makes sure they are the same)."""
+        state = super().state_dict(*args, **kwargs)
+        if self.base_sha256 is None:
+            return state
+        keep = f"{kwargs.get('prefix', '')}model.{lora.ROOT}."
+        for key in [k for k in state if not k.startswith(keep)]:
+            del state[key]
+        return state
 
     def forward(self, *inputs):
         out = self.model(*inputs)
@@ -67,17 +99,22 @@ class Trainee(nn.Module):
 
 
 def freeze(model: nn.Module, names: list[str], span: Span | None) -> None:
-    """`freeze = [tok, blocks.0]`: every parameter of these nodes (and of nodes under them)
-    gets no gradient. A tied parameter is one tensor: freezing either name freezes both."""
+    """`freeze = [tok, "blocks.*.attention"]`: every parameter these select (a node's name
+    selects its parameters, a glob matches parameter names or the nodes they lie under) gets no
+    gradient. A tied parameter is one tensor: freezing either name freezes both."""
     params = dict(model.named_parameters(remove_duplicate=False))
-    graph = model.graph
-    for name in names:
-        hits = [p for key, p in params.items() if key == name or key.startswith(name + ".")]
-        if not hits:
-            if graph.by_name(name) is not None:
-                raise NexusError.at(span, f"freeze: node `{name}` has no parameters")
-            tops = sorted({key.split(".")[0] for key in params})
-            raise NexusError.at(span, f"freeze: {graph.name} has no node `{name}` (nodes with "
-                                f"parameters: {', '.join(tops)})")
-        for p in hits:
+    for name in select(names, list(params), "freeze", model.graph.name, span, model.graph):
+        params[name].requires_grad_(False)
+
+
+def select_trainable(model: nn.Module, config: TrainConfig) -> None:
+    """`train = [...]` and `freeze = [...]`: only the parameters `train` selects (all when it
+    is empty) and `freeze` does not keep training. Parameters frozen already (a frozen bind)
+    stay frozen. A tied parameter trains only if every name of it does."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    spans = {k: config.span(k) for k in ("train", "freeze")}
+    kept = trainable(list(params), config.train, config.freeze, model.graph.name, spans,
+                     model.graph)
+    for name, p in params.items():
+        if name not in kept:
             p.requires_grad_(False)
