@@ -27,8 +27,10 @@ def merge_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the "
                                         "checkpoint's)"),
 ) -> None:
-    """Fold a LoRA run's adapters into the base weights: W + (alpha / rank) B A. The result
-    is a plain checkpoint that `nexus eval` and `nexusdsl.load_run` read like any other."""
+    """Fold a LoRA run's adapters into its base weights (W + alpha / rank B A).
+
+    The result is a plain checkpoint that `nexus eval` and `nexusdsl.load_run` read like any
+    other."""
     from nexusdsl.train.lora_files import merge_run
 
     try:
