@@ -19,7 +19,17 @@ from typing import Optional
 
 import typer
 
-from nexusdsl.cli.app import app, check_hyper_names, check_seed, fail, out, parse_sets, report
+from nexusdsl.cli.app import (
+    app,
+    check_hyper_names,
+    check_seed,
+    fail,
+    out,
+    parse_sets,
+    render,
+    report,
+    utf8_flag,
+)
 from nexusdsl.lang.diagnostics import NexusError
 
 TOLERANCE = 1e-4  # of the largest output magnitude, for --check
@@ -175,6 +185,12 @@ def run_cmd(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
                                               help="run or step directory: run the trained "
                                                    "model (its weights and hyperparameters)"),
+    text: Optional[str] = typer.Option(None, "--text", help="text for the model's one token "
+                                       "input (bytes, or ids through its tokenizer) instead "
+                                       "of random inputs"),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="a directory with "
+                                             "tokenizer.json, for --text (default: the one "
+                                             "the input's ids modality names)"),
 ) -> None:
     """Run a model on inputs with a backend and print (or save) its outputs.
 
@@ -191,7 +207,8 @@ def run_cmd(
             weights = None
         else:
             program, graph, weights = _load_trained(file, model, sets, opt, checkpoint)
-        tensors = _read_inputs(graph, inputs, settings, device, seed)
+        tensors = (_read_inputs(graph, inputs, settings, device, seed) if text is None
+                   else _text_inputs(program, graph, text, tokenizer, inputs, device))
         runner = _runner(program, graph, backend.value, settings, device, seed, weights)
         results, first, rest = _timed(runner, tensors, repeat)
         _show(graph, results, backend.value, first, rest)
@@ -352,6 +369,20 @@ def _check_ids(node, tensor, path) -> None:
         limit = f"0 to {vocab - 1}" if vocab else "0 or more"
         fail(f"error: input `{node.name}` in {path} holds the id {bad}, outside its "
              f"vocabulary ({limit})")
+
+
+def _text_inputs(program, graph, text: str, tokenizer: Path | None, inputs: Path | None,
+                 device: str):
+    """--text: the text encoded into the one token input (train/tokenizer.py)."""
+    from nexusdsl.train.tokenizer import text_inputs
+
+    if inputs is not None:
+        fail("error: give --text or --inputs, not both")
+    utf8_flag(text, "--text")
+    try:
+        return [t.to(device) for t in text_inputs(program, graph, text, tokenizer)]
+    except NexusError as e:
+        fail(render(e))
 
 
 def _random_inputs(graph, settings: Backend, device: str, seed: int = 0):

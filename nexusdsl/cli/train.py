@@ -208,23 +208,32 @@ def generate_cmd(
     top_k: int = typer.Option(0, "--top-k", min=0, help="sample among the k likeliest bytes"),
     seed: int = typer.Option(0, "--seed", help="sampling seed"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the checkpoint's)"),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="a directory with the "
+                                             "model's tokenizer.json (default: the one its "
+                                             "ids modality names)"),
 ) -> None:
-    """Continue a prompt with a trained byte model."""
-    from nexusdsl.train.generate import check_byte_model, sample
+    """Continue a prompt with a trained byte model, or a model of ids with its tokenizer.
+
+    With a tokenizer (the one its ids modality names, or --tokenizer), the prompt is encoded,
+    ids are sampled until the text holds --max-bytes bytes or the end-of-text id comes, and
+    the text is decoded."""
+    from nexusdsl.train.generate import generate_text
     from nexusdsl.train.threads import threads_for
+    from nexusdsl.train.tokenizer import generation_tokenizer
 
     check_seed(seed)
     check_finite(temperature, "--temperature")
-    prompt_bytes = utf8_flag(prompt, "--prompt")
+    utf8_flag(prompt, "--prompt")
     session = _session(file, model, checkpoint, {})
-    try:  # a model that is not a byte model, or whose weights are not finite numbers
-        output = check_byte_model(session.module.graph)
+    graph = session.module.graph
+    try:  # a model that does not fit, a tokenizer that does not, weights not finite numbers
+        words = generation_tokenizer(session.program, graph, tokenizer)
         with threads_for(0):
-            text = sample(session.trainee, output, prompt_bytes, max_bytes,
-                          session.config.context, temperature, top_k, seed)
+            text = generate_text(session.trainee, graph, words, prompt, max_bytes,
+                                 session.config.context, temperature, top_k, seed)
     except NexusError as e:
         fail(render(e))
-    out.print(prompt + text.decode("utf-8", errors="replace"), markup=False)
+    out.print(text, markup=False)
 
 
 def _session(file: Path, model: Optional[str], checkpoint: Path, overrides: dict):

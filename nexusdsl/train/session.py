@@ -31,6 +31,7 @@ from nexusdsl.train.data import Dataset, open_data
 from nexusdsl.train.distributed import Dist
 from nexusdsl.train.objective_table import make_objective
 from nexusdsl.train.objectives import Objective
+from nexusdsl.train.tokenizer import corpus_tokenizer
 from nexusdsl.train.trainee import Trainee, trainee_for
 
 
@@ -146,7 +147,8 @@ def build(program: Program, model: str | None, config: TrainConfig, d: Dist,
         module = (compile_program(program, model, seed=config.seed, device=d.device,
                                   **config.hyper) if graph is None
                   else lower(graph, device=d.device, seed=config.seed))
-        data = data or open_data(config.data)
+        data = data or open_data(config.data, corpus_tokenizer(program, module.graph,
+                                                                config.objective))
         objective = make_objective(config.objective, config.span("objective"), module.graph, data)
         trainee = trainee_for(module, config)
         _check_sizes(config, data)
