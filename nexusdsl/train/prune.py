@@ -251,6 +251,12 @@ def prune_checkpoint(program, path: Path, amount: float, structured: bool, out: 
     from nexusdsl.train.session import from_checkpoint
 
     session = from_checkpoint(program, model, path, {"eval_batches": batches})
+    if session.trainee.base_sha256:  # its checkpoint holds adapters, not the weights to prune
+        from nexusdsl.train.checkpoint import CheckpointError
+
+        raise CheckpointError(f"checkpoint {session.resumed.path} is a LoRA run: merge it "
+                              "first (nexus merge FILE --checkpoint RUN -o MERGED), then prune "
+                              "the merged run")
     before = evaluate(session)
     graph = session.module.graph
     weights = {k: v.detach().clone() for k, v in session.module.state_dict().items()}

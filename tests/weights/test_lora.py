@@ -383,6 +383,23 @@ def test_the_peft_export_gives_the_same_outputs_under_peft(bound_run):
     assert (got - want).abs().max() / scale < 1e-5
 
 
+def test_export_hf_of_a_lora_run_writes_the_merged_model(bound_run):
+    path, tmp = bound_run
+    done = nexus("export", path, "--checkpoint", tmp / "run", "--hf", tmp / "merged-hf")
+    assert done.returncode == 0, done.stderr
+    tokens = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = nexusdsl.load_run(tmp / "run").model(tokens)
+        got = llama(tmp / "merged-hf")(tokens).logits
+    assert (got - want).abs().max() / want.abs().max() < 1e-5
+
+
+def test_pruning_a_lora_run_asks_for_a_merge_first(lora_run):
+    path, tmp, _, _ = lora_run
+    one_error(nexus("prune", path, "--checkpoint", tmp / "run", "--out", tmp / "pruned"),
+              "is a LoRA run: merge it first")
+
+
 def test_peft_target_modules_name_the_adapted_modules(bound_run):
     from nexusdsl.train.lora_files import target_modules
     from nexusdsl.weights.checkpoints import open_source
