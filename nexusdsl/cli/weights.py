@@ -132,11 +132,15 @@ def _family_params(family: Family) -> list[str]:
 
 
 def _bind_path(source: str, path: Path, output: Path) -> str:
-    """SOURCE as the file should name it: a directory relative to the file's folder (bind
-    sections resolve paths from there), a hub id as given."""
+    """SOURCE as the file should name it: a hub id as given; a directory relative to the
+    file's folder (bind sections resolve paths from there), or absolute when the two share no
+    folder but the root."""
     if not Path(source).expanduser().is_dir():
         return source
-    return os.path.relpath(path, Path(output).resolve().parent)
+    folder = Path(output).resolve().parent
+    if os.path.commonpath([path, folder]) == path.anchor:
+        return str(path)
+    return os.path.relpath(path, folder)
 
 
 def _unbound(program, name: str, binding) -> list[str]:

@@ -130,12 +130,13 @@ def _rules(scope: FileScope, body, prefix: str, source: str | None,
                             stmt.span))
         elif isinstance(stmt, ast.BindUse):
             inner_scope, weights = _weights(scope, stmt)
-            if weights.name in seen:
+            identity = f"{inner_scope.file}:{weights.name}"  # mistral.hf may use llama.hf
+            if identity in seen:
                 raise NexusError.at(stmt.span, f"weights {weights.name} uses itself")
             inner = _source_name(stmt.source, source, opened, stmt.span)
             joined = ".".join(p for p in (prefix, stmt.prefix) if p)
             more, more_ignores = _rules(inner_scope, weights.body, joined, inner, opened,
-                                        (*seen, weights.name))
+                                        (*seen, identity))
             rules += more
             ignores += more_ignores
     return rules, ignores
