@@ -76,8 +76,10 @@ def import_cmd(
     frozen: bool = typer.Option(False, "--frozen", help="bind the weights frozen (no "
                                 "gradient when the model trains)"),
 ) -> None:
-    """Write a .nx file that is a checkpoint's model: its family with the config's settings,
-    and a bind section filling every parameter from the checkpoint."""
+    """Write a .nx file of a checkpoint's model, every parameter bound from the checkpoint.
+
+    The file imports the model's family, sets every hyperparameter from config.json in a
+    model alias, and binds the checkpoint with the family's rule sets."""
     import nexusdsl
 
     path, checkpoint = _checkpoint(source)
@@ -219,9 +221,10 @@ def verify(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model to check (if several)"),
     seed: int = typer.Option(0, "--seed", help="seed of the random inputs"),
 ) -> None:
-    """Run transformers' own class of a checkpoint and the .nx model on the same random
-    inputs (float32) and print the largest relative difference of each output; exit 1 when
-    one is beyond 1e-4."""
+    """Compare a .nx model with transformers' own class of a checkpoint, in float32.
+
+    Both run on the same random inputs; the largest relative difference of each output is
+    printed, and the command exits with status 1 when one is beyond 1e-4."""
     import nexusdsl
 
     check_seed(seed)
@@ -346,9 +349,11 @@ def export(
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="largest safetensors "
                                        "file; beyond it the weights are sharded with an index"),
 ) -> None:
-    """Write a bound model as a Hugging Face checkpoint: its bind rules run backwards, the
-    config.json of its family's transformers class, the source's tokenizer files. With
-    --peft, a LoRA run's adapters as adapter_config.json + adapter_model.safetensors."""
+    """Write a bound model as a Hugging Face checkpoint that from_pretrained loads.
+
+    Its bind rules run backwards, with the config.json of its family's transformers class and
+    the source's tokenizer files. With --peft, a LoRA run's adapters as adapter_config.json +
+    adapter_model.safetensors."""
     import nexusdsl
     from nexusdsl.weights.export import ExportError, parse_size
 
