@@ -399,6 +399,28 @@ def test_generate_takes_a_tokenizer_for_a_model_whose_modality_names_none(traine
                                  "downloaded")
 
 
+def test_a_model_of_int_ids_generates_through_a_given_tokenizer(bpe, tmp_path):
+    """The families' inputs (`int[B, T]` and a defaulted mask): the vocabulary is the
+    embedding's table, the tokenizer comes from --tokenizer."""
+    from nexusdsl.train.tokenizer import generation_tokenizer
+
+    path = tmp_path / "int.nx"
+    path.write_text("""model Family(dim = 32) {
+  input tokens: int[B, T]
+  input mask: bool[B, T] = true
+  x = embed(tokens, dim, vocab = 320) as tok
+  x = x + attention(rmsnorm(x), heads = 2, causal = true, mask = mask)
+  output logits = unembed(rmsnorm(x), tie = tok)
+}
+""")
+    program = nexusdsl.load(path)
+    model = nexusdsl.compile(program, seed=1).eval()
+    words = generation_tokenizer(program, model.graph, bpe)
+    got = generate_text(model, model.graph, words, "a tokenizer", 30, 32, 0.9, 20, 4)
+    assert got == expected_text(reference(bpe), model, "a tokenizer", 30, 4)
+    assert generation_tokenizer(program, model.graph, None) is None  # none given: bytes
+
+
 def test_generate_refuses_a_tokenizer_for_a_byte_model(tmp_path):
     from nexusdsl.cli.app import render
     from nexusdsl.train.tokenizer import generation_tokenizer

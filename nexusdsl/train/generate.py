@@ -28,8 +28,11 @@ def check_token_model(graph, tokenizer: TextTokenizer) -> str:
     """The output name of a model of ids `generate` can sample text from with `tokenizer`
     (one token input, logits [B, T, vocab] over its vocabulary, which holds every id the
     tokenizer gives), or a one-line error."""
+    from nexusdsl.compiler.lower.mlir import id_bound
+
     inputs, outputs = ports(graph)
-    vocab = inputs[0].vocab if len(inputs) == 1 and inputs[0].discrete else None
+    one = len(inputs) == 1 and inputs[0].discrete
+    vocab = id_bound(graph, graph.by_name(inputs[0].name)) if one else None  # int inputs too
     fits = (vocab is not None and len(outputs) == 1 and outputs[0].type.rank == 3
             and outputs[0].type.axes[-1].size == vocab)
     if not fits:
