@@ -26,6 +26,7 @@ from nexusdsl.lang.diagnostics import NexusError, Span
 from nexusdsl.ops.base import REGISTRY
 
 LISTED = 8  # names an error lists before "..."
+DEFAULT_TARGETS = ["*.q", "*.v"]  # LoRA's, as PEFT's for Llama-style models: q_proj, v_proj
 
 
 def selects(pattern: str, name: str) -> bool:
@@ -196,5 +197,3 @@ def check(graph: Graph, config) -> None:
         lora_targets(config.lora.kwargs.get("targets", DEFAULT_TARGETS), projections(graph),
                      graph.name, config.span("lora"))
 
-
-DEFAULT_TARGETS = ["*.q", "*.v"]  # PEFT's for Llama-style models: q_proj and v_proj

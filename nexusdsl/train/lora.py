@@ -47,7 +47,7 @@ class Settings:
 
     def __init__(self, call: Call):
         self.rank = int(call.kwargs.get("rank", 8))
-        self.alpha = float(call.kwargs.get("alpha", self.rank))
+        self.alpha = call.kwargs.get("alpha", self.rank)  # as written: PEFT's lora_alpha
         self.dropout = float(call.kwargs.get("dropout", 0.0))
         self.targets = list(call.kwargs.get("targets", DEFAULT_TARGETS))
 
