@@ -243,6 +243,12 @@ class Softmax(Activation):
     def torch_fn(self, attrs):
         return lambda x: x.softmax(dim=attrs.axis)
 
+    def decode(self, attrs, inputs):
+        from nexusdsl.ops.decode import TOKENWISE
+
+        # over the channels a position is alone; over the sequence it needs the future
+        return TOKENWISE if attrs.axis == inputs[0].rank - 1 else None
+
 
 class Softcap(Activation):
     """`softcap(logits, 30.0)`: c * tanh(x / c), which keeps every value inside (-c, c) and

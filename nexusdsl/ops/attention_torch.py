@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from nexusdsl.ops.decode import Decode
 from nexusdsl.ops.rotary import apply_rotary, positions_from_mask, rotary_tables, rotary_width
 
 
@@ -200,3 +201,121 @@ def _explicit(q, k, v, mask, causal: bool, scale, softcap: float, p: float, trai
     weights = torch.softmax(wide, dim=-1).to(q.dtype)
     weights = F.dropout(weights, p, training)
     return weights @ v
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+class AttentionDecode(Decode):
+    """Incremental attention (ops/decode.py). Self-attention keeps the keys and values of
+    every token so far (only the kv heads: grouped-query attention stores kv_heads of them),
+    rotated at each token's own position, in a cache preallocated for the batch's capacity
+    (`window` slots used as a ring when there is a window); each call attends over the cache
+    and its own new tokens, then writes them in. Cross-attention projects its keys and values
+    once, on the first call, and keeps them."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+        self.given = list(attrs.given)
+
+    def init(self, m, ctx):
+        a = self.attrs
+        kv_heads = a.kv_heads or a.heads
+        size = a.head_dim or m.out.weight.shape[0] // a.heads
+        if "kv" in self.given:
+            return {"k": None, "v": None}
+        slots = min(a.window, ctx.capacity) if a.window else ctx.capacity
+        shape = (ctx.batch, kv_heads, slots, size)
+        return {"k": torch.zeros(shape, dtype=ctx.dtype, device=ctx.device),
+                "v": torch.zeros(shape, dtype=ctx.dtype, device=ctx.device),
+                "valid": torch.zeros(ctx.batch, slots, dtype=torch.bool, device=ctx.device),
+                "where": torch.full((slots,), -1, dtype=torch.int64, device=ctx.device)}
+
+    def run(self, m, state, ctx, x, *extra):
+        tensors = {k: v for k, v in zip(self.given, extra) if v is not None}
+        if "kv" in tensors:
+            return self._cross(m, state, x, tensors)
+        return self._self(m, state, ctx, x, tensors.get("position_bias"))
+
+    def _cross(self, m, state, x, tensors):
+        a = self.attrs
+        heads, kv_heads = a.heads, a.kv_heads or a.heads
+        size = a.head_dim or x.shape[-1] // heads
+        q = _heads(F.linear(x, m.q.weight, m.q.bias if a.bias else None), heads, size)
+        if state["k"] is None:  # the memory does not change while generating
+            k, v = F.linear(tensors["kv"], m.kv.weight, m.kv.bias if a.bias else None).split(
+                kv_heads * size, -1)
+            state["k"], state["v"] = _heads(k, kv_heads, size), _heads(v, kv_heads, size)
+        q, k = _normalise(m, a, q, state["k"])
+        mask = tensors.get("mask")
+        seen = None if mask is None else mask[:, None, None, :]
+        bias = _biases(a, tensors, heads, q.shape[-2], k.shape[-2], q)
+        if bias is not None:
+            seen = bias if seen is None else torch.where(seen, bias, float("-inf"))
+        y = _scores_to_values(m, a, q, k, state["v"], seen, kv_heads != heads, False)
+        return _out(m, a, y)
+
+    def _self(self, m, state, ctx, x, position_bias=None):
+        a = self.attrs
+        heads, kv_heads = a.heads, a.kv_heads or a.heads
+        size = a.head_dim or m.out.weight.shape[0] // heads
+        q, k, v = _project(m, a, x, None, heads, kv_heads, size)
+        q, k = _normalise(m, a, q, k)
+        if a.rope is not None:  # each new token at its own row's position
+            rot = rotary_width(a.rope, size)
+            cos, sin = rotary_tables(a.rope, rot, ctx.positions[:, None, :], q.dtype)
+            q = apply_rotary(q, cos, sin, rot, a.rope.interleaved)
+            k = apply_rotary(k, cos, sin, rot, a.rope.interleaved)
+        new = x.shape[-2]
+        mine = ctx.slots(new)  # absolute slots of the new tokens
+        keys = torch.cat([state["k"], k], dim=2)
+        values = torch.cat([state["v"], v], dim=2)
+        where = torch.cat([state["where"], mine])  # the absolute slot of every key
+        valid = torch.cat([state["valid"] & (state["where"] >= 0), ctx.mask], dim=1)
+        seen = (where[None, :] <= mine[:, None]) & valid[:, None, :]  # (B, new, keys)
+        if a.window:
+            seen = seen & (where[None, :] > mine[:, None] - a.window)
+        own = torch.zeros_like(seen)
+        own[:, :, state["k"].shape[2]:] = torch.eye(new, dtype=torch.bool, device=x.device)
+        seen = seen | own  # a padded query sees itself: finite numbers
+        seen = seen[:, None]
+        bias = _alibi_at(heads, mine, where, q) if a.alibi else None
+        if position_bias is not None:  # [.., heads, new, capacity] over absolute slots
+            taken = position_bias[..., where.clamp(min=0)].to(q.dtype)
+            taken = taken if taken.dim() == 4 else taken.unsqueeze(0)
+            bias = taken if bias is None else bias + taken
+        if bias is not None:
+            seen = torch.where(seen, bias, float("-inf"))
+        y = _scores_to_values(m, a, q, keys, values, seen, kv_heads != heads, False)
+        self._write(state, k, v, mine, ctx.mask)
+        return _out(m, a, y)
+
+    @staticmethod
+    def _write(state, k, v, mine, mask):
+        slots = state["k"].shape[2]
+        keep = min(slots, mine.shape[0])  # a ring keeps only its last `window` tokens
+        where = mine[-keep:] % slots
+        state["k"].index_copy_(2, where, k[:, :, -keep:])
+        state["v"].index_copy_(2, where, v[:, :, -keep:])
+        state["valid"].index_copy_(1, where, mask[:, -keep:])
+        state["where"].index_copy_(0, where, mine[-keep:])
+
+
+def _alibi_at(heads: int, mine, where, q):
+    slopes = alibi_slopes(heads).to(device=q.device, dtype=q.dtype)
+    distance = (mine[:, None] - where[None, :]).abs().to(q.dtype)  # (new, keys)
+    return (-slopes[:, None, None] * distance).unsqueeze(0)
+
+
+def _out(m, attrs, y):
+    out_bias = m.out.bias if attrs.bias is True else None
+    return F.linear(y.transpose(-2, -3).flatten(-2), m.out.weight, out_bias)
+
+
+def attention_decode(attrs):
+    """The attention node's decoding, or None where it cannot decode (it looks ahead)."""
+    if attrs.axis is not None:
+        return None  # a grid axis
+    if "kv" in (attrs.given or []) or attrs.causal:
+        return AttentionDecode(attrs)
+    return None  # every query sees later tokens

@@ -167,6 +167,15 @@ class Op:
         `axis-fusion` to multiply out; None if it is not one."""
         return None
 
+    # -- incremental decoding (ops/decode.py) -------------------------------------------
+    def decode(self, attrs, inputs: list[TensorType]):
+        """How a node with these attributes and input types decodes token by token:
+        `TOKENWISE` (it sees each position alone), a `Decode` (it keeps state between steps),
+        or None (it cannot)."""
+        from nexusdsl.ops.decode import TOKENWISE
+
+        return TOKENWISE if self.traits.tokenwise else None
+
     # -- lowering ---------------------------------------------------------------------
     def lower(self, attrs) -> Callable:
         raise NotImplementedError(f"op {self.name} has no torch lowering")

@@ -145,6 +145,11 @@ class LatentAttention(Op):
         mixing = 2 * T * h * (qk + attrs.v_dim) // (2 if attrs.causal else 1)  # per query
         return batch * T * (q + kv + out + mixing)
 
+    def decode(self, attrs, inputs):
+        from nexusdsl.ops.latent_attention_torch import LatentDecode
+
+        return LatentDecode(attrs) if attrs.causal else None
+
     def lower(self, attrs):
         from nexusdsl.ops.latent_attention_torch import latent_attention_forward
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nexusdsl.ops.decode import Decode
 from nexusdsl.ops.rotary import apply_rotary, positions_from_mask, rotary_tables, score_scale_factor
 
 
@@ -82,3 +83,54 @@ def _visible(causal: bool, mask, T: int, device):
         i = torch.arange(T, device=device)
         seen = seen & (i[None, :] <= i[:, None])
     return seen | torch.eye(T, dtype=torch.bool, device=device)
+
+
+class LatentDecode(Decode):
+    """Incremental latent attention (ops/decode.py): the cache holds what DeepSeek caches, each
+    token's normalised key/value latent (kv_rank channels) and its rotated shared rotary key
+    (rope_dim channels); each call expands the latents of every cached and new token into
+    keys and values, attends, and writes the new tokens' latents in."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+        self.scale = (attrs.nope_dim + attrs.rope_dim) ** -0.5 * score_scale_factor(attrs.rope)
+
+    def init(self, m, ctx):
+        a = self.attrs
+        return {"latent": torch.zeros(ctx.batch, ctx.capacity, a.kv_rank, dtype=ctx.dtype,
+                                      device=ctx.device),
+                "rot": torch.zeros(ctx.batch, ctx.capacity, a.rope_dim, dtype=ctx.dtype,
+                                   device=ctx.device),
+                "valid": torch.zeros(ctx.batch, ctx.capacity, dtype=torch.bool,
+                                     device=ctx.device)}
+
+    def run(self, m, state, ctx, x, *extra):
+        a = self.attrs
+        h, nope, rope, kv_rank = a.heads, a.nope_dim, a.rope_dim, a.kv_rank
+        q = _heads(_queries(m, a, x), h)
+        q_pass, q_rot = q.split([nope, rope], dim=-1)
+        latent, k_rot = F.linear(x, m.kv_a.weight).split([kv_rank, rope], dim=-1)
+        latent = _rms(latent, m.kv_a_norm.weight, a.eps)
+        cos, sin = rotary_tables(a.rope, rope, ctx.positions, q.dtype)  # (B, new, rope)
+        q_rot = apply_rotary(q_rot, cos[:, None], sin[:, None], rope, a.rope.interleaved)
+        k_rot = apply_rotary(k_rot, cos, sin, rope, a.rope.interleaved)
+        new = x.shape[-2]
+        mine = ctx.slots(new)
+        slots = torch.arange(ctx.capacity, device=x.device)
+        latents = torch.cat([state["latent"], latent], dim=1)  # cache slots, then the new
+        rots = torch.cat([state["rot"], k_rot], dim=1)
+        where = torch.cat([slots, mine])
+        valid = torch.cat([state["valid"] & (slots[None, :] < ctx.start), ctx.mask], dim=1)
+        kv = _heads(F.linear(latents, m.kv_b.weight), h)
+        k_pass, v = kv.split([nope, a.v_dim], dim=-1)
+        k = torch.cat((k_pass, rots.unsqueeze(1).expand(*k_pass.shape[:-1], rope)), dim=-1)
+        seen = (where[None, :] <= mine[:, None]) & valid[:, None, :]
+        own = torch.zeros_like(seen)
+        own[:, :, ctx.capacity:] = torch.eye(new, dtype=torch.bool, device=x.device)
+        seen = (seen | own)[:, None]  # a padded query sees itself: finite numbers
+        y = F.scaled_dot_product_attention(torch.cat((q_pass, q_rot), dim=-1), k, v,
+                                           attn_mask=seen, scale=self.scale)
+        state["latent"].index_copy_(1, mine, latent)
+        state["rot"].index_copy_(1, mine, k_rot)
+        state["valid"].index_copy_(1, mine, ctx.mask)
+        return F.linear(y.transpose(-2, -3).flatten(-2), m.out.weight)

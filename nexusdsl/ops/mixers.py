@@ -207,6 +207,11 @@ class Attention(Op):
 
         return attention_forward(attrs)
 
+    def decode(self, attrs, inputs):
+        from nexusdsl.ops.attention_torch import attention_decode
+
+        return attention_decode(attrs)
+
     def lower_portable(self, attrs):
         from nexusdsl.ops.attention_torch import attention_forward
 

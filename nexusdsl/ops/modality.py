@@ -230,6 +230,11 @@ class Embed(Op):
             return 2 * numel(outputs[0]) * attrs.options["window"]
         return 2 * numel(inputs[0]) * attrs.dim
 
+    def decode(self, attrs, inputs):
+        from nexusdsl.ops.decode import TOKENWISE
+
+        return TOKENWISE if attrs.kind in ("bytes", "ids") else None  # a table row per id
+
     def lower(self, attrs):
         import torch.nn.functional as F
 
@@ -341,6 +346,11 @@ class Unembed(Op):
 
     def flops(self, inputs, outputs, attrs):
         return 2 * numel(inputs[0]) * outputs[0][-1]
+
+    def decode(self, attrs, inputs):
+        from nexusdsl.ops.decode import TOKENWISE
+
+        return TOKENWISE
 
     def lower(self, attrs):
         import torch.nn.functional as F

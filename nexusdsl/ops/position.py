@@ -14,6 +14,7 @@ from nexusdsl.ops.attrs import (
     require_rank,
 )
 from nexusdsl.ops.base import Op, OpAttrs, OpError
+from nexusdsl.ops.decode import Decode
 
 
 class Position(Op):
@@ -60,6 +61,9 @@ class Position(Op):
 
         return learned
 
+    def decode(self, attrs, inputs):
+        return _PositionDecode(attrs)
+
     def lower_portable(self, attrs):
         if attrs.kind != "sinusoidal":
             return self.lower(attrs)
@@ -86,3 +90,27 @@ def _sinusoidal_positions(limit: int, portable: bool = False):
         return table.to(x.dtype) if x.dtype.is_floating_point else table
 
     return sinusoidal
+
+
+class _PositionDecode(Decode):
+    """The new tokens' rows of the table at each row's own positions (ops/decode.py):
+    [B, new, d], which broadcasts onto the new tokens like the whole table does."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+
+    def init(self, m, ctx):
+        return None
+
+    def run(self, m, state, ctx, x):
+        import torch
+
+        positions = ctx.positions
+        if self.attrs.kind == "learned":
+            return m.weight[positions.clamp(max=self.attrs.max - 1)]
+        d = x.shape[-1]
+        i = torch.arange(d, device=x.device)
+        angle = positions[..., None].to(torch.float32) * torch.exp(
+            (i - i % 2) * (-math.log(10000.0) / d))
+        table = torch.where(i % 2 == 0, torch.sin(angle), torch.cos(angle))
+        return table.to(x.dtype)

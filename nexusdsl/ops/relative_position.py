@@ -13,6 +13,7 @@ from typing import Literal
 from nexusdsl.ir.types import Axis, TensorType
 from nexusdsl.ops.attrs import Bool, PosInt, fixed_width, normal, require_rank, set_by_compiler
 from nexusdsl.ops.base import Op, OpAttrs, OpError
+from nexusdsl.ops.decode import Decode
 from nexusdsl.ops.traits import Traits
 
 
@@ -60,6 +61,9 @@ class RelativePosition(Op):
     def flops(self, inputs, outputs, attrs):
         return 0
 
+    def decode(self, attrs, inputs):
+        return None if "kv" in attrs.given else _RelativeDecode(attrs)
+
     def lower(self, attrs):
         import torch.nn.functional as F
 
@@ -79,6 +83,13 @@ def relative_buckets(T: int, S: int, buckets: int, max_distance: int, bidirectio
     import torch
 
     distance = (torch.arange(S, device=device)[None, :] - torch.arange(T, device=device)[:, None])
+    return _buckets(distance, buckets, max_distance, bidirectional)
+
+
+def _buckets(distance, buckets: int, max_distance: int, bidirectional: bool):
+    """The bucket of each distance j - i (key position minus query position)."""
+    import torch
+
     result = torch.zeros_like(distance)
     if bidirectional:
         buckets //= 2
@@ -91,3 +102,22 @@ def relative_buckets(T: int, S: int, buckets: int, max_distance: int, bidirectio
                      * (buckets - exact)).to(torch.long)
     large = torch.clamp(large, max=buckets - 1)
     return result + torch.where(distance < exact, distance, large)
+
+
+class _RelativeDecode(Decode):
+    """The bias of the new tokens (at their cache slots) against every slot a key can take:
+    [heads, new, capacity]; attention's decoding picks the columns of the keys it holds."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+
+    def run(self, m, state, ctx, x):
+        import torch
+        import torch.nn.functional as F
+
+        slots = ctx.slots(x.shape[-2])
+        keys = torch.arange(ctx.capacity, device=x.device)
+        a = self.attrs
+        buckets = _buckets(keys[None, :] - slots[:, None], a.buckets, a.max_distance,
+                           a.bidirectional)
+        return F.embedding(buckets, m.weight).permute(2, 0, 1).to(x.dtype)

@@ -285,6 +285,16 @@ class Moe(Op):
         router = 2 * numel(inputs[0]) * attrs.experts  # the experts count via region_share
         return router + (numel(inputs[0]) if attrs.given else 0)  # adding the shared expert
 
+    def decode(self, attrs, inputs):
+        from nexusdsl.ops.decode import TOKENWISE
+
+        # each token is routed alone unless experts see whole sequences, a capacity drops
+        # tokens by their order in the batch, or the router is picked by position (hash)
+        fn, settings = attrs.router.get("fn"), attrs.router.get("kwargs") or {}
+        per_token = fn == "topk" or (fn == "knn" and not settings.get("min_tokens"))
+        alone = not any(attrs.sequence) and attrs.capacity == 0
+        return TOKENWISE if alone and per_token else None
+
     def region_share(self, attrs, count):
         return attrs.router["kwargs"].get("k", 1) / max(count, 1)
 

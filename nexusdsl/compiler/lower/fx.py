@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from nexusdsl.compiler.lower.decode import run_decoding
 from nexusdsl.compiler.lower.footprint import oversized_tensor, too_big
 from nexusdsl.ir.graph import Graph, Node, ParamSpec
 from nexusdsl.lang.diagnostics import NexusError
@@ -35,6 +36,8 @@ class OpModule(nn.Module):
         self._fn = fn
 
     def forward(self, *xs):
+        if "_decoding" in self.__dict__:  # generating token by token (decode.py)
+            return run_decoding(self, self._fn, xs)
         return self._fn(self, *xs)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,150 @@
+"""Incremental decoding of a compiled model, derived from its graph (ops/decode.py).
+
+`Decoder(module, batch, capacity)` puts a model of one token input into decoding mode for a
+batch: the same torch.fx graph runs, but every node on the way from the token input to the
+outputs runs its op's decoding instead of its forward (tokenwise ops as they are, attention
+with its key/value cache, positions from each row's length), and every node that does not
+depend on the token input (an encoder's, a cross-attention's memory) runs once and keeps its
+result. `decoder(tokens, mask)` feeds new tokens (a padded prompt first, then one token at a
+time) and returns the model's outputs for them.
+
+`decode_plan(graph)` says whether a model can decode this way, and if not, which op stops it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nexusdsl.ir.graph import Graph, Node
+from nexusdsl.ops import REGISTRY
+from nexusdsl.ops.base import attrs_of
+from nexusdsl.ops.decode import TOKENWISE, Decode, DecodeContext
+
+
+@dataclass
+class DecodePlan:
+    tokens: str  # the token input
+    mask: str | None  # the padding-mask input (bool, with a default), if the model has one
+    ways: dict[int, Any] = field(default_factory=dict)  # node id -> TOKENWISE | Decode | "const"
+    blocker: str | None = None  # why the model cannot decode, if it cannot
+
+
+def token_input(graph: Graph) -> tuple[Node | None, Node | None]:
+    """The integer input that generation grows, and its padding mask (a bool input of the
+    same axes), if any. With several integer inputs (an encoder-decoder), the one whose
+    sequence axis is the outputs' (T5's decoder tokens, not the encoder's)."""
+    ints = [n for n in graph.inputs() if n.type.dtype == "i64" and n.type.rank == 2]
+    if len(ints) > 1:
+        out = graph.type_of(next(iter(graph.outputs.values())))
+        sequence = out.axes[-2].name if out.rank >= 2 else None
+        ints = [n for n in ints if n.type.axes[-1].name == sequence]
+    if len(ints) != 1:
+        return None, None
+    tokens = ints[0]
+    masks = [n for n in graph.inputs() if n.type.dtype == "bool" and n.type.axes == tokens.type.axes]
+    return tokens, (masks[0] if len(masks) == 1 else None)
+
+
+def decode_plan(graph: Graph) -> DecodePlan:
+    tokens, mask = token_input(graph)
+    if tokens is None:
+        return DecodePlan("", None, blocker="the model has no single integer token input")
+    plan = DecodePlan(tokens.name, mask.name if mask is not None else None)
+    live = {tokens.id} | ({mask.id} if mask is not None else set())
+    for node in graph.nodes():
+        if node.is_input:
+            continue
+        if not any(ref.node in live for ref in node.inputs):
+            plan.ways[node.id] = "const"  # the same at every step: computed once
+            continue
+        live.add(node.id)
+        op = REGISTRY[node.op]
+        way = op.decode(attrs_of(node), [graph.type_of(r) for r in node.inputs])
+        if way is None:
+            plan.blocker = plan.blocker or f"{node.op} at {node.name}"
+        plan.ways[node.id] = way
+    return plan
+
+
+class _Calls:
+    """A module's decoding across the nodes that call it (a `repeat N shared` body calls one
+    module N times per forward): one state per call, taken in order."""
+
+    def __init__(self, way, states: list):
+        self.way, self.states, self.next = way, states, 0
+
+
+class Decoder:
+    """A model in decoding mode for `batch` rows of at most `capacity` tokens each. Use as a
+    context manager (the model is restored on exit), or call `close()`."""
+
+    def __init__(self, module, batch: int, capacity: int, **fixed):
+        """`fixed`: the model's other inputs, the same at every step (an encoder's tokens)."""
+        plan = decode_plan(module.graph)
+        if plan.blocker:
+            raise ValueError(f"{module.graph.name} cannot decode token by token: "
+                             f"{plan.blocker} looks at the whole sequence")
+        self.module, self.plan, self.fixed = module, plan, fixed
+        first = next(iter(module.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+        dtype = first.dtype if first is not None else torch.float32
+        self.ctx = DecodeContext(batch, capacity, device, dtype)
+        self._installed: list = []
+        self._install()
+
+    def _install(self) -> None:
+        calls: dict[str, list] = {}
+        for node in self.module.graph.nodes():
+            way = self.plan.ways.get(node.id)
+            if way is None or way is TOKENWISE:
+                continue
+            calls.setdefault(node.shares or node.name, []).append(way)
+        for target, ways in calls.items():
+            op_module = self.module.get_submodule(target)
+            states = [way.init(op_module, self.ctx) if isinstance(way, Decode) else None
+                      for way in ways]
+            op_module.__dict__["_decoding"] = (self.ctx, _Calls(ways, states))
+            self._installed.append(op_module)
+
+    def __call__(self, tokens: torch.Tensor, mask: torch.Tensor | None = None):
+        """The model's outputs for `tokens` [B, new] (a left-padded prompt with its mask, or
+        one new token per row), given every token fed before."""
+        if mask is None:
+            mask = torch.ones_like(tokens, dtype=torch.bool)
+        self.ctx.begin(mask)
+        for op_module in self._installed:
+            op_module.__dict__["_decoding"][1].next = 0
+        inputs = {**self.fixed, self.plan.tokens: tokens}
+        if self.plan.mask is not None:
+            inputs[self.plan.mask] = mask
+        out = self.module(**inputs)
+        self.ctx.end()
+        return out
+
+    def close(self) -> None:
+        for op_module in self._installed:
+            op_module.__dict__.pop("_decoding", None)
+        self._installed = []
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_decoding(op_module, fn, xs):
+    """OpModule.forward in decoding mode: the node's decoding, its stored constant, or its
+    forward (tokenwise)."""
+    ctx, calls = op_module.__dict__["_decoding"]
+    i = calls.next
+    calls.next += 1
+    way = calls.way[i]
+    if way == "const":
+        if calls.states[i] is None:
+            calls.states[i] = fn(op_module, *xs)
+        return calls.states[i]
+    return way.run(op_module, calls.states[i], ctx, *xs)
