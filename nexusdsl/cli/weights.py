@@ -125,12 +125,17 @@ def model_name(path: Path, family: Family) -> str:
 
 
 def _family_params(family: Family) -> list[str]:
-    """The family model's hyperparameters, in the order its file declares them."""
-    import nexusdsl
+    """The family model's hyperparameters, in the order its file declares them (the file is
+    parsed only: checking it would build DeepSeek-V3's 671B graph of defaults)."""
+    from nexusdsl.lang import ast
+    from nexusdsl.lang.parser import parse
     from nexusdsl.resources import stdlib_path
 
-    program = nexusdsl.load(stdlib_path(family.module))
-    return [p.name for p in program.model_ast(family.model).params if p.type is None]
+    path = stdlib_path(family.module)
+    tree = parse(path.read_text(encoding="utf-8"), str(path))
+    model = next(item for item in tree.items
+                 if isinstance(item, ast.Model) and item.name == family.model)
+    return [p.name for p in model.params if p.type is None]
 
 
 def _bind_path(source: str, path: Path, output: Path) -> str:

@@ -282,7 +282,8 @@ def _deepseek_hyper(config: dict, keys: set[str]) -> dict[str, Any]:
             "theta": float(rope.get("rope_theta", 10000.0)),
             "factor": float(rope["factor"]) if yarn else 1.0,
             "original": int(rope.get("original_max_position_embeddings") or
-                            _get(config, "max_position_embeddings", default=4096)),
+                            _get(config, "max_position_embeddings", default=4096))
+            if yarn else 4096,
             "beta_fast": float(rope.get("beta_fast") or 32.0) if yarn else 32.0,
             "beta_slow": float(rope.get("beta_slow") or 1.0) if yarn else 1.0,
             "mscale": float(rope.get("mscale") or 0.0) if yarn else 0.0,
