@@ -27,10 +27,6 @@ from nexusdsl.weights.families import Family, FamilyError, import_plan
 
 TOLERANCE = 1e-4  # largest relative difference `nexus verify` accepts, in float32
 WIDTH = 100  # the written file's lines, as the formatter's other files
-KEYWORDS = {"model", "input", "output", "return", "repeat", "shared", "reversible", "experts",
-            "of", "train", "true", "false", "route", "if", "else", "block", "import", "let",
-            "modality", "bind", "from", "weights", "use", "ignore", "frozen", "as", "nexus",
-            "and", "or", "not"}
 # files of a checkpoint directory that `export` copies beside the weights it writes
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.txt", "vocab.json", "merges.txt",
@@ -86,7 +82,9 @@ def import_cmd(
     family, hyper, rule_sets = _plan(source, checkpoint)
     name = name or model_name(path if Path(source).expanduser().is_dir() else Path(source),
                               family)
-    if not name.isidentifier() or name in KEYWORDS:
+    from nexusdsl.tools.tokens import KEYWORDS
+
+    if not name.isidentifier() or not name.isascii() or name in KEYWORDS:
         fail(f"error: --name {name}: a model's name is a word of letters, digits and _ "
              "(not a keyword)")
     params = _family_params(family)

@@ -59,6 +59,8 @@ CASES = {
         rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                          "full_attention": {"rope_type": "linear", "rope_theta": 1e6,
                                             "factor": 8.0}}), "causal", ("gemma3.hf",)),
+    "gemma3_local_layers_only": Case("Gemma3ForCausalLM", T.Gemma3TextConfig(
+        **TINY, sliding_window=3, query_pre_attn_scalar=16), "causal", ("gemma3.hf",)),
     "mixtral": Case("MixtralForCausalLM", T.MixtralConfig(**TINY, num_local_experts=4,
                                                           num_experts_per_tok=2),
                     "causal", ("mixtral.hf",)),
