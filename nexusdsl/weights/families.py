@@ -573,6 +573,11 @@ def family_of_model(file_stem: str, model: str) -> Family | None:
 def import_plan(config: dict, keys: set[str]) -> tuple[Family, dict[str, Any], list[str]]:
     """(family, hyperparameters, rule sets) for a checkpoint: what `nexus import` writes."""
     family = family_for(config)
+    architectures = config.get("architectures") or []
+    if architectures and family.architecture not in architectures:
+        raise FamilyError(f"{architectures[0]}: the {family.file} family is transformers' "
+                          f"{family.architecture}, whose checkpoints name their tensors "
+                          f"otherwise (a {architectures[0]} adds a head or a prefix)")
     try:
         hyper = family.hyper(config, keys)
         rules = family.rules(hyper, keys)

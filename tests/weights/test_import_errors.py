@@ -77,6 +77,13 @@ def test_a_setting_the_family_does_not_compute_is_one_line(tmp_path):
     assert "norm_topk_prob = False" in stderr and "qwen3_moe family" in stderr
 
 
+def test_another_class_of_a_family_is_one_line(tmp_path):
+    config = dict(CASES["bert"].config.to_dict(), architectures=["BertForMaskedLM"])
+    source = minimal(tmp_path / "mlm", config, {"bert.pooler.dense.bias": torch.zeros(48)})
+    stderr = one_line_error(*nexus("import", source, "-o", tmp_path / "m.nx")[::2])
+    assert "BertForMaskedLM: the bert family is transformers' BertModel" in stderr
+
+
 def test_a_pickle_only_checkpoint_is_refused_unread(tmp_path, llama):
     source = minimal(tmp_path / "pickled", json.loads((llama / "config.json").read_text()))
     (source / "pytorch_model.bin").write_bytes(b"never unpickled")
