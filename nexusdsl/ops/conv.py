@@ -26,6 +26,7 @@ from nexusdsl.ops.attrs import (
     written_axis,
 )
 from nexusdsl.ops.base import Op, OpAttrs, OpError
+from nexusdsl.ops.decode import Decode
 from nexusdsl.ops.traits import Traits
 
 PerAxis = PosInt | list[PosInt]  # one value for every convolved axis, or one each
@@ -227,6 +228,12 @@ class Conv(Op):
 
         return conv
 
+    def decode(self, attrs, inputs):
+        """A causal 1-d convolution of stride 1 over tokens [B, T, C] keeps its last kernel - 1
+        inputs; any other sees later positions (or a grid) and cannot decode."""
+        causal_tokens = attrs.axes is None and attrs.causal and inputs[0].rank == 3
+        return _CausalConvDecode(attrs) if causal_tokens and attrs.stride == 1 else None
+
     def lower_portable(self, attrs):
         # torch-mlir's TOSA conversion has no grouped 3-d convolution: one per group instead
         if attrs.axes is None or len(attrs.axes) < 3 or attrs.groups == 1:
@@ -299,3 +306,31 @@ def _inverse(order: list[int]) -> list[int]:
     for i, p in enumerate(order):
         back[p] = i
     return back
+
+
+class _CausalConvDecode(Decode):
+    """Incremental causal convolution (ops/decode.py): the state is the last kernel - 1 inputs
+    of every row ([B, kernel - 1, C], zeros at first: the forward's left padding). The inputs
+    of padded positions are zeroed, so a left-padded row sees what its unpadded run sees
+    before its first token: the forward's zero padding."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+
+    def init(self, m, ctx):
+        import torch
+
+        channels = m.weight.shape[1] * self.attrs.groups
+        shape = (ctx.batch, self.attrs.kernel - 1, channels)
+        return {"past": torch.zeros(shape, dtype=ctx.dtype, device=ctx.device)}
+
+    def run(self, m, state, ctx, x):
+        import torch
+        import torch.nn.functional as F
+
+        x = x * ctx.mask[..., None].to(x.dtype)
+        seen = torch.cat([state["past"], x], dim=1)  # (B, kernel - 1 + new, C)
+        y = F.conv1d(seen.transpose(1, 2), m.weight, m.bias if self.attrs.bias else None,
+                     groups=self.attrs.groups)  # (B, out, new)
+        state["past"].copy_(seen[:, seen.shape[1] - state["past"].shape[1]:])
+        return y.transpose(1, 2)

@@ -161,6 +161,13 @@ class Hyena(Op):
 
         return hyena_forward(attrs, "dft" if attrs.impl == "dft" else "direct")
 
+    def decode(self, attrs, inputs):
+        """Causal Hyena keeps its input history (hyena_torch.HyenaDecode); a two-sided one
+        reads later positions and cannot decode."""
+        from nexusdsl.ops.hyena_torch import HyenaDecode
+
+        return HyenaDecode(attrs) if attrs.causal and inputs[0].rank == 3 else None
+
 
 def _long_conv_flops(T: int, impl: str) -> int:
     """FLOPs of one channel's long convolution over T positions."""

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from nexusdsl.ops.decode import Decode
 from nexusdsl.ops.trace_torch import tracing
 
 FAST_DECAY, SLOW_DECAY, TARGET = 0.3, 1.5, 1e-2  # the paper's exponential modulation
@@ -370,3 +371,65 @@ def fused_causal_hyena(m, x: torch.Tensor, attrs) -> torch.Tensor:
     else:
         y = torch.bmm(v.transpose(1, 2), w_out)
     return y.reshape(*lead, T, d)
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+class HyenaDecode(Decode):
+    """Incremental causal Hyena (ops/decode.py). The state: the last short - 1 projected
+    inputs (for the short convolution), and for each order n the history of the signal its
+    long convolution reads (v, then x^n * z^n), [B, d, capacity] in absolute slots, with the
+    long filters made once for `capacity` taps (a filter's tap t depends on t alone, not on
+    the length). A step's output at slot t is sum_{s <= t} h[t - s] v[s] + skip v[t]: one
+    dot product with the reversed filter per channel (a prefill of many tokens: one FFT
+    convolution of the history). Padded positions write zeros, which is what a left-padded
+    row's own run sees before its first token, so its taps, counted in slots, are its own."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+
+    def init(self, m, ctx):
+        a, cap = self.attrs, ctx.capacity
+        inner, kernel = m.short.weight.shape[0], m.short.weight.shape[-1]
+        d = inner // (a.order + 1)
+        like = torch.zeros((), dtype=ctx.dtype, device=ctx.device)
+        with torch.no_grad():
+            filters = implicit_filters(m, cap, a, like).view(a.order, d, cap)
+        # reversed, then cap - 1 zeros: taps t - s of slots s = 0..cap-1 at slot t are
+        # reversed[cap - 1 - t + s] (zero for s > t)
+        reversed_ = torch.cat([filters.flip(-1), torch.zeros_like(filters[..., 1:])], dim=-1)
+        return {"short": torch.zeros((ctx.batch, inner, kernel - 1), dtype=ctx.dtype,
+                                     device=ctx.device),
+                "history": torch.zeros((a.order, ctx.batch, d, cap), dtype=ctx.dtype,
+                                       device=ctx.device),
+                "filters": filters, "reversed": reversed_}
+
+    def run(self, m, state, ctx, x):
+        a = self.attrs
+        real = ctx.mask[:, None, :].to(x.dtype)  # (B, 1, new)
+        u = F.linear(x, m.in_proj.weight, m.in_proj.bias if a.bias else None)
+        u = u.transpose(1, 2) * real  # (B, (N+1)d, new), zero at padded positions
+        seen = torch.cat([state["short"], u], dim=-1)
+        u = F.conv1d(seen, m.short.weight, m.short.bias, groups=u.shape[1])
+        state["short"].copy_(seen[..., seen.shape[-1] - state["short"].shape[-1]:])
+        *gates, v = u.split(u.shape[1] // (a.order + 1), dim=1)
+        slots = ctx.slots(x.shape[-2])
+        for i in range(a.order):
+            v = v * real
+            history = state["history"][i]
+            history.index_copy_(-1, slots, v)
+            z = self._long_conv(state, i, history, slots) + m.filter.skip[i][:, None] * v
+            v = gates[i] * z
+        return F.linear(v.transpose(1, 2), m.out_proj.weight, m.out_proj.bias if a.bias else None)
+
+    @staticmethod
+    def _long_conv(state, i: int, history, slots):
+        """sum_{s <= t} h[t - s] history[s] at the new slots t: (B, d, new)."""
+        if slots.shape[0] > 1:
+            whole = causal_conv_fft(history, state["filters"][i])
+            return whole.index_select(-1, slots)
+        cap = history.shape[-1]
+        taps = (cap - 1 - slots) + torch.arange(cap, device=slots.device)
+        kernel = state["reversed"][i].index_select(-1, taps)  # (d, cap)
+        return (history * kernel).sum(-1, keepdim=True)

@@ -25,6 +25,7 @@ from nexusdsl.ops.attrs import (
     uniform,
 )
 from nexusdsl.ops.base import Op, OpAttrs, OpError, same_type_as
+from nexusdsl.ops.decode import Decode
 from nexusdsl.ops.traits import Traits
 
 # ---------------------------------------------------------------------------- selective_relu
@@ -150,6 +151,50 @@ class FastWeights(Op):
             return y
 
         return fast_weights
+
+    def decode(self, attrs, inputs):
+        return _FastWeightsDecode(attrs) if inputs[0].rank == 3 else None
+
+
+class _FastWeightsDecode(Decode):
+    """Incremental fast weights (ops/decode.py): the state is each row's fast matrix A
+    [B, out, d]. For n new tokens after A_0 (local t = 1..n), y_t = z_t + decay^(t-1) A_0 x_t
+    + rate sum_{s<t} decay^(t-1-s) (x_s . x_t) y_s: the forward's triangular solve with
+    z + decay^(t-1) A_0 x_t on the right, then A_n = decay^n A_0 + rate sum_s decay^(n-s)
+    y_s x_s^T. The inputs of padded positions are zeroed: they add nothing to A, which is
+    zero until a left-padded row's first token, so the row computes what it does alone."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+
+    def init(self, m, ctx):
+        import torch
+
+        out, width = m.weight.shape
+        return {"A": torch.zeros((ctx.batch, out, width), dtype=ctx.dtype, device=ctx.device)}
+
+    def run(self, m, state, ctx, x):
+        import torch
+        import torch.nn.functional as F
+
+        a = self.attrs
+        x = x * ctx.mask[..., None].to(x.dtype)
+        A = state["A"]
+        n = x.shape[-2]
+        t = torch.arange(n, device=x.device)
+        carried = (a.decay ** t.to(x.dtype))[:, None] * (x @ A.transpose(1, 2))  # (B, n, out)
+        z = F.linear(x, m.weight, m.bias if a.bias else None) + carried
+        if n == 1:  # nothing earlier in this call: the solve is the identity
+            y = z
+        else:
+            lag = (t[:, None] - 1 - t[None, :]).clamp_min(0).to(x.dtype)
+            strict = (t[None, :] < t[:, None]).to(x.dtype)
+            G = a.rate * (x @ x.transpose(-1, -2)) * a.decay ** lag * strict
+            eye = torch.eye(n, dtype=x.dtype, device=x.device)
+            y = torch.linalg.solve_triangular(eye - G, z, upper=False, unitriangular=True)
+        ages = (a.decay ** (n - 1 - t).to(x.dtype))[None, :, None]  # decay^(n-s), s = t + 1
+        A.mul_(a.decay ** n).add_(a.rate * (y * ages).transpose(1, 2) @ x)
+        return y
 
 
 # ---------------------------------------------------------------------------- knn_attention

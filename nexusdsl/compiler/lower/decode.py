@@ -93,6 +93,7 @@ class Decoder:
         dtype = first.dtype if first is not None else torch.float32
         self.ctx = DecodeContext(batch, capacity, device, dtype)
         self._installed: list = []
+        self._compiled = None
         self._install()
 
     def _install(self) -> None:
@@ -117,12 +118,25 @@ class Decoder:
         self.ctx.begin(mask)
         for op_module in self._installed:
             op_module.__dict__["_decoding"][1].next = 0
+        one_token = tokens.shape[1] == 1
+        out = (self._compiled if one_token and self._compiled else self._run)(tokens, mask)
+        self.ctx.end()
+        return out
+
+    def _run(self, tokens: torch.Tensor, mask: torch.Tensor):
         inputs = {**self.fixed, self.plan.tokens: tokens}
         if self.plan.mask is not None:
             inputs[self.plan.mask] = mask
-        out = self.module(**inputs)
-        self.ctx.end()
-        return out
+        return self.module(**inputs)
+
+    def compile(self, **options) -> Decoder:
+        """Run every one-token step under torch.compile (a prompt of several tokens runs
+        eagerly). The step has fixed shapes: the cache is preallocated, its write position a
+        0-d tensor and each row's positions tensors the step reads, so N steps compile
+        once, not once per length. The bookkeeping between steps (DecodeContext.begin and
+        end) stays outside the compiled graph."""
+        self._compiled = torch.compile(self._run, dynamic=False, **options)
+        return self
 
     def close(self) -> None:
         for op_module in self._installed:

@@ -68,6 +68,18 @@ class NexusModule(nn.Module):
             args = self._positional(args, kwargs)
         return self._forward(self, *args)
 
+    def generate(self, prompts, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, stop=None, seed: int = 0, compile: bool = False,
+                 **options) -> list[list[int]]:
+        """New ids for each prompt (a list of id lists, or ids [B, T] with `mask =`): greedy
+        at temperature 0, else sampled among the top_k / top_p likeliest with `seed`; a row
+        ends at a `stop` id. Decodes step by step with a cache when every op can, else
+        recomputes (compiler/lower/generate.py, which also lists the `options`)."""
+        from nexusdsl.compiler.lower.generate import generate
+
+        return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, stop, seed,
+                        compile, **options)
+
     def _positional(self, args: tuple, kwargs: dict) -> tuple:
         rest = self.input_names[len(args):]
         unknown = sorted(set(kwargs) - set(rest))
