@@ -107,6 +107,10 @@ class Contains:
         return value in items
 
 
+# `let a = b + 1`, `let b = c + 1`, ...: how long such a chain may be (each link is a nested
+# evaluation; a limit turns a runaway chain into a located error instead of a RecursionError).
+MAX_DEFINITION_DEPTH = 64
+
 HYPER_FUNCTIONS = {"len": Length(), "contains": Contains()}
 
 
@@ -174,6 +178,10 @@ class Names:
             return scope.cache[item.name]
         if key in self._evaluating:
             raise NexusError.at(item.span, f"`{item.name}` is defined in terms of itself")
+        if len(self._evaluating) >= MAX_DEFINITION_DEPTH:
+            raise NexusError.at(item.span, f"`{item.name}` is reached through more than "
+                                f"{MAX_DEFINITION_DEPTH} definitions, each defined by the next "
+                                "(docs/language.md, Limits)")
         self._evaluating.add(key)
         try:
             scope.cache[item.name] = compute()

@@ -199,3 +199,25 @@ def test_a_python_keyword_naming_a_node(nexus, tmp_path):
     path.write_text(MODEL.replace("EXPR", "linear(x, 4) as lambda"))
     located(nexus("compile", path), path, 3, 14,
             "`lambda` cannot name a node: it is a keyword of Python")
+
+
+def chained_lets(links: int) -> str:
+    lets = [f"let a{i} = a{i + 1} + 1" for i in range(links)] + [f"let a{links} = 1"]
+    return "nexus 0.1\n" + "\n".join(lets) + "\nmodel M {\n  input x: float[B, 4]\n" \
+        "  output y = x * a0\n}\n"
+
+
+def test_a_chain_of_3000_lets_is_a_located_error(nexus, tmp_path):
+    path = tmp_path / "lets.nx"
+    path.write_text(chained_lets(3000))
+    located(nexus("check", path), path, 66, 1, "reached through more than 64 definitions")
+
+
+def test_the_definition_chain_limit_is_64(tmp_path):
+    import torch
+
+    model = nexusdsl.compile(nexusdsl.loads(chained_lets(63), "lets.nx"))
+    x = torch.randn(2, 4)
+    assert torch.equal(model(x), x * 64)  # a0 = 64, read through 63 others
+    with pytest.raises(nexusdsl.NexusError, match="more than 64 definitions"):
+        nexusdsl.loads(chained_lets(64), "lets.nx")
