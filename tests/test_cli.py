@@ -111,3 +111,100 @@ def test_training_settings_given_with_set_are_the_settings(tmp_path):
                           "--out", tmp_path / "p"), "error: time is given twice")
     _one_line_error(nexus("train", "examples/tiny_lm.nx", "--set", "lr=abc", "--out",
                           tmp_path / "q"), "lr must be a positive number, got 'abc'")
+
+
+def _tiny_lm_params(d: int, depth: int, v: int = 256) -> int:
+    """tiny_lm's parameters by hand: the embedding (tied with the head), per block two norms,
+    attention's qkv and output projections and the mlp's two linears, and the final norm."""
+    per_block = 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
+    return v * d + depth * per_block + d
+
+
+def test_version_names_the_package_torch_and_python():
+    from importlib.metadata import version
+
+    from nexusdsl.version import __version__
+
+    run = nexus("--version")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"nexus {__version__} ")
+    assert f"torch {version('torch')}" in run.stdout and f"Python {sys.version.split()[0]}" in run.stdout
+
+
+def test_list_shows_models_with_inputs_outputs_and_train_section_and_blocks():
+    run = nexus("list", "examples/tiny_lm.nx")
+    assert run.returncode == 0, run.stderr
+    lines = [line.strip() for line in run.stdout.splitlines()]
+    assert lines[:4] == ["examples/tiny_lm.nx",
+                         f"model TinyLM(dim = 128, depth = 4, heads = 4)  "
+                         f"{_tiny_lm_params(128, 4):,} parameters",
+                         "input   tokens: text[B, T]", "output  logits: f32[B, T, vocab=256]"]
+    assert lines[4].startswith("train   dim = 96; depth = 2; heads = 8; batch = 64")
+    blocks = nexus("list", "stdlib/nn.nx", "--json")
+    listing = json.loads(blocks.stdout)
+    assert listing["models"] == []
+    assert {"name": "mlp", "params": ["x: [*, d]", "mult = 4", "act = gelu", "bias = true"]} \
+        in listing["blocks"]
+
+
+def test_set_names_that_are_typos_get_a_suggestion(tmp_path):
+    _one_line_error(nexus("compile", "examples/tiny_lm.nx", "--set", "dmi=128"),
+                    "error: --set dmi=...: model TinyLM has no hyperparameter `dmi`; did you "
+                    "mean `dim`? (it has dim, depth, heads)")
+    _one_line_error(nexus("train", "examples/tiny_lm.nx", "--set", "stpes=3", "--out",
+                          tmp_path / "o"), "did you mean `steps`?")
+    assert not (tmp_path / "o").exists()
+
+
+def test_summary_output_follows_its_suffix_and_refuses_pickles(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    import nexusdsl
+
+    tiny = "examples/tiny_lm.nx"
+    _one_line_error(nexus("compile", tiny, "-o", tmp_path / "model.pt"),
+                    f"error: -o {tmp_path / 'model.pt'}: a .pt file is a Python pickle")
+    assert not (tmp_path / "model.pt").exists()
+    assert nexus("compile", tiny, "-o", tmp_path / "s.json").returncode == 0
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(
+        nexus("compile", tiny, "--json").stdout)
+    assert nexus("compile", tiny, "-o", tmp_path / "w.safetensors").returncode == 0
+    written = load_file(tmp_path / "w.safetensors")
+    expected = nexusdsl.compile(tiny, seed=0).state_dict()
+    assert set(written) == set(expected) - {"unembed.weight"}
+    assert all(torch.equal(written[k], expected[k]) for k in written)
+    with safe_open(tmp_path / "w.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["tied"]) == {"unembed.weight": "tok.weight"}
+
+
+def test_flops_are_labelled_with_the_context_they_were_counted_at():
+    run = nexus("summary", "examples/tiny_lm.nx", "--context", "64")
+    assert run.returncode == 0, run.stderr
+    assert "forward, batch 1, context 64" in run.stdout and "context 256" not in run.stdout
+
+
+def test_compile_notes_the_size_its_train_section_trains():
+    run = nexus("compile", "examples/tiny_lm.nx")
+    assert run.returncode == 0, run.stderr
+    assert f"{_tiny_lm_params(128, 4):,}" in run.stdout
+    assert (f"note: the train section of TinyLM trains dim=96, depth=2, heads=8 "
+            f"({_tiny_lm_params(96, 2):,} parameters)") in run.stderr
+    assert "nexus train examples/tiny_lm.nx --dry-run" in run.stderr
+
+
+def test_dry_run_shows_the_configuration_to_be_trained_and_writes_nothing(tmp_path):
+    run = nexus("train", "examples/tiny_lm.nx", "--dry-run", "--steps", "300", "--out",
+                tmp_path / "o")
+    assert run.returncode == 0, run.stderr
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in run.stdout.splitlines()[1:]}
+    assert rows["hyperparameters"] == ("dim=96 (examples/tiny_lm.nx:19), depth=2 "
+                                       "(examples/tiny_lm.nx:20), heads=8 (examples/tiny_lm.nx:21)")
+    assert rows["parameters"].startswith(f"{_tiny_lm_params(96, 2):,} trainable of "
+                                         f"{_tiny_lm_params(96, 2):,}")
+    assert rows["steps"].startswith("300 (flag), or 100 s of training (examples/tiny_lm.nx:25)")
+    assert rows["batch"] == ("64 (examples/tiny_lm.nx:22) x context 32 (examples/tiny_lm.nx:23)"
+                             " = 2,048 tokens per step")
+    assert rows["objective"] == "next_token (default)"
+    assert not (tmp_path / "o").exists()

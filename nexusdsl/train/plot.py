@@ -1,9 +1,10 @@
 """`nexus plot RUN... -o curves.png`: the training loss and held-out curves of runs, read from
 their metrics.jsonl, drawn with matplotlib (imported only here, without a display).
 
-Two panels share the step axis: the training loss (each point the mean over the steps since
-the previous logged one), and the held-out metric the runs report (bits per byte for byte
-models, else accuracy, reward or loss). One colour per run, named by its folder.
+Two panels share the step axis: the loss, training (a line, each point the mean over the
+steps since the previous logged one) and held-out (dots, every evaluation), in the objective's
+units, so the gap between them shows; and the held-out metric the runs report (bits per byte
+for byte models, else accuracy or reward). One colour per run, named by its folder.
 """
 
 from __future__ import annotations
@@ -63,15 +64,17 @@ def figure(runs: dict[str, list[dict]]):
     import matplotlib.pyplot as plt
 
     key = heldout_key(runs)
-    rows = 2 if key else 1
+    rows = 2 if key and key != "loss" else 1
     fig, axes = plt.subplots(rows, 1, figsize=(7, 3.2 * rows), sharex=True, squeeze=False)
     loss_ax = axes[0][0]
-    for label, records in runs.items():
+    for i, (label, records) in enumerate(runs.items()):
         steps, losses = series(records, "train", "loss")
-        loss_ax.plot(steps, losses, label=label, linewidth=1.2,
+        loss_ax.plot(steps, losses, label=f"{label}: training", color=f"C{i}", linewidth=1.2,
                      marker="o" if len(steps) == 1 else None)  # one point draws no line
-    loss_ax.set_ylabel("training loss")
-    if key:
+        loss_ax.plot(*series(records, "heldout", "loss"), label=f"{label}: held-out",
+                     color=f"C{i}", linestyle="none", marker="o", markersize=4)
+    loss_ax.set_ylabel("loss")
+    if rows == 2:
         held_ax = axes[1][0]
         for i, (label, records) in enumerate(runs.items()):
             held_ax.plot(*series(records, "heldout", key), marker="o", markersize=3,
@@ -80,9 +83,8 @@ def figure(runs: dict[str, list[dict]]):
     axes[-1][0].set_xlabel("step")
     for (ax,) in axes:
         ax.grid(True, alpha=0.3)
-    if len(runs) > 1:
-        loss_ax.legend()
-    else:
+    loss_ax.legend(fontsize="small")
+    if len(runs) == 1:
         loss_ax.set_title(next(iter(runs)))
     fig.tight_layout()
     return fig
