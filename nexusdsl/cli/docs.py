@@ -26,15 +26,16 @@ nexus list examples/gpt.nx                    # models (inputs, outputs, train s
 nexus compile examples/tiny_lm.nx --emit ir   # the IR after optimisation
 nexus summary examples/tiny_lm.nx --by-node   # parameters and FLOPs, node by node
 nexus viz examples/tiny_lm.nx -o tiny.svg --depth 2   # needs Graphviz's dot for .svg
-nexus fmt --check examples stdlib             # is every .nx file there formatted?
+nexus fmt --check .                           # is every .nx file formatted?
 nexus train examples/tiny_lm.nx --steps 200 --dry-run
 nexus train examples/tiny_lm.nx --steps 200 --out runs/cli-tiny
 nexus plot runs/cli-tiny -o cli-tiny.png
 nexus run examples/tiny_lm.nx --checkpoint runs/cli-tiny --size B=2 --size T=32
 ```
 
-`nexus fmt --check .` at the repository's root fails on purpose: tests/golden/diagnostics holds
-a file with a deliberate syntax error (`make test` excludes it with `--exclude`).
+`nexus fmt` of a folder leaves out the files a project's `pyproject.toml` lists under
+`[tool.nexus] fmt-exclude` (this repository lists tests/golden/diagnostics/syntax.nx, whose
+syntax error is on purpose).
 
 `nexus train` stops cleanly on Ctrl-C or SIGTERM: it finishes the step in progress, saves it,
 prints the command that continues the run (the same one with `--resume`) and exits with status

@@ -30,16 +30,37 @@ _SKIPPED_DIRS = {"node_modules", "build", "dist", "__pycache__"}
 
 def nx_files(paths: list[Path], exclude: list[str]) -> list[Path]:
     """The `.nx` files named, and those under the folders named (not following symlinks,
-    skipping hidden folders), minus those matching an `--exclude` pattern."""
+    skipping hidden folders and the files a project's pyproject.toml excludes under
+    `[tool.nexus] fmt-exclude`), minus those matching an `--exclude` pattern."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
+            skipped = project_excludes(path)
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS)
-                found += [Path(root) / f for f in sorted(files) if f.endswith(".nx")]
+                found += [Path(root) / f for f in sorted(files) if f.endswith(".nx")
+                          and (Path(root) / f).resolve() not in skipped]
         else:
             found.append(path)
     return [f for f in found if not any(f.match(p) or str(f) == p for p in exclude)]
+
+
+def project_excludes(folder: Path) -> set[Path]:
+    """Files the nearest pyproject.toml at or above `folder` keeps out of folder-wide
+    formatting (`[tool.nexus] fmt-exclude = ["tests/golden/diagnostics/syntax.nx"]`: files
+    that are wrong on purpose), as resolved paths."""
+    import tomllib
+
+    for parent in [folder.resolve(), *folder.resolve().parents]:
+        config = parent / "pyproject.toml"
+        if config.is_file():
+            try:
+                table = tomllib.loads(config.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return set()
+            names = table.get("tool", {}).get("nexus", {}).get("fmt-exclude", [])
+            return {(parent / n).resolve() for n in names if isinstance(n, str)}
+    return set()
 
 
 @app.command("fmt")

@@ -166,3 +166,16 @@ def test_cli_reports_a_broken_file_with_its_location(tmp_path: Path):
     assert result.exit_code == 1
     assert f"{broken}:" in result.output and "error: syntax error" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_folder_leaves_out_what_pyproject_excludes(tmp_path):
+    from nexusdsl.cli.tools import nx_files
+
+    (tmp_path / "pyproject.toml").write_text('[tool.nexus]\nfmt-exclude = ["bad/broken.nx"]\n')
+    (tmp_path / "bad").mkdir()
+    for name in ("bad/broken.nx", "bad/fine.nx", "top.nx"):
+        (tmp_path / name).write_text("nexus 0.1\n")
+    found = {p.relative_to(tmp_path).as_posix() for p in nx_files([tmp_path], [])}
+    assert found == {"bad/fine.nx", "top.nx"}
+    named = nx_files([tmp_path / "bad" / "broken.nx"], [])  # a file named is still formatted
+    assert named == [tmp_path / "bad" / "broken.nx"]
