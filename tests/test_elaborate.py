@@ -285,6 +285,23 @@ model M {
     torch.testing.assert_close(m(x), want)
 
 
+def test_the_models_own_method_names_are_renamed_only_at_the_top_level():
+    """`generate` is a method of the compiled model, so a top-level block call of that name
+    is numbered; nested under another node it sits on a plain container and keeps its name."""
+    src = """nexus 0.1
+block generate(x: [*, d]) -> [*, d] { return linear(x, d) }
+block outer(x: [*, d]) -> [*, d] { return generate(x) }
+model M {
+  input x: float[B, 4]
+  output y = outer(generate(x))
+}
+"""
+    m = nexusdsl.compile(nexusdsl.loads(src, "t.nx"))
+    names = [n for n, _ in m.named_parameters() if n.endswith("weight")]
+    assert names == ["generate_1.linear.weight", "outer.generate.linear.weight"]
+    assert callable(m.generate) and m(torch.randn(2, 4)).shape == (2, 4)
+
+
 def test_an_as_name_torch_uses_is_a_located_error():
     src = "nexus 0.1\nmodel M {\n  input x: float[B, 4]\n  output y = linear(x, 4) as to\n}\n"
     with pytest.raises(nexusdsl.NexusError, match=r"t.nx:4:14: error: `to` cannot name a node"):

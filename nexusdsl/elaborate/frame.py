@@ -42,12 +42,18 @@ TORCH_ATTRIBUTES = frozenset("""
     register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state
     set_submodule shape_env share_memory state_dict to to_empty to_folder train training type
     xpu zero_grad
-    fx input_names output_names op
+    op
 """.split())
 
+# The compiled model's own attributes (compiler/lower/fx.py NexusModule): only a top-level
+# node sits beside them; a nested one (`image_out.generate`) lives on a plain container module.
+MODEL_ATTRIBUTES = frozenset({"fx", "input_names", "output_names", "generate"})
 
-def taken_by_torch(name: str) -> bool:
-    return name.startswith("_") or name in TORCH_ATTRIBUTES
+
+def taken_by_torch(name: str, prefix: str = "") -> bool:
+    """Whether a node called `name` under `prefix` would collide with a torch attribute."""
+    return (name.startswith("_") or name in TORCH_ATTRIBUTES
+            or (not prefix and name in MODEL_ATTRIBUTES))
 
 
 class Namer:
@@ -63,7 +69,7 @@ class Namer:
     def fresh(self, frame: Frame, base: str) -> str:
         key = (frame.prefix, base)
         while True:
-            n = self.counts.get(key, 1 if taken_by_torch(base) else 0)
+            n = self.counts.get(key, 1 if taken_by_torch(base, frame.prefix) else 0)
             self.counts[key] = n + 1
             name = frame.qualify(base if n == 0 else f"{base}_{n}")
             if name not in self.used:
@@ -73,7 +79,8 @@ class Namer:
     def peek(self, frame: Frame, base: str) -> str:
         """The name `fresh(frame, base)` would give now, without taking it (a node whose
         inputs are named under it, as a moe's shared expert `moe.shared.…`, is made last)."""
-        n = self.counts.get((frame.prefix, base), 1 if taken_by_torch(base) else 0)
+        n = self.counts.get((frame.prefix, base),
+                           1 if taken_by_torch(base, frame.prefix) else 0)
         while True:
             name = frame.qualify(base if n == 0 else f"{base}_{n}")
             if name not in self.used:

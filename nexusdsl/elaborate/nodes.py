@@ -138,7 +138,7 @@ class NodeWriter:
         if alias is None:
             return self.namer.fresh(frame, base)
         name = frame.qualify(alias)
-        if taken_by_torch(alias):
+        if taken_by_torch(alias, frame.prefix):
             raise NexusError.at(span, f"`{alias}` cannot name a node: the compiled model is a "
                                 "torch module, which uses that name itself; choose another")
         if not self.namer.claim(name):

@@ -137,8 +137,9 @@ def _check_attribute_name(node: Node) -> None:
     """A node's name becomes an attribute path of the compiled torch module. The elaborator
     keeps torch's own names out (elaborate/frame.py); a library imported later can still add
     one to nn.Module (transformers adds `smart_apply`): refuse it where it is written."""
-    taken = [part for part in node.name.split(".")
-             if hasattr(fx.GraphModule, part) or hasattr(NexusModule, part)]
+    first, *nested = node.name.split(".")  # nested parts live on plain container modules
+    taken = [part for part in [first, *nested] if hasattr(fx.GraphModule, part)]
+    taken += [first] if hasattr(NexusModule, first) else []
     if taken:
         raise NexusError.at(node.span, f"`{taken[0]}` cannot name a node: torch modules have an "
                             "attribute of that name in this process; choose another")
