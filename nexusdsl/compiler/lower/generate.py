@@ -80,10 +80,11 @@ def token_model(graph: Graph, output: str | None = None) -> TokenModel:
 
 
 def recompute_reason(module, output: str | None = None) -> str | None:
-    """Why `generate` runs the whole sequence again at every step (the op that sees more than
-    the tokens before it, like `mean at pool`), or None when it decodes step by step."""
+    """Why `generate` runs the whole sequence again at every step (the first op on the way
+    from the token input that cannot decode step by step: `mean at pool`), or None when it
+    decodes step by step."""
     blocker = token_model(module.graph, output).blocker
-    return None if blocker is None else f"{blocker} looks at the whole sequence"
+    return None if blocker is None else f"{blocker} cannot decode step by step"
 
 
 def _inputs(graph: Graph) -> str:
@@ -114,7 +115,7 @@ def _position_limit(graph: Graph, tokens: Node) -> tuple[int | None, str | None]
         live.add(node.id)
         limit = node.attrs.get("max") if node.op == "position" else None
         if limit is not None and (best is None or limit < best):
-            best, by = limit, f"{node.op} at {node.name} (max = {limit})"
+            best, by = limit, f"position(max = {limit}) at {node.name}"
     return best, by
 
 
@@ -197,6 +198,7 @@ def generate(module, prompts, max_new_tokens: int, temperature: float = 0.0, top
              context: int | None = None, output: str | None = None,
              done: Callable[[int, list[int]], bool] | None = None,
              forward: Callable | None = None, recompute: str | None = None,
+             started: Callable[[], None] | None = None,
              **fixed: torch.Tensor) -> list[list[int]]:
     """Up to `max_new_tokens` new ids for each prompt (see the module docstring).
 
@@ -205,7 +207,7 @@ def generate(module, prompts, max_new_tokens: int, temperature: float = 0.0, top
     `done(row, its new ids)`: end that row early; `fixed`: the model's other inputs (an
     image, an encoder's tokens), batch first, the same at every step. `forward(row, ids
     [1, T])` and `recompute` (the reason) make generation recompute through another module
-    (a model with a learned prefix)."""
+    (a model with a learned prefix); `started()` is called once every argument is checked."""
     check_settings(max_new_tokens, temperature, top_k, top_p)
     spec = token_model(module.graph, output)
     missing = [name for name in spec.others if name not in fixed]
@@ -225,6 +227,8 @@ def generate(module, prompts, max_new_tokens: int, temperature: float = 0.0, top
     capacity = width + max_new_tokens - 1  # the last id drawn is never fed
     if context is not None:
         capacity = min(capacity, context)
+    if started is not None:
+        started()
     was_training = module.training
     module.eval()
     try:
@@ -248,15 +252,17 @@ def _check_room(spec: TokenModel, rows: list[list[int]], new: int, context: int 
         return
     if context is not None:
         if context > spec.positions:
-            raise GenerationError(f"context = {context} passes the {spec.positions} positions "
-                                  f"of {spec.name} ({spec.positions_by})")
+            raise GenerationError(f"a context of {context} tokens needs {context} positions, "
+                                  f"but {spec.name} has {spec.positions} "
+                                  f"({spec.positions_by})")
         return
     longest = max(map(len, rows))
-    if longest + new - 1 > spec.positions:  # the last id drawn is never fed
+    need = longest + new - 1  # the last id drawn is never fed
+    if need > spec.positions:
         room = max(spec.positions - longest + 1, 0)
-        raise GenerationError(f"{new} new tokens after a prompt of {longest} pass the "
-                              f"{spec.positions} positions of {spec.name} "
-                              f"({spec.positions_by}): at most {room} fit")
+        raise GenerationError(f"{new} new tokens after a prompt of {longest} need {need} "
+                              f"positions, but {spec.name} has {spec.positions} "
+                              f"({spec.positions_by}): at most {room} new tokens fit")
 
 
 def _row_forward(module, spec: TokenModel, fixed: dict, device) -> Callable:
@@ -312,6 +318,7 @@ class _Cached:
 
     def next(self, picks: torch.Tensor, alive: list[bool]) -> torch.Tensor:
         if self.fed >= self.decoder.ctx.capacity:  # the window is full: it slides from here
+            self.decoder.close()  # the model's own forward again
             return self.recomputed.next(picks, alive)
         self.fed += 1
         live = torch.tensor(alive, device=self.device)[:, None]
