@@ -64,13 +64,6 @@ def train_cmd(
     until: Optional[int] = typer.Option(None, "--until", help="stop at this step (schedule unchanged)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of weights, data order and sampling"),
     shard: bool = typer.Option(False, "--shard", help="under torchrun: FSDP instead of DDP"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="the forward pass's "
-                                            "precision: fp32, bf16 or fp16 (float32 weights "
-                                            "either way)"),
-    accumulate: Optional[int] = typer.Option(None, "--accumulate", help="micro-batches per "
-                                             "optimizer step (--batch split among them)"),
-    compile_model: bool = typer.Option(False, "--compile", help="train the model through "
-                                       "torch.compile"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or progress lines"),
     dry_run: bool = typer.Option(False, "--dry-run", help="show what would be trained (model "
@@ -83,12 +76,10 @@ def train_cmd(
     Ctrl-C or SIGTERM finishes the step, saves it, and exits 130 or 143."""
     from nexusdsl.train.interrupts import Interrupted, deferred
 
-    step_flags = {"precision": precision, "accumulate": accumulate,
-                  "compile": True if compile_model else None}
     with deferred(not dry_run):  # from the start: see train/interrupts.py
         try:
             result = _train(file, model, sets, data, steps, batch, context, lr, seconds, output,
-                            resume, until, seed, shard, device, quiet, dry_run, step_flags)
+                            resume, until, seed, shard, device, quiet, dry_run)
         except Interrupted as stop:
             _interrupted(stop)
     if result is not None and _rank() == 0:
@@ -96,13 +87,13 @@ def train_cmd(
 
 
 def _train(file, model, sets, data, steps, batch, context, lr, seconds, output, resume, until,
-           seed, shard, device, quiet, dry_run, step_flags):
+           seed, shard, device, quiet, dry_run):
     import nexusdsl
     from nexusdsl.train.api import plan, train
 
     settings = parse_sets(sets)
     flags = {"data": data, "steps": steps, "batch": batch, "context": context, "lr": lr,
-             "seed": seed, "time": seconds, **step_flags}
+             "seed": seed, "time": seconds}
     for key in set(settings) & set(flags):  # `--set time=20` is `--time 20`
         if flags[key] is not None:
             fail(f"error: {key} is given twice, as --{key} and as --set {key}=...")
@@ -186,7 +177,6 @@ def eval_cmd(
     context: Optional[int] = typer.Option(None, "--context", help="tokens per example"),
     batches: Optional[int] = typer.Option(None, "--batches", help="at most this many batches"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
     """Held-out loss of a checkpoint (bits per byte for byte models)."""
     from nexusdsl.train.loop import evaluate
@@ -194,8 +184,7 @@ def eval_cmd(
     from nexusdsl.train.threads import threads_for
 
     session = _session(file, model, checkpoint, {"data": data, "batch": batch,
-                                                 "context": context, "eval_batches": batches},
-                       _device(device))
+                                                 "context": context, "eval_batches": batches})
     try:
         check_memory(session, training=False)
     except NexusError as e:
@@ -240,7 +229,6 @@ def generate_cmd(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="a directory with the "
                                              "model's tokenizer.json (default: the one its "
                                              "ids modality names)"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
     """Continue prompts with a byte model, or a model of ids through its tokenizer.
 
@@ -258,8 +246,7 @@ def generate_cmd(
     texts = _prompts(prompt, prompts)
     for text in stop:
         utf8_flag(text, "--stop")
-    trained, graph, program, run_context, notes = _generator(file, model, checkpoint,
-                                                             _device(device))
+    trained, graph, program, run_context, notes = _generator(file, model, checkpoint)
     try:  # a model that does not fit, a tokenizer that does not, weights not finite numbers
         from nexusdsl.train.generate import generate_texts
         from nexusdsl.train.tokenizer import generation_tokenizer
@@ -303,20 +290,19 @@ def _prompts(prompt: Optional[str], path: Optional[Path]) -> list[str]:
     return lines
 
 
-def _generator(file: Path, model: Optional[str], checkpoint: Optional[Path],
-               device: str = "cpu"):
+def _generator(file: Path, model: Optional[str], checkpoint: Optional[Path]):
     """(the model to sample from, its graph, the program, the run's context): a checkpoint's
     trained model, or the file's own (its bound weights; freshly initialised ones said on
-    stderr), on `device`."""
+    stderr)."""
     import nexusdsl
 
     if checkpoint is not None:
-        session = _session(file, model, checkpoint, {}, device)
+        session = _session(file, model, checkpoint, {})
         return (session.trainee, session.module.graph, session.program, session.config.context,
                 [])
     try:
         program = nexusdsl.load(file)
-        module = nexusdsl.compile(program, model, device=device)
+        module = nexusdsl.compile(program, model)
         fresh = program.binding(model) is None
     except NexusError as e:
         fail(render(e))
@@ -340,26 +326,14 @@ def _recomputing(trained, graph, compile_step: bool) -> list[str]:
     return [f"note: {graph.name} recomputes the whole sequence for every token: {reason}{also}"]
 
 
-def _session(file: Path, model: Optional[str], checkpoint: Path, overrides: dict,
-             device: str = "cpu"):
+def _session(file: Path, model: Optional[str], checkpoint: Path, overrides: dict):
     import nexusdsl
     from nexusdsl.train.session import from_checkpoint
 
     try:
-        return from_checkpoint(nexusdsl.load(file), model, checkpoint, overrides, device)
+        return from_checkpoint(nexusdsl.load(file), model, checkpoint, overrides)
     except NexusError as e:
         fail(render(e))
-
-
-def _device(device: str) -> str:
-    """--device checked (one error line) and made the current one, with TF32 matmuls."""
-    from nexusdsl.train import device as devices
-
-    why = devices.problem(device)
-    if why is not None:
-        fail(f"error: {why}")
-    devices.use(device)
-    return device
 
 
 
