@@ -95,14 +95,20 @@ class Axial:
             return x
         return sum(self.product(m, x, i) for i in range(len(self.axes)))
 
-    def inverse(self, m, y: torch.Tensor) -> torch.Tensor:
-        """x from y = mix(x), for square invertible maps in sequential order (or one axis)."""
-        for i in reversed(range(len(self.axes))):
-            x_idx, w_idx, out_idx = self.indices(y.dim(), i)
-            if self.attrs.bias:
-                y = y - _place(_param(m, self.key(i), "bias"), w_idx[:-1], out_idx)
-            y = self.product(m, y, i, torch.linalg.inv(self.weight(m, i)))
-        return y
+    def inverse_of(self, m):
+        """fn(y) -> x with y = mix(x), for square invertible maps in sequential order (or one
+        axis); each axis's matrix is inverted here, once, not at every call."""
+        inverses = [matrix_inverse(self.weight(m, i)) for i in range(len(self.axes))]
+
+        def inverse(y: torch.Tensor) -> torch.Tensor:
+            for i in reversed(range(len(self.axes))):
+                x_idx, w_idx, out_idx = self.indices(y.dim(), i)
+                if self.attrs.bias:
+                    y = y - _place(_param(m, self.key(i), "bias"), w_idx[:-1], out_idx)
+                y = self.product(m, y, i, inverses[i])
+            return y
+
+        return inverse
 
 
 # ---------------------------------------------------------------------------- full / random
@@ -148,11 +154,17 @@ class Full:
             y = y + _place(m.bias, w_idx[:len(self.grid)], out_idx)
         return y
 
-    def inverse(self, m, y: torch.Tensor) -> torch.Tensor:
-        if self.attrs.bias:
-            _, w_idx, out_idx = self.indices(y.dim())
-            y = y - _place(m.bias, w_idx[:len(self.grid)], out_idx)
-        return self.apply(y, torch.linalg.inv(self.matrix(m)))
+    def inverse_of(self, m):
+        """fn(y) -> x with y = mix(x); the matrix is inverted here, once."""
+        w_inv = matrix_inverse(self.matrix(m))
+
+        def inverse(y: torch.Tensor) -> torch.Tensor:
+            if self.attrs.bias:
+                _, w_idx, out_idx = self.indices(y.dim())
+                y = y - _place(m.bias, w_idx[:len(self.grid)], out_idx)
+            return self.apply(y, w_inv)
+
+        return inverse
 
 
 # ---------------------------------------------------------------------------- local
@@ -209,8 +221,14 @@ def lower_mix(attrs):
     return impl
 
 
+def matrix_inverse(w: torch.Tensor) -> torch.Tensor:
+    """w^-1 without the singularity check of torch.linalg.inv, which reads a flag back from
+    the device (a sync on a GPU); the same LU solve, so the same numbers."""
+    return torch.linalg.inv_ex(w).inverse
+
+
 def mix_inverse(attrs):
-    """fn(m, y) -> x with mix(x) = y, for the maps `invertible_mix` accepts."""
+    """prepare(m) -> fn(y) -> x with mix(x) = y, for the maps `invertible_mix` accepts."""
     impl = lower_mix(attrs)
-    return impl.inverse
+    return impl.inverse_of
 

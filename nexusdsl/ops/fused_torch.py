@@ -222,7 +222,9 @@ class SparseMix:
         self.attrs = attrs
         self.grid = sorted(attrs.axes)
         cpu = sparse_structure(attrs.cells, attrs.density, attrs.seed, attrs.causal)
-        self._structures = {"cpu": cpu}  # built once, here, not while torch.compile traces
+        # built once, here, not while torch.compile traces; the gather kernel's padded layout
+        # too, so that a forward reads nothing back from the device
+        self._structures = {"cpu": (*cpu, *gather_layout(cpu, attrs.cells))}
 
     def structure(self, cells: int, device):
         assert cells == self.attrs.cells, f"sparse_mix built for {self.attrs.cells} nodes"
@@ -237,26 +239,37 @@ class SparseMix:
         cells = math.prod(shape[first:last + 1])
         lead, rest = math.prod(shape[:first]), math.prod(shape[last + 1:])
         xc = x.reshape(lead, cells, rest).transpose(0, 1).reshape(cells, lead * rest)
+        structure = self.structure(cells, x.device)
         if self.attrs.kernel == "gather":
-            y = gather_matmul(m.weight, xc, self.structure(cells, x.device), cells)
+            y = gather_matmul(m.weight, xc, structure[:5], cells, structure[5:])
         else:
-            y = CsrMatmul.apply(m.weight, xc, self.structure(cells, x.device), cells)
+            y = CsrMatmul.apply(m.weight, xc, structure[:5], cells)
         y = y.reshape(cells, lead, rest).transpose(0, 1)
         if self.attrs.bias:
             y = y + m.bias.reshape(1, cells, 1)
         return y.reshape(shape)
 
 
-def gather_matmul(values, xc, structure, cells):
-    """The index-gather kernel: each output node's inputs gathered into rows padded to the
-    longest row (padding reads node 0 with weight 0), then one batched dot product."""
+def gather_layout(structure, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gather kernel's padded layout of a structure: index (cells, width), the input node
+    each slot reads (node 0 in padding), and slot (connections,), each connection's place in
+    its row. The width is read from the structure, so build this where the structure lives
+    (on the host), once."""
     rows, cols, crow, _, _ = structure
-    counts = crow[1:] - crow[:-1]
-    width = int(counts.max())
+    width = int((crow[1:] - crow[:-1]).max())
     slot = torch.arange(rows.numel(), device=rows.device) - crow[rows]
     index = torch.zeros(cells, width, dtype=torch.int64, device=rows.device)
     index[rows, slot] = cols
-    weights = values.new_zeros(cells, width).index_put((rows, slot), values)
+    return index, slot
+
+
+def gather_matmul(values, xc, structure, cells, layout=None):
+    """The index-gather kernel: each output node's inputs gathered into rows padded to the
+    longest row (padding reads node 0 with weight 0), then one batched dot product. `layout`
+    is `gather_layout(structure, cells)`, made here when not given."""
+    rows = structure[0]
+    index, slot = layout or gather_layout(structure, cells)
+    weights = values.new_zeros(index.shape).index_put((rows, slot), values)
     gathered = xc[index]  # (cells, width, N)
     return torch.einsum("cw,cwn->cn", weights, gathered)
 

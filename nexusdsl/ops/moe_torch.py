@@ -5,9 +5,11 @@ order kept inside each expert, see `Plan`), gathered with index_select, run one
 expert at a time on a contiguous block (one large matmul per expert layer), and added back
 with gate weights by index_add_. With `capacity` > 0 every expert has a static number of slots
 C = ceil(capacity * N * k / E); assignments beyond C are dropped. With `capacity = 0` nothing
-is dropped: in eager mode the blocks have the exact sizes (one host sync for the counts);
-while tracing (torch.compile, torch.export, torch-mlir) the same code runs with C = the most
-tokens any expert can receive, so shapes stay static and the result is the same.
+is dropped: in eager mode on the CPU the blocks have the exact sizes (the counts are read on
+the host, which costs nothing there); on an accelerator, and while tracing (torch.compile,
+torch.export, torch-mlir), the same code runs with C = the most tokens any expert can
+receive, so shapes stay static, nothing waits for the device, and the result is the same
+(the padded slots cost E*C rows of expert work instead of N*k).
 
 Experts that mix tokens along the sequence (attention, pretrained layers) run on the whole
 input and their output is weighted per token by the (dropping-aware) gate weight, which is 0
@@ -39,6 +41,15 @@ def route_tokens(m, attrs, x: torch.Tensor, seq: int) -> Routing:
     if r["fn"] == "knn":
         return knn_route(m, x, r["kwargs"], m.training)
     return hash_route(m, x, r["kwargs"], m.training, attrs.experts, seq)
+
+
+# Devices whose tensors the host reads without waiting for a queue of kernels: there the
+# dropless dispatch reads the per-expert counts and runs blocks of the exact sizes.
+HOST_READ_DEVICES = frozenset({"cpu"})
+
+
+def reads_are_free(device: torch.device) -> bool:
+    return device.type in HOST_READ_DEVICES
 
 
 def capacity_of(attrs, tokens: int, assignments: int, chosen: int) -> int:
@@ -108,7 +119,7 @@ def moe_forward(attrs):
         flat = x.reshape(-1, d)  # (N, d)
         seq = x.shape[-2] if x.dim() >= 2 else flat.shape[0]
         r = route_tokens(m, attrs, flat, seq)
-        dynamic = attrs.capacity == 0 and not _tracing()
+        dynamic = attrs.capacity == 0 and not _tracing() and reads_are_free(flat.device)
         cap = None if dynamic else capacity_of(attrs, flat.shape[0], r.expert.numel(), r.chosen)
         plan = Plan(r, attrs.experts, cap, flat.shape[0])
         y = torch.zeros_like(flat)

@@ -135,53 +135,69 @@ def check_reversible(region) -> None:
 
 
 def _inverse_fn(op: str, attrs):
-    """fn(module, y) -> x for one invertible node."""
+    """prepare(module) -> fn(y) -> x for one invertible node; prepare inverts the node's
+    matrices (once per backward pass: the parameters do not change while it walks the
+    steps, and an inversion reads a flag back from the device)."""
     import torch
 
     if op == "identity":
-        return lambda m, y: y
+        return lambda m: lambda y: y
     if op == "scale":
-        return lambda m, y: y / attrs.factor
+        return lambda m: lambda y: y / attrs.factor
     if op == "shift":
-        return lambda m, y: y - attrs.value
+        return lambda m: lambda y: y - attrs.value
     if op == "linear":
-        def linear(m, y):
-            if attrs.bias:
-                y = y - m.bias
-            return y @ torch.linalg.inv(m.weight).T  # y = x W^T + b
+        from nexusdsl.ops.axis_torch import matrix_inverse
+
+        def linear(m):
+            w_inv_t = matrix_inverse(m.weight).T  # y = x W^T + b
+
+            def inverse(y):
+                return (y - m.bias if attrs.bias else y) @ w_inv_t
+            return inverse
         return linear
     if op == "mix":
         from nexusdsl.ops.axis_torch import mix_inverse
 
         return mix_inverse(attrs)
     if op == "leaky_relu":
-        return lambda m, y: torch.where(y >= 0, y, y / attrs.alpha)
+        return lambda m: lambda y: torch.where(y >= 0, y, y / attrs.alpha)
     if op == "partial":
         from nexusdsl.ops.activations import active_channels
 
         act = attrs.act["op"]
         inner = _inverse_fn(act, REGISTRY[act].Attrs.model_validate(attrs.act["attrs"]))
 
-        def partial(m, y):
-            k = active_channels(attrs.fraction, y.shape[-1])
-            return torch.cat((inner(m, y[..., :k]), y[..., k:]), dim=-1)
+        def partial(m):
+            inner_y = inner(m)
+
+            def inverse(y):
+                k = active_channels(attrs.fraction, y.shape[-1])
+                return torch.cat((inner_y(y[..., :k]), y[..., k:]), dim=-1)
+            return inverse
         return partial
     raise NotImplementedError(op)
 
 
 def body_inverse(body):
-    """fn(y) -> x inverting one step of a lowered body module (a NexusModule)."""
+    """prepare() -> fn(y) -> x inverting one step of a lowered body module (a NexusModule);
+    call prepare once per backward pass, after the parameters last changed."""
     steps = []
     for node in chain(body.graph):
         steps.append((body.get_submodule(node.shares or node.name),
                       _inverse_fn(node.op, attrs_of(node))))
 
-    def inverse(y):
-        for module, fn in reversed(steps):
-            y = fn(module, y)
-        return y
+    def prepare():
+        fns = [invert(module) for module, invert in steps]
 
-    return inverse
+        def inverse(y):
+            for fn in reversed(fns):
+                y = fn(y)
+            return y
+
+        return inverse
+
+    return prepare
 
 
 def _lower_recur(attrs):
@@ -246,9 +262,11 @@ def _make_function():
             y, *marks = ctx.saved_tensors
             params = [p for p in ctx.step.parameters() if p.requires_grad]
             totals = [torch.zeros_like(p) for p in params]
+            with torch.no_grad():
+                inverse = ctx.inverse()  # the body's matrices inverted once for every step
             for t in reversed(range(ctx.count)):
                 with torch.no_grad():
-                    x = marks[t // ctx.every] if t % ctx.every == 0 else ctx.inverse(y)
+                    x = marks[t // ctx.every] if t % ctx.every == 0 else inverse(y)
                 with torch.enable_grad():
                     x_in = x.detach().requires_grad_(True)
                     out = ctx.step(x_in)

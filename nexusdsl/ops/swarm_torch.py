@@ -13,17 +13,34 @@ def message_matrix(links: list[list[int]], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(rows, dtype=like.dtype, device=like.device)
 
 
+class MessageWeights:
+    """The message matrix of one swarm, built once on the host when the op is lowered and
+    copied once to each device and dtype it meets: a forward makes no host-to-device copy
+    (a per-forward `torch.tensor` of Python rows waits for the device on a GPU)."""
+
+    def __init__(self, links: list[list[int]]):
+        self.host = message_matrix(links, torch.empty((), dtype=torch.float64))
+        self.copies: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        key = (str(x.device), x.dtype)
+        if key not in self.copies:
+            self.copies[key] = self.host.to(device=x.device, dtype=x.dtype)
+        return self.copies[key]
+
+
 def exchange(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Messages: the mean of each agent's neighbours' states. states (n, ...) -> (n, ...)."""
     n = states.shape[0]
     return (weights @ states.reshape(n, -1)).reshape(states.shape)
 
 
-def swarm_states(m, x: torch.Tensor, rounds: int, links: list[list[int]]) -> torch.Tensor:
+def swarm_states(m, x: torch.Tensor, rounds: int, links: list[list[int]],
+                 messages: MessageWeights | None = None) -> torch.Tensor:
     """Every agent's state after `rounds` rounds, (agents, *x.shape)."""
     agents = list(m.agents)
     states = torch.stack([agent(x) for agent in agents])
-    weights = message_matrix(links, x)
+    weights = (messages or MessageWeights(links)).like(x)
     for _ in range(rounds):
         heard = states + exchange(states, weights)
         states = torch.stack([agent(h) for agent, h in zip(agents, heard.unbind(0))])
@@ -47,8 +64,10 @@ def median(states: torch.Tensor) -> torch.Tensor:
 def swarm_forward(attrs, links: list[list[int]]):
     import torch.nn.functional as F
 
+    messages = MessageWeights(links)
+
     def swarm(m, x):
-        states = swarm_states(m, x, attrs.rounds, links)  # (n, *, T, d)
+        states = swarm_states(m, x, attrs.rounds, links, messages)  # (n, *, T, d)
         if attrs.combine == "mean":
             return states.mean(0)
         if attrs.combine == "vote":
