@@ -25,7 +25,7 @@ def compile_program(program: Program, model: str | None = None, *, target: str =
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     _check_device(device)
-    passes = options_for(target, (options or {}).get("route"))
+    passes = options_for(target, (options or {}).get("route"), device=device)
     graph = optimize(program.elaborate(model, **hyper), opt, options=passes)
     binding = program.binding(model, **hyper)
     dtype = dtype or (binding.dtype if binding is not None else None) or "f32"

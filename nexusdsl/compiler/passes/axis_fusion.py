@@ -32,7 +32,7 @@ from nexusdsl.compiler.passes.base import (
     private_params,
     sole_user,
 )
-from nexusdsl.compiler.passes.cost import Sizes
+from nexusdsl.compiler.passes.cost import Sizes, machine_for
 from nexusdsl.ir.graph import Graph, Node, ValueRef
 from nexusdsl.ops.axis import axial_costs, wiring_fn
 from nexusdsl.ops.base import attrs_of, op_of
@@ -80,7 +80,8 @@ class FuseMixChain(RewritePattern):
         x_ref, absorbed = inner.inputs[0], list(inner.inputs[1:])
         x = Sizes(graph, p.options.context).of(graph.type_of(x_ref))
         apart, fused = chain_cost(math.prod(x) // x[outer.axis], steps)
-        if fused.seconds() >= apart.seconds():
+        machine = machine_for(p.options.device)
+        if fused.seconds(machine) >= apart.seconds(machine):
             p.explain(f"{node.name}: kept {len(steps)} maps apart ({apart} < fused {fused})")
             return False
         absorbed += self._absorb(graph, inner, held.key)
@@ -137,7 +138,9 @@ class AxialEinsum(RewritePattern):
             return False
         sizes = Sizes(graph, p.options.context)
         costs = axial_costs(sizes.of(graph.type_of(node.inputs[0])), mix)
-        strategy = min((k for k in costs if k != "einsum"), key=lambda k: costs[k].seconds())
+        machine = machine_for(p.options.device)
+        strategy = min((k for k in costs if k != "einsum"),
+                       key=lambda k: costs[k].seconds(machine))
         p.explain(f"{node.name}: {strategy} (" + "; ".join(f"{k} {c}" for k, c in
                                                        costs.items()) + ")")
         attrs = AxialMix.attrs_from(node.attrs, strategy)

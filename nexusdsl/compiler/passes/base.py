@@ -33,12 +33,15 @@ class PassOptions:
     cost model decides). `context`: the length given to symbolic sequence axes by the cost
     model (batch axes count 1), as in `nexus compile`'s summary. `backends`: the op-level
     backends the result must lower to (`required_backends` of the compile target): a
-    rewrite into an op that one of them cannot run is not made."""
+    rewrite into an op that one of them cannot run is not made. `device`: where the model
+    will run (`cpu`, `cuda`, `cuda:1`); the cost model prices choices with that device's
+    profile (compiler/passes/cost.py `machine_for`), and measuring times it there."""
 
     sparsity: float = 0.0
     measure: bool = False
     context: int = 256
     backends: tuple[str, ...] = ("eager", "compile")
+    device: str = "cpu"
 
 
 class Pass:

@@ -19,7 +19,54 @@ from dataclasses import dataclass
 from nexusdsl.ir.graph import Graph, Node
 from nexusdsl.ir.types import TensorType
 from nexusdsl.ops.base import attrs_of, op_of
-from nexusdsl.ops.cost import Cost
+from nexusdsl.ops.cost import CPU, Cost, Machine
+
+# ---------------------------------------------------------------------------- devices
+
+# What a device kind does at most, for the passes' decisions: dense fp32 FLOP/s (CUDA cores,
+# no TF32), memory bandwidth in bytes/s, and the host's seconds per kernel launch (eager
+# PyTorch dispatch, the same order on every GPU). The GPU figures are the vendors' data
+# sheets, not measured here; `cpu` is the cost model's own, measured on the 2-core CI machine.
+# Decisions compare alternatives, so what matters is each device's balance: a GPU does a
+# thousand times the work of a CPU core per kernel launch, so on a GPU fewer kernels win
+# where on a CPU fewer bytes do.
+GPU_LAUNCH = 1.0e-5
+DEVICE_PROFILES: dict[str, Machine] = {
+    "cpu": CPU,
+    "v100": Machine(flops=1.57e13, bandwidth=9.0e11, launch=GPU_LAUNCH),
+    "t4": Machine(flops=8.1e12, bandwidth=3.2e11, launch=GPU_LAUNCH),
+    "a10": Machine(flops=3.12e13, bandwidth=6.0e11, launch=GPU_LAUNCH),
+    "l4": Machine(flops=3.03e13, bandwidth=3.0e11, launch=GPU_LAUNCH),
+    "a100": Machine(flops=1.95e13, bandwidth=1.55e12, launch=GPU_LAUNCH),
+    "h100": Machine(flops=6.7e13, bandwidth=3.35e12, launch=GPU_LAUNCH),
+}
+DEFAULT_GPU = "a100"  # a CUDA device whose kind the table does not know is priced as this
+
+
+def device_kind(device: str, gpu_name: str | None = None) -> str:
+    """The profile of a device string (`cpu`, `cuda`, `cuda:1`): `cpu`, or for CUDA the
+    table's entry named in the GPU's name ("NVIDIA A100-SXM4-80GB" -> a100), read from the
+    visible GPU when `gpu_name` is not given, else the default GPU."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    if gpu_name is None:
+        gpu_name = _visible_gpu_name(device)
+    words = (gpu_name or "").lower().replace("-", " ").split()
+    return next((kind for kind in DEVICE_PROFILES if kind != "cpu" and kind in words),
+                DEFAULT_GPU)
+
+
+def _visible_gpu_name(device: str) -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+def machine_for(device: str, gpu_name: str | None = None) -> Machine:
+    """The roofline the passes price a device's kernels with."""
+    return DEVICE_PROFILES[device_kind(device, gpu_name)]
 
 # ---------------------------------------------------------------------------- sizes
 

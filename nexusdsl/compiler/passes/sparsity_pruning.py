@@ -1,8 +1,10 @@
 """sparsity-pruning: static sparsity compacted. A `random(density, seed)` mix keeps a fixed
 mask known at compile time, yet runs as a dense matrix times the mask; here it becomes a
 `sparse_mix` that stores and multiplies only its connections (density x the parameters and
-FLOPs), with the kernel the cost model (or, with `PassOptions.measure`, a timing on this
-machine) finds faster: a CSR sparse product or index-gather + dense.
+FLOPs), with the kernel the cost model (priced for `PassOptions.device`) or, with
+`PassOptions.measure`, a timing on that device finds faster: a CSR sparse product or
+index-gather + dense. A device this process cannot reach is not measured: the cost model
+decides with its profile, and `--explain` says so.
 
 Requires: a verified graph. Guarantees: no `random` mix over adjacent grid axes is left
 dense. Keeps: outputs and gradients exactly (up to summation order): the dense weight's
@@ -22,7 +24,7 @@ from nexusdsl.compiler.passes.base import (
     can_emit,
     private_params,
 )
-from nexusdsl.compiler.passes.cost import Sizes
+from nexusdsl.compiler.passes.cost import Sizes, machine_for
 from nexusdsl.ir.graph import Graph, Node, ParamSpec
 from nexusdsl.ops.axis import random_mask_count, wiring_fn
 from nexusdsl.ops.base import attrs_of
@@ -40,25 +42,41 @@ def sparse_costs(cells: int, rest: int, count: int) -> dict[str, Cost]:
             "gather": Cost(2.0 * cells * width * rest, 8.0 * cells * width * rest + moves, 4)}
 
 
-def measured(cells: int, rest: int, density: float, seed: int, causal: bool) -> dict[str, float]:
-    """Seconds per forward and backward of each kernel at these sizes, on this machine."""
+def reachable(device: str) -> bool:
+    """Whether this process can run kernels on `device` (to time them there)."""
+    if not device.startswith("cuda"):
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def measured(cells: int, rest: int, density: float, seed: int, causal: bool,
+             device: str = "cpu") -> dict[str, float]:
+    """Seconds per forward and backward of each kernel at these sizes, on `device` (waiting
+    for its queue to drain before reading the clock)."""
     import time
 
     import torch
 
-    from nexusdsl.ops.fused_torch import CsrMatmul, gather_matmul, sparse_structure
+    from nexusdsl.ops.fused_torch import CsrMatmul, gather_layout, gather_matmul, sparse_structure
 
-    structure = sparse_structure(cells, density, seed, causal)
-    values = torch.randn(structure[0].numel(), requires_grad=True)
-    x = torch.randn(cells, rest, requires_grad=True)
+    host = sparse_structure(cells, density, seed, causal)
+    layout = tuple(t.to(device) for t in gather_layout(host, cells))
+    structure = tuple(t.to(device) for t in host)
+    values = torch.randn(structure[0].numel(), device=device, requires_grad=True)
+    x = torch.randn(cells, rest, device=device, requires_grad=True)
     kernels = {"csr": lambda: CsrMatmul.apply(values, x, structure, cells),
-               "gather": lambda: gather_matmul(values, x, structure, cells)}
+               "gather": lambda: gather_matmul(values, x, structure, cells, layout)}
+    wait = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = {}
     for name, run in kernels.items():
         times = []
         for _ in range(3):
+            wait()
             start = time.perf_counter()
             run().sum().backward()
+            wait()
             times.append(time.perf_counter() - start)
         best[name] = min(times)
     return best
@@ -96,13 +114,19 @@ class CompactRandomWiring(RewritePattern):
     @staticmethod
     def _kernel(p: Pass, node: Node, cells: int, rest: int, count: int) -> str:
         mix = attrs_of(node)
-        if p.options.measure:
-            times = measured(cells, rest, mix.wiring["density"], mix.wiring["seed"], mix.causal)
-            how = "measured " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in times.items())
+        device = p.options.device
+        if p.options.measure and reachable(device):
+            times = measured(cells, rest, mix.wiring["density"], mix.wiring["seed"], mix.causal,
+                             device)
+            how = "measured " + ", ".join(f"{k} {v * 1e3:.2f} ms"
+                                          for k, v in times.items()) + f" on {device}"
         else:
             costs = sparse_costs(cells, rest, count)
-            times = {k: c.seconds() for k, c in costs.items()}
-            how = "; ".join(f"{k} {c}" for k, c in costs.items())
+            machine = machine_for(device)
+            times = {k: c.seconds(machine) for k, c in costs.items()}
+            unmeasured = " (not measured: no such device here)" if p.options.measure else ""
+            how = f"priced for {device}{unmeasured}: " + "; ".join(
+                f"{k} {c}" for k, c in costs.items())
         kernel = min(times, key=times.get)
         p.explain(f"{node.name}: {count:,} of {cells * cells:,} connections, {kernel} ({how})")
         return kernel
