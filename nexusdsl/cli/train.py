@@ -235,7 +235,8 @@ def generate_cmd(
     A model whose every op decodes step by step keeps a cache and feeds one token at a time;
     any other runs the whole sequence again for each token and says which op makes it.
     Several prompts (--prompts) run as one batch, each printed as a JSON string on its line.
-    With a tokenizer the prompt is encoded, and generation stops at the end-of-text id."""
+    With a tokenizer the prompt is encoded, and generation stops at the end-of-text id.
+    Python's model.generate, what decodes and what recomputes: docs/language.md, Generation."""
     from nexusdsl.train.threads import threads_for
 
     check_seed(seed)
