@@ -7,7 +7,11 @@ touches only the pages of its windows. Every random choice takes an explicit
 
 A batch is a dict of tensors: `bytes` [n, L] int64, `image` [n, 1, 8, 8] float, `label` [n]
 int64, `caption` [n, L] int64 (the digit's name, for two-modality models), `audio` [n, 512]
-float (the digit's DTMF telephone tone, generated: train/waves.py).
+float (the digit's DTMF telephone tone, generated: train/waves.py). For a model whose caption
+input names a tokenizer (contrastive), `caption` is instead the tokenizer's ids of a sentence,
+"a handwritten seven", padded to the longest of the ten, with `caption_mask` [n, T] bool (true
+for its real tokens) and `caption_share` [n, T] float (each token's share of a mean over T:
+T / real tokens for a real one, 0 for padding), which feed model inputs of those names.
 
 A text corpus read through a model's tokenizer (`token_dataset`: next_token on a model whose
 token input is `ids(..., tokenizer = "dir")`) gives `tokens` [n, L] int64 instead, and for
@@ -270,7 +274,8 @@ def token_dataset(parts: list[tuple], name: str, tokenizer: TextTokenizer,
 
 class Labelled:
     """Examples with class labels: images (digits) or byte documents (folders). `captions`,
-    if given, holds one byte string per class (the digits' names)."""
+    if given, maps batch fields to one row per class (the digits' names: their bytes, or their
+    ids with a padding mask)."""
 
     def __init__(self, examples: list, labels: np.ndarray, make, captions=None):
         self.examples, self.labels, self._make, self.captions = examples, labels, make, captions
@@ -283,8 +288,8 @@ class Labelled:
         batch = self._make([self.examples[i] for i in index], length)
         labels = self.labels[index]
         batch["label"] = torch.from_numpy(labels.astype(np.int64))
-        if self.captions is not None:
-            batch["caption"] = torch.from_numpy(self.captions[labels].astype(np.int64))
+        for field, rows in (self.captions or {}).items():
+            batch[field] = torch.from_numpy(rows[labels])
         return batch
 
     def sample(self, n: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -296,6 +301,21 @@ class Labelled:
 
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_SENTENCE = "a handwritten {}"  # a digit's caption through a tokenizer: a sentence
+
+
+def caption_ids(texts: list[str], tokenizer: TextTokenizer) -> dict[str, np.ndarray]:
+    """`texts` through `tokenizer`, padded to the longest: the `caption`, `caption_mask` and
+    `caption_share` rows. The padding id is 0, which any vocabulary has; masked, it never
+    counts."""
+    encoded = [tokenizer.encode(text) for text in texts]
+    width = max(len(ids) for ids in encoded)
+    ids = np.zeros((len(texts), width), dtype=np.int64)
+    mask = np.zeros((len(texts), width), dtype=bool)
+    for i, row in enumerate(encoded):
+        ids[i, : len(row)], mask[i, : len(row)] = row, True
+    share = (mask * (width / mask.sum(1, keepdims=True))).astype(np.float32)
+    return {"caption": ids, "caption_mask": mask, "caption_share": share}
 
 
 def _digit_images(examples: list[tuple[np.ndarray, np.ndarray]],
@@ -306,22 +326,29 @@ def _digit_images(examples: list[tuple[np.ndarray, np.ndarray]],
             "audio": torch.from_numpy(np.stack(waves))}  # (n, 512): the digit's DTMF tone
 
 
-def digits_dataset() -> Dataset:
+def digits_dataset(tokenizer: TextTokenizer | None = None) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1797 real scans), shuffled once with a fixed seed so
-    the held-out tenth has every class; captions are the digits' English names."""
+    the held-out tenth has every class; captions are the digits' English names (bytes), or
+    with a `tokenizer`, the ids of "a handwritten seven" and so on."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     order = np.random.default_rng(0).permutation(len(digits.target))
     images, labels = digits.images[order], digits.target[order]
     cut = len(labels) - int(len(labels) * HELDOUT)
-    width = max(len(n) for n in DIGIT_NAMES)
-    captions = np.array([np.frombuffer(n.ljust(width).encode(), np.uint8) for n in DIGIT_NAMES])
+    captions = _name_bytes() if tokenizer is None else caption_ids(
+        [DIGIT_SENTENCE.format(n) for n in DIGIT_NAMES], tokenizer)
     waves = dtmf(labels)  # a third modality: the digit's telephone tone (train/waves.py)
     splits = [Labelled(list(zip(images[a:b], waves[a:b])), labels[a:b], _digit_images, captions)
               for a, b in ((0, cut), (cut, None))]
-    return Dataset("digits (scikit-learn, 1797 images)", ("image", "label", "caption", "audio"),
+    return Dataset("digits (scikit-learn, 1797 images)", ("image", "label", *captions, "audio"),
                    *splits, classes=10)
+
+
+def _name_bytes() -> dict[str, np.ndarray]:
+    width = max(len(n) for n in DIGIT_NAMES)
+    names = [np.frombuffer(n.ljust(width).encode(), np.uint8) for n in DIGIT_NAMES]
+    return {"caption": np.array(names).astype(np.int64)}
 
 
 def _crop(docs: list[np.ndarray], length: int) -> dict[str, torch.Tensor]:
@@ -366,7 +393,8 @@ def folder_dataset(path: Path, span: Span) -> Dataset:
 
 def open_data(call: Call, tokenizer: TextTokenizer | None = None) -> Dataset:
     """The dataset a `data = ...` setting names. With a `tokenizer`, a text corpus (a file, a
-    folder, the default corpus) is read as its ids; labelled data stays as it is."""
+    folder, the default corpus) is read as its ids, and the digits' captions are sentences
+    through it; a folder of labelled files stays as it is."""
     if call.fn == "default":
         name = "pydoc_data.topics (CPython documentation)"
         if tokenizer is not None:
@@ -374,7 +402,7 @@ def open_data(call: Call, tokenizer: TextTokenizer | None = None) -> Dataset:
             return token_dataset([(key, name, default_corpus())], name, tokenizer, call.span)
         return byte_dataset([default_corpus()], name)
     if call.fn == "digits":
-        return digits_dataset()
+        return digits_dataset(tokenizer)
     if not call.kwargs["path"].strip():  # Path("") is the working directory: never meant
         raise NexusError.at(call.span, f"the data path is empty: name a file or folder, e.g. "
                             f"{call.fn}(\"corpus.txt\")")

@@ -15,6 +15,7 @@ from nexusdsl.train.objectives import (
     Denoise,
     NextToken,
     Objective,
+    defaulted,
     ports,
 )
 from nexusdsl.train.ppo import Ppo
@@ -28,4 +29,5 @@ def make_objective(call: Call, span: Span, graph: Graph, data: Dataset) -> Objec
     inputs, outputs = ports(graph)
     if call.fn != "ppo" and len(outputs) > 1:  # PPO's value head is for PPO only (train/ppo.py)
         outputs = [o for o in outputs if o.name != "value"]
-    return OBJECTIVES[call.fn](call, span, graph.name, inputs, outputs, data)
+    return OBJECTIVES[call.fn](call, span, graph.name, inputs, outputs, data,
+                               defaulted(graph))

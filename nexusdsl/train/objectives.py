@@ -44,6 +44,11 @@ class Port:
         return f"{self.name}: {self.type}"
 
 
+def defaulted(graph: Graph) -> tuple[str, ...]:
+    """The names of the inputs declared with a default (`mask: bool[B, T] = true`)."""
+    return tuple(n.name for n in graph.inputs() if "default" in n.attrs)
+
+
 def ports(graph: Graph) -> tuple[list[Port], list[Port]]:
     inputs = []
     for node in graph.inputs():
@@ -69,11 +74,14 @@ class Objective:
     unit = "tok"  # what the throughput counts
 
     def __init__(self, call: Call, span: Span, model: str, inputs: list[Port],
-                 outputs: list[Port], data: Dataset):
+                 outputs: list[Port], data: Dataset, defaulted: tuple[str, ...] = ()):
         self.call, self.span, self.model_name = call, span, model
         self.inputs, self.outputs, self.data = inputs, outputs, data
         self.options = call.kwargs
         self.sources = {p.name: self._source(p) for p in inputs}
+        # inputs with a default that the data gives by name (a padded caption's
+        # `caption_mask`): fed from it rather than filled with the default
+        self.by_name = tuple(n for n in defaulted if n in data.fields)
         self.check()
 
     # -- checks ---------------------------------------------------------------------------
@@ -148,6 +156,12 @@ class Objective:
     # -- running ------------------------------------------------------------------------
     def feed(self, batch: dict[str, torch.Tensor], view: str = "") -> list[torch.Tensor]:
         return [batch[self.sources[p.name] + view] for p in self.inputs]
+
+    def by_keyword(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every input the batch feeds, by name: the ports and the defaulted inputs the data
+        gives (declared anywhere among the others, so not by position)."""
+        fed = dict(zip((p.name for p in self.inputs), self.feed(batch)))
+        return fed | {name: batch[name] for name in self.by_name}
 
     def length(self, context: int) -> int:
         return context
@@ -317,7 +331,7 @@ class Contrastive(Objective):
             name = self.outputs[0].name
             return (_pool(first_output(model(*self.feed(batch, "@1")), name)),
                     _pool(first_output(model(*self.feed(batch, "@2")), name)))
-        out = model(*self.feed(batch))
+        out = model(**self.by_keyword(batch))
         return tuple(_pool(out[o.name]) for o in self.outputs)
 
     def loss(self, model, batch):

@@ -31,9 +31,10 @@ def input_tokenizer(program, graph, name: str) -> TextTokenizer | None:
 
 
 def corpus_tokenizer(program, graph, objective: Call) -> TextTokenizer | None:
-    """The tokenizer a text corpus is read with for `objective`: next_token on a model whose
-    one token input names a tokenizer. Other objectives read bytes, as they always have."""
-    if objective.fn != "next_token":
+    """The tokenizer the data's text is read with for `objective`: next_token or contrastive
+    on a model whose one token input names a tokenizer (a corpus becomes its ids, the digits'
+    captions sentences through it). Other objectives read bytes, as they always have."""
+    if objective.fn not in ("next_token", "contrastive"):
         return None
     tokens = [p for p in ports(graph)[0] if p.discrete]
     return input_tokenizer(program, graph, tokens[0].name) if len(tokens) == 1 else None

@@ -59,8 +59,8 @@ class Trainee(nn.Module):
             del state[key]
         return state
 
-    def forward(self, *inputs):
-        out = self.model(*inputs)
+    def forward(self, *inputs, **named):
+        out = self.model(*inputs, **named)
         if not self.n_prefix:
             return out
         if isinstance(out, dict):
