@@ -21,7 +21,7 @@ from benchmarks.zero_shot import (
     text_embeddings,
     zero_shot_accuracy,
 )
-from nexusdsl.train.data import caption_ids
+from nexusdsl.train.data import DIGIT_NAMES, caption_ids
 from nexusdsl.weights.tokenizer import open_tokenizer
 
 # Sentences of different lengths, so that padding, the mask and the pooling's shares count.
@@ -87,6 +87,17 @@ def test_text_embeddings_are_minilm_sentence_embeddings(minilm, tokenizer, train
         uneven = model(pixels=torch.zeros(len(UNEVEN), 1, 8, 8), **rows)["text_embedding"]
     want = transformers_sentences(minilm, UNEVEN)
     assert ((uneven - want).abs().max() / want.abs().max()).item() <= 1e-5
+
+
+def test_digit_captions_are_their_sentences_through_minilms_tokenizer(minilm, tokenizer):
+    batch = {k: v[:30] for k, v in heldout(tokenizer).items()}
+    reference = transformers.AutoTokenizer.from_pretrained(minilm, local_files_only=True)
+    for ids, mask, share, label in zip(batch["caption"], batch["caption_mask"],
+                                       batch["caption_share"], batch["label"]):
+        sentence = f"a handwritten {DIGIT_NAMES[label]}"
+        assert ids[mask].tolist() == reference(sentence)["input_ids"]
+        assert share.sum().item() == pytest.approx(len(share))  # a mean over T: real tokens'
+    assert len(set(batch["label"].tolist())) > 5
 
 
 def test_zero_shot_accuracy_agrees_with_brute_force(tokenizer, trained):
