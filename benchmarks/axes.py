@@ -5,7 +5,8 @@
 1. Token mixing of 4096 tokens of width 64: `full` (one 4096 x 4096 matrix) against `axial`
    over a [16, 16, 16] and a [64, 64] grid. Parameters and FLOPs come from the IR (the op
    registry's estimates), forward+backward time from the compiled modules; each `.nx` model is
-   also timed against the same mixing written by hand in torch (ratio ~1 means no overhead).
+   also timed against the same mixing written by hand in torch (ratio ~1 means no overhead),
+   and its FLOP rate (3x the forward FLOPs per pass) given as a share of the host's fp32 matmul.
 2. `repeat 256 shared reversible { ... }` against plain autograd through the same body
    (`repeat 256 shared`, unrolled): peak memory of forward+backward (tensor allocations seen by
    the torch profiler, above what existed before) and time. Target: at least 4x less memory.
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import nexusdsl  # noqa: E402
+from benchmarks.host import calibrate  # noqa: E402
 from nexusdsl.compiler.summary import count_params, total_flops  # noqa: E402
 
 QUICK = "--quick" in sys.argv
@@ -76,12 +78,12 @@ def fwd_bwd_time(fn, x, steps=3) -> list[float]:
     return times
 
 
-def token_mixing() -> None:
+def token_mixing(host) -> None:
     x = torch.randn(BATCH, 4096, 64, requires_grad=True)
     print(f"Token mixing, {BATCH} x 4096 tokens of width 64, {torch.get_num_threads()} threads "
           "(FLOPs per sequence, forward)")
     print(f"  {'wiring':18} {'params':>12} {'GFLOPs':>9} {'fwd+bwd ms':>11} {'by hand ms':>11} "
-          f"{'ratio':>6}")
+          f"{'ratio':>6}  of host peak")
     rows = []
     for name, body in MIXERS.items():
         program = mixer_program(body)
@@ -98,7 +100,7 @@ def token_mixing() -> None:
         params, flops = count_params(graph)["total"], total_flops(graph)[0]
         rows.append((name, params, flops, a))
         print(f"  {name:18} {params:12,d} {flops / 1e9:9.3f} {a * 1e3:11.1f} {b * 1e3:11.1f} "
-              f"{a / b:6.2f}")
+              f"{a / b:6.2f}  {host.compute(3 * BATCH * flops, a)}")
     full = rows[0]
     for name, params, flops, t in rows[1:]:
         print(f"  full / {name}: {full[1] / params:,.0f}x params, {full[2] / flops:,.1f}x FLOPs, "
@@ -149,7 +151,7 @@ def timed(model, x) -> float:
     return time.perf_counter() - start
 
 
-def recursion(steps: int = 256) -> None:
+def recursion(host, steps: int = 256) -> None:
     batch = 4 if QUICK else 8
     x = torch.randn(batch, 16, 16, 32)
     state_mb = x.numel() * 4 / 2**20
@@ -158,18 +160,22 @@ def recursion(steps: int = 256) -> None:
     results = {}
     for label, reversible in (("plain autograd (repeat shared)", False),
                               ("reversible (checkpoint every 16)", True)):
-        model = nexusdsl.compile(recursion_program(steps, reversible))
+        program = recursion_program(steps, reversible)
+        model = nexusdsl.compile(program)
+        flops = 3 * batch * total_flops(program.elaborate())[0]
         well_conditioned(model)
         timed(model, x)  # warm-up
         peak, _ = peak_bytes(model, x)
         seconds = statistics.median(timed(model, x) for _ in range(ROUNDS))
         results[label] = (peak, seconds)
-        print(f"  {label:34} peak {peak / 2**20:9.1f} MB   fwd+bwd {seconds * 1e3:8.1f} ms")
+        print(f"  {label:34} peak {peak / 2**20:9.1f} MB   fwd+bwd {seconds * 1e3:8.1f} ms "
+              f"({host.compute(flops, seconds)})")
     (plain, t_plain), (rev, t_rev) = results.values()
     print(f"  memory: {plain / rev:.1f}x lower (target >= 4x); time: {t_rev / t_plain:.2f}x of plain")
 
 
 if __name__ == "__main__":
+    host = calibrate()
     torch.manual_seed(0)
-    token_mixing()
-    recursion()
+    token_mixing(host)
+    recursion(host)

@@ -8,7 +8,9 @@ For each model: eager, torch.compile (Inductor, default mode) and IREE llvm-cpu 
 MLIR, compiled for this CPU), timed interleaved in one run on the same inputs (inference,
 no_grad). "vs eager" is the backend's forward time divided by eager's: below 1 is faster.
 Compile time: torch.compile's first call minus an eager call; IREE's export to MLIR plus
-iree-compile. Each backend's output is also compared with eager's.
+iree-compile. Each backend's output is also compared with eager's. Every forward time is also
+given as a FLOP rate (the cost model's forward FLOPs) over the host's fp32 matmul rate
+(benchmarks/host.py, printed first).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 import torch  # noqa: E402
 
 import nexusdsl  # noqa: E402
+from benchmarks.host import calibrate, forward_flops  # noqa: E402
 from nexusdsl.compiler.lower.compile import compile_module  # noqa: E402
 from nexusdsl.compiler.lower.targets import IreeModule  # noqa: E402
 
@@ -76,7 +79,7 @@ def relative_error(got, want) -> float:
     return float((got - want).abs().max() / want.abs().max())
 
 
-def bench(label, eager, inputs, rounds: int, calls: int) -> None:
+def bench(host, label, eager, inputs, rounds: int, calls: int) -> None:
     eager_first, want = first_call(eager, inputs)
     compiled = compile_module(_copy(eager))  # Inductor, default mode
     compile_first, got_compiled = first_call(compiled, inputs)
@@ -95,11 +98,13 @@ def bench(label, eager, inputs, rounds: int, calls: int) -> None:
               "IREE llvm-cpu": relative_error(got_iree, want)}
     print(f"\n{label}")
     print(f"  {'backend':<15} {'forward ms':>11} {'vs eager':>9} {'compile s':>10} "
-          f"{'max diff':>9}")
+          f"{'max diff':>9}  of host peak")
+    batch, context = inputs[0].shape[:2]
+    flops = forward_flops(eager.graph, context, batch)
     for name, times in runs.items():
         t = statistics.median(times)
         print(f"  {name:<15} {t * 1e3:11.2f} {t / base:9.2f} {compile_s[name]:10.1f} "
-              f"{errors[name]:9.1e}")
+              f"{errors[name]:9.1e}  {host.compute(flops, t)}")
     print(f"  (IREE: export to MLIR {artifact.seconds['export']:.1f} s, iree-compile "
           f"{artifact.seconds['iree']:.1f} s; loading and first call "
           f"{iree_first - compile_s['IREE llvm-cpu']:.2f} s)")
@@ -126,10 +131,11 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         iree.runtime.flags.parse_flags(f"--task_topology_max_group_count={args.threads}")
+    host = calibrate()
     print(f"backends on {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
           f"forward medians of {rounds * calls} calls")
     for label, eager, inputs in models():
-        bench(label, eager, inputs, rounds, calls)
+        bench(host, label, eager, inputs, rounds, calls)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Model: dim 256, 4 layers, 8 query / 2 key-value heads of 32 channels, rotary pos
 SwiGLU 688 wide, vocabulary 8192, float32. Each round times a few steps of one model then the
 other, alternating which goes first, so both see the same machine state; the ratio printed is
 the median of the rounds' ratios (ours / transformers'), with their range. Target: <= 1.0.
+Each time is also a FLOP rate (3x the cost model's forward FLOPs) as a share of the host's fp32
+matmul rate (benchmarks/host.py, printed first).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import nexusdsl  # noqa: E402
+from benchmarks.host import calibrate, training_flops  # noqa: E402
 from tests.families.test_decoders import decoder_weights  # noqa: E402
 
 HYPER = dict(vocab=8192, dim=256, depth=4, heads=8, kv_heads=2, head_dim=32, hidden=688,
@@ -63,7 +66,9 @@ def timed(model, tokens, hf: bool, steps: int) -> float:
 
 
 def main(batch: int, context: int, rounds: int, steps: int) -> None:
+    host = calibrate()
     ours, theirs = models()
+    flops = training_flops(ours.graph, context, batch)
     tokens = torch.randint(0, HYPER["vocab"], (batch, context))
     with torch.no_grad():  # the same function, so the timing compares like with like
         error = ((ours.eval()(tokens) - theirs.eval()(tokens).logits).abs().max()).item()
@@ -80,8 +85,9 @@ def main(batch: int, context: int, rounds: int, steps: int) -> None:
     print(f"Llama-style dim 256, 4 layers, 8/2 heads, rope; batch {batch} x {context} tokens, "
           f"forward+backward, float32, {torch.get_num_threads()} threads; logits differ by "
           f"{error:.1e}")
-    print(f"  .nx (stdlib/families/llama.nx)   {statistics.median(a_times) * 1e3:8.1f} ms")
-    print(f"  transformers LlamaForCausalLM    {statistics.median(b_times) * 1e3:8.1f} ms")
+    a, b = statistics.median(a_times), statistics.median(b_times)
+    print(f"  .nx (stdlib/families/llama.nx)   {a * 1e3:8.1f} ms  ({host.compute(flops, a)})")
+    print(f"  transformers LlamaForCausalLM    {b * 1e3:8.1f} ms  ({host.compute(flops, b)})")
     print(f"  ratio (median of {rounds} rounds)      {statistics.median(ratios):8.3f}   "
           f"(range {min(ratios):.3f}-{max(ratios):.3f}; target <= 1.0)")
 

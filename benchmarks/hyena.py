@@ -15,7 +15,11 @@ one forward + backward pass, measured in a fresh process per (layer, length) so 
 starts from the same baseline. Both layers run with freed memory kept in the process, as the
 `nexus` command runs (nexusdsl/allocator.py); `--plain-malloc` measures without.
 Target: at 16k tokens hyena at least 10x faster than attention. `--crossover` also times
-128 .. 1024 tokens and reports where hyena starts to win.
+128 .. 1024 tokens and reports where hyena starts to win. The host's calibration
+(benchmarks/host.py) is printed first; each time is also given as a FLOP rate over the host's
+fp32 matmul rate and, for hyena (whose FFTs and elementwise products move more bytes than they
+compute), as a byte rate over the host's memory bandwidth (the cost model's FLOPs and bytes,
+3x the forward's).
 """
 
 from __future__ import annotations
@@ -121,6 +125,20 @@ def crossover(rows: list[tuple[int, dict, dict]]) -> str:
     return "attention stays faster at every measured length"
 
 
+def rates(host, length: int, args, h: dict, a: dict) -> str:
+    """Each layer's FLOP rate over the host's fp32 matmul, and hyena's byte rate over its
+    bandwidth."""
+    from benchmarks.host import training_bytes, training_flops
+    from nexusdsl import loads
+
+    program = loads(SOURCE, "bench.nx")
+    hyena = program.elaborate("Hyena", dim=args.width, T=length)
+    attention = program.elaborate("Attention", dim=args.width, T=length, heads=args.heads)
+    return (f"{host.compute(training_flops(hyena, length), h['seconds'])}, "
+            f"{host.memory(training_bytes(hyena, length), h['seconds'])} / "
+            f"{host.compute(training_flops(attention, length), a['seconds'])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
@@ -145,12 +163,15 @@ def main() -> None:
             result = measure_memory(what.removeprefix("memory-"), length, args.width, args.heads)
         print(json.dumps(result))
         return
+    from benchmarks.host import calibrate
+
+    host = calibrate()
     lengths = sorted(set(args.lengths) | ({128, 256, 512, 1024} if args.crossover else set()))
     malloc = "glibc malloc as is" if args.plain_malloc else "freed memory kept"
     print(f"hyena(order = 2, filter = 64) vs causal attention ({args.heads} heads, SDPA), "
           f"width {args.width}, batch 1, forward + backward, median of {args.repeats}, {malloc}")
     print(f"{'tokens':>7} {'hyena ms':>10} {'attn ms':>10} {'speed-up':>9} "
-          f"{'hyena MB':>9} {'attn MB':>9} {'memory':>8}")
+          f"{'hyena MB':>9} {'attn MB':>9} {'memory':>8}   hyena / attention against the host")
     rows = []
     for length in lengths:
         h, a = measure_length(length, args)
@@ -158,7 +179,7 @@ def main() -> None:
         memory = a["peak_mb"] / h["peak_mb"] if h["peak_mb"] > 0 else float("nan")
         print(f"{length:>7} {1e3 * h['seconds']:>10.1f} {1e3 * a['seconds']:>10.1f} "
               f"{a['seconds'] / h['seconds']:>8.1f}x {h['peak_mb']:>9.1f} {a['peak_mb']:>9.1f} "
-              f"{memory:>7.1f}x", flush=True)
+              f"{memory:>7.1f}x   {rates(host, length, args, h, a)}", flush=True)
     print(crossover(rows))
     longest = rows[-1]
     speedup = longest[2]["seconds"] / longest[1]["seconds"]

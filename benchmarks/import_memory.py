@@ -7,7 +7,9 @@ Writes (once) a random Llama-3.2-1B-shaped checkpoint in bfloat16 with transform
 (`save_pretrained`, 2 GB shards), then, in a fresh process, compiles a `.nx` file that binds it
 (`llama.hf_tied`) and reports the process's peak resident memory (VmHWM, reset after the imports) above what
 the interpreter held after importing torch and nexusdsl, divided by the checkpoint's bytes.
-Target: below 1.3. The same process also checks a few parameters against the file.
+Target: below 1.3. The same process also checks a few parameters against the file. The
+host's calibration (benchmarks/host.py) is printed first, and the load time as a byte rate
+(parameters loaded per second) over the host's memory bandwidth.
 """
 
 from __future__ import annotations
@@ -84,6 +86,9 @@ def measure(nx_file: str) -> None:
 
 
 def main(folder: Path, layers: int) -> None:
+    from benchmarks.host import calibrate
+
+    host = calibrate()
     if not (folder / "config.json").exists():
         print(f"writing a random {layers}-layer Llama-3.2-1B-shaped bf16 checkpoint to {folder}")
         write_checkpoint(folder, layers)
@@ -96,7 +101,8 @@ def main(folder: Path, layers: int) -> None:
     above = got["peak"] - got["base"]
     print(f"checkpoint: {size / 2**30:.2f} GiB of safetensors ({folder})")
     print(f"model: {got['param_bytes'] / 2**30:.2f} GiB of parameters, {', '.join(got['dtypes'])}; "
-          f"compiled and loaded in {got['seconds']:.1f} s")
+          f"compiled and loaded in {got['seconds']:.1f} s "
+          f"({host.memory(got['param_bytes'], got['seconds'])})")
     print(f"peak resident memory above the interpreter's {got['base'] / 2**30:.2f} GiB: "
           f"{above / 2**30:.2f} GiB = {above / size:.2f}x the checkpoint (target < 1.3); "
           f"whole process {got['peak'] / size:.2f}x")

@@ -12,10 +12,15 @@ in the same run, with the same weights and interleaved round by round:
     groups of as many tokens as dispatch runs per expert (tokens * k / experts, or the
     capacity's slots): the same useful FLOPs with no routing at all. Target: dispatch within
     1.5x.
+  - device-side: the dispatch as it runs off the CPU (moe_torch.HOST_READ_DEVICES empty): the
+    static layout with dropless capacity, which reads nothing back to the host (no sync on a
+    GPU) but runs every expert on as many slots as one expert could receive.
 The naive loop is also the reference: its outputs must match dispatch's before timing, with
 capacity too (its own drop rule: first choices before second choices, then earlier tokens).
 Forward alone (no autograd) and forward + backward are reported separately (medians);
-backward computes the gradients of every weight and of the input on all three sides.
+backward computes the gradients of every weight and of the input on every side. Each time
+is also given as the useful FLOP rate (tokens * k expert MLPs; 3x for forward + backward) over
+the host's fp32 matmul rate (benchmarks/host.py, printed first).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import nexusdsl  # noqa: E402
+from benchmarks.host import calibrate  # noqa: E402
+from nexusdsl.ops import moe_torch  # noqa: E402
 
 SOURCE = """
 import std.nn
@@ -104,6 +111,16 @@ def timed(fn, backward: bool) -> float:
     return time.perf_counter() - start
 
 
+def device_side(model, x):
+    """The dispatch as on a GPU: no host read of the per-expert counts."""
+    cpu_reads = moe_torch.HOST_READ_DEVICES
+    moe_torch.HOST_READ_DEVICES = frozenset()
+    try:
+        return model(x)
+    finally:
+        moe_torch.HOST_READ_DEVICES = cpu_reads
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=4096)
@@ -117,6 +134,7 @@ def main() -> None:
     a = parser.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    host = calibrate()
     torch.manual_seed(0)
     model = nexusdsl.compile(nexusdsl.loads(SOURCE, "moe_bench.nx"), dim=a.width, n=a.experts,
                              k=a.k, cap=a.capacity)
@@ -126,9 +144,12 @@ def main() -> None:
     groups = torch.randn(a.experts, rows, a.width, requires_grad=True)
     weights = ideal_weights(model)
     cases = {"dispatch": lambda: model(x), "naive": lambda: naive(model, x, a.k, a.capacity),
-             "ideal": lambda: ideal(weights, groups)}
+             "ideal": lambda: ideal(weights, groups), "device-side": lambda: device_side(model, x)}
     with torch.no_grad():
         torch.testing.assert_close(model(x), cases["naive"](), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(cases["device-side"](), cases["naive"](), atol=1e-4,
+                                   rtol=1e-4)
+    useful = 2 * 2 * a.tokens * a.k * a.width * 4 * a.width  # two linears per assignment
     results = {}
     for backward in (False, True):
         times = {name: [] for name in cases}
@@ -141,11 +162,16 @@ def main() -> None:
           f"{a.width}, capacity {a.capacity} ({rows} rows per expert in the ideal), "
           f"{torch.get_num_threads()} threads")
     for backward, label in ((False, "forward"), (True, "forward+backward")):
-        r = results[backward]
+        r, flops = results[backward], useful * (3 if backward else 1)
         print(f"  {label:17s} dispatch {r['dispatch'] * 1e3:9.1f} ms   naive {r['naive'] * 1e3:9.1f}"
-              f" ms   ideal {r['ideal'] * 1e3:9.1f} ms")
+              f" ms   ideal {r['ideal'] * 1e3:9.1f} ms   device-side "
+              f"{r['device-side'] * 1e3:9.1f} ms")
         print(f"  {'':17s} naive / dispatch = {r['naive'] / r['dispatch']:.2f} (target >= 3)   "
-              f"dispatch / ideal = {r['dispatch'] / r['ideal']:.2f} (target <= 1.5)")
+              f"dispatch / ideal = {r['dispatch'] / r['ideal']:.2f} (target <= 1.5)   "
+              f"device-side / dispatch = {r['device-side'] / r['dispatch']:.2f}")
+        print(f"  {'':17s} useful FLOP rate: dispatch {host.compute(flops, r['dispatch'])}, "
+              f"ideal {host.compute(flops, r['ideal'])}, device-side "
+              f"{host.compute(flops, r['device-side'])}")
 
 
 if __name__ == "__main__":

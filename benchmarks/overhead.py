@@ -3,7 +3,9 @@
     python benchmarks/overhead.py [--threads N]
 
 Prints forward+backward time of the compiled tiny_lm divided by the hand-written reference's,
-interleaved in one run. Target: 1.05 or less.
+interleaved in one run. Target: 1.05 or less. Both times are also given as a FLOP rate (3x the
+cost model's forward FLOPs) over the host's fp32 matmul rate (benchmarks/host.py, printed
+first).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import nexusdsl  # noqa: E402
+from benchmarks.host import calibrate, training_flops  # noqa: E402
 from tests.reference_models import TinyLM  # noqa: E402
 
 
@@ -35,8 +38,10 @@ def step_time(model, tokens, steps):
 
 
 def main(batch=8, context=256, rounds=5, steps=5) -> None:
+    host = calibrate()
     torch.manual_seed(0)
     compiled = nexusdsl.compile("examples/tiny_lm.nx")
+    flops = training_flops(compiled.graph, context, batch)
     reference = TinyLM()
     tokens = torch.randint(0, 256, (batch, context))
     for model in (compiled, reference):  # warm-up
@@ -47,8 +52,8 @@ def main(batch=8, context=256, rounds=5, steps=5) -> None:
         theirs += step_time(reference, tokens, steps)
     a, b = statistics.median(ours), statistics.median(theirs)
     print(f"tiny_lm fwd+bwd, batch {batch} x {context} tokens, {torch.get_num_threads()} threads")
-    print(f"  compiled .nx   {a * 1e3:8.2f} ms")
-    print(f"  hand-written   {b * 1e3:8.2f} ms")
+    print(f"  compiled .nx   {a * 1e3:8.2f} ms  ({host.compute(flops, a)})")
+    print(f"  hand-written   {b * 1e3:8.2f} ms  ({host.compute(flops, b)})")
     print(f"  ratio          {a / b:8.3f}   (target <= 1.05)")
 
 

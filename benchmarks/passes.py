@@ -19,7 +19,10 @@
    the unpruned and the two pruned models, timed in interleaved rounds.
 
 Times are the minimum over interleaved rounds (the machine is shared); the optimised model
-loads the unoptimised one's weights, and outputs are checked to agree before timing.
+loads the unoptimised one's weights, and outputs are checked to agree before timing. The
+host's calibration (benchmarks/host.py) is printed first, and each time also as a FLOP rate
+(the cost model's FLOPs of that module's own graph, 3x for forward+backward) over the host's
+fp32 matmul rate.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import nexusdsl  # noqa: E402
+from benchmarks.host import calibrate, forward_flops  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1])
@@ -118,7 +122,15 @@ def opt_pair(program, inputs, **hyper):
 # ---------------------------------------------------------------------------- 1. opt levels
 
 
-def levels() -> None:
+def rate(host, module, inputs, seconds: float, passes: int = 3) -> str:
+    """A module's FLOP rate over the host's fp32 matmul: its graph's FLOPs at the inputs'
+    batch and length, times `passes` (3: forward and backward; 1: forward)."""
+    x = inputs[0]
+    flops = forward_flops(module.graph, x.shape[1] if x.dim() > 1 else 1, x.shape[0])
+    return host.compute(passes * flops, seconds)
+
+
+def levels(host) -> None:
     gen = torch.Generator().manual_seed(0)
     cases = [
         (f"examples/mnn.nx (B={1 if QUICK else 2}, T=4096)", nexusdsl.load(ROOT / "examples/mnn.nx"),
@@ -130,17 +142,19 @@ def levels() -> None:
          [torch.randn(8 if QUICK else 32, 64, 48, generator=gen)], {}),
     ]
     print("1. forward+backward, --opt 0 vs --opt 2 (target >= 1.3x)")
-    print(f"   {'model':<32} {'opt 0 ms':>9} {'opt 2 ms':>9} {'speed-up':>9}")
+    print(f"   {'model':<32} {'opt 0 ms':>9} {'opt 2 ms':>9} {'speed-up':>9}   of host peak "
+          "(opt 0, opt 2)")
     for name, program, inputs, hyper in cases:
         slow, fast = opt_pair(program, inputs, **hyper)
         t = race({"0": slow, "2": fast}, inputs)
-        print(f"   {name:<32} {t['0'] * 1e3:9.1f} {t['2'] * 1e3:9.1f} {t['0'] / t['2']:8.2f}x")
+        print(f"   {name:<32} {t['0'] * 1e3:9.1f} {t['2'] * 1e3:9.1f} {t['0'] / t['2']:8.2f}x   "
+              f"{rate(host, slow, inputs, t['0'])}, {rate(host, fast, inputs, t['2'])}")
 
 
 # ---------------------------------------------------------------------------- 2. sparsity
 
 
-def sparsity() -> None:
+def sparsity(host) -> None:
     print("\n2. random(density = 0.1) wiring, dense masked (opt 0) vs pruned (opt 2) "
           "(target 4x faster; 10x fewer parameters holds by construction at density 0.1)")
     for side, batch in ((32, 8), (64, 2)):
@@ -156,7 +170,8 @@ def sparsity() -> None:
               f"{t['dense'] * 1e3:.1f} ms -> {t['pruned'] * 1e3:.1f} ms "
               f"({t['dense'] / t['pruned']:.2f}x faster, {kernel} kernel); parameters "
               f"{p_dense:,} -> {p_pruned:,} (the density); bytes kept {b_dense / 1e6:.2f} MB "
-              f"-> {b_pruned / 1e6:.2f} MB ({b_dense / b_pruned:.2f}x less)")
+              f"-> {b_pruned / 1e6:.2f} MB ({b_dense / b_pruned:.2f}x less); "
+              f"{rate(host, dense, [x], t['dense'])} -> {rate(host, pruned, [x], t['pruned'])}")
 
 
 def kept_bytes(module, cells: int) -> int:
@@ -180,7 +195,7 @@ def kept_bytes(module, cells: int) -> int:
 # ---------------------------------------------------------------------------- 3. pruning
 
 
-def pruning() -> None:
+def pruning(host) -> None:
     from nexusdsl.train.prune import prune_checkpoint
     from nexusdsl.train.session import from_checkpoint
 
@@ -206,12 +221,14 @@ def pruning() -> None:
             print(f"   {kind + ' 50%':<16} bpb {r.before['bpb']:.3f} -> {r.after['bpb']:.3f} "
                   f"({r.after['bpb'] - r.before['bpb']:+.3f}); params {r.params[0]:,} -> "
                   f"{r.params[1]:,}; inference {t['unpruned'] * 1e3:.1f} -> "
-                  f"{t[kind] * 1e3:.1f} ms ({t['unpruned'] / t[kind]:.2f}x); kept {kept}")
+                  f"{t[kind] * 1e3:.1f} ms ({t['unpruned'] / t[kind]:.2f}x; "
+                  f"{rate(host, modules[kind], [tokens], t[kind], passes=1)}); kept {kept}")
 
 
 if __name__ == "__main__":
+    host = calibrate()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
           f"{'quick' if QUICK else 'full'} run\n")
-    levels()
-    sparsity()
-    pruning()
+    levels(host)
+    sparsity(host)
+    pruning(host)

@@ -11,7 +11,9 @@ the steps are timed (not compilation or held-out evaluation). Each round runs bo
 to back, in alternating order, and gives one ratio; on a shared machine the load drifts over
 seconds, so short paired rounds say more than a long run of each. Both use the same thread
 count. Prints the median seconds per step of each, and the median and range of the rounds'
-ratios (target: 1.10 or less).
+ratios (target: 1.10 or less). The host's calibration (benchmarks/host.py) is printed first, at
+the loops' thread count, and each s/step also as a FLOP rate (3x the cost model's forward
+FLOPs per batch) over the host's fp32 matmul rate.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import nexusdsl  # noqa: E402
+from benchmarks.host import calibrate, training_flops  # noqa: E402
 from nexusdsl.train.data import default_corpus  # noqa: E402
 
 HYPER = {"dim": 96, "depth": 2, "heads": 8}  # the demo's TinyLM
@@ -66,6 +69,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    host = calibrate()
+    graph = nexusdsl.loads(Path("examples/tiny_lm.nx").read_text(), "tiny_lm.nx").elaborate(
+        **HYPER)
+    flops = training_flops(graph, CONTEXT, BATCH)
     hand, nexus = [], []
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
@@ -80,8 +87,9 @@ def main() -> None:
     ratios = sorted(n / h for n, h in zip(nexus, hand))
     print(f"{'loop':<12}{'s/step':>10}   ({args.rounds} rounds of {args.steps} steps, "
           f"{args.threads} thread(s))")
-    print(f"{'hand':<12}{statistics.median(hand):>10.4f}")
-    print(f"{'nexus':<12}{statistics.median(nexus):>10.4f}")
+    for name, times in (("hand", hand), ("nexus", nexus)):
+        t = statistics.median(times)
+        print(f"{name:<12}{t:>10.4f}   ({host.compute(flops, t)})")
     print(f"ratio nexus/hand: median {statistics.median(ratios):.3f}, rounds {ratios[0]:.2f} to "
           f"{ratios[-1]:.2f} (target <= 1.10)")
 
