@@ -30,6 +30,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import nexusdsl  # noqa: E402
 from benchmarks.host import calibrate  # noqa: E402
+from nexusdsl.lang.diagnostics import NexusError  # noqa: E402
+from nexusdsl.train.checkpoint import CheckpointError  # noqa: E402
 from nexusdsl.train.data import DIGIT_NAMES, DIGIT_SENTENCE, caption_ids, digits_dataset  # noqa: E402
 from nexusdsl.weights.tokenizer import open_tokenizer  # noqa: E402
 
@@ -93,6 +95,16 @@ def evaluate(model, tokenizer, batch: dict[str, torch.Tensor]) -> float:
                               batch["label"])
 
 
+def clear_run(out: Path) -> None:
+    """Remove an earlier run of this script in `out` (a run folder: its `latest` and step
+    directories), so that the command can be run again; refuse any other folder."""
+    if not out.exists():
+        return
+    if not (out / "latest").is_file():
+        raise SystemExit(f"error: {out} exists and is not a run folder; choose another --out")
+    shutil.rmtree(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None,
@@ -107,9 +119,12 @@ def main() -> None:
     batch = heldout(tokenizer)
     untrained = evaluate(nexusdsl.compile(EXAMPLE), tokenizer, batch)
     if args.load:
-        model = nexusdsl.load_run(args.out).model
+        try:
+            model = nexusdsl.load_run(args.out).model
+        except CheckpointError as err:
+            raise SystemExit(f"error: {err.diagnostics[0].message}") from None
     else:
-        shutil.rmtree(args.out, ignore_errors=True)
+        clear_run(args.out)
         result = nexusdsl.train(EXAMPLE, steps=args.steps, out=args.out, progress=True)
         model = result.model
         print(f"trained {result.steps} steps in {result.seconds:.0f} s")
@@ -120,4 +135,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except NexusError as err:  # a mistake in the example, located in it
+        raise SystemExit(err.render()) from None
