@@ -74,20 +74,25 @@ def prune_cmd(
     output: Optional[Path] = typer.Option(None, "--out", help="where to write (default CKPT-pruned)"),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model (default: the checkpoint's)"),
     batches: Optional[int] = typer.Option(None, "--batches", help="held-out batches to evaluate"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
     """Prune a trained model by weight magnitude and write the smaller checkpoint.
 
     Held-out loss is reported before and after; the new checkpoint records the pruned IR
     (the widths), which `nexus eval` and `nexus generate` load."""
     import nexusdsl
+    from nexusdsl.train import device as devices
     from nexusdsl.train.prune import prune_checkpoint
 
     if not 0.0 < amount < 1.0:
         fail(f"error: --amount must be between 0 and 1 (exclusive), got {amount}")
+    if devices.problem(device) is not None:
+        fail(f"error: {devices.problem(device)}")
+    devices.use(device)
     target = output or checkpoint.with_name(checkpoint.name + "-pruned")
     try:
         result = prune_checkpoint(nexusdsl.load(file), checkpoint, amount, structured, target,
-                                  model=model, batches=batches)
+                                  model=model, batches=batches, device=device)
     except NexusError as e:
         fail(render(e))
     out.print(result.summary(), markup=False)

@@ -44,7 +44,7 @@ class Backend:
     sizes: dict | None = None
     dynamic: list[str] | tuple[str, ...] = ()
     compile_mode: str | None = None
-    cuda_arch: str = "sm_80"
+    cuda_arch: str | None = "sm_80"  # None: the visible GPU's (nexus run)
 
 
 class RunBackend(str, Enum):
@@ -182,6 +182,9 @@ def run_cmd(
     via: str = typer.Option("mlir-torch", "--via", help="the MLIR dialect IREE compiles"),
     check: bool = typer.Option(False, "--check", help="compare with eager (exit 1 beyond 1e-4)"),
     repeat: int = typer.Option(3, "--repeat", min=1, help="timed calls after the first"),
+    cuda_arch: Optional[str] = typer.Option(None, "--cuda-arch", help="GPU architecture "
+                                            "--backend iree-cuda compiles for, e.g. sm_75 "
+                                            "(default: the visible GPU's)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c",
                                               help="run or step directory: run the trained "
                                                    "model (its weights and hyperparameters)"),
@@ -198,7 +201,8 @@ def run_cmd(
     training run's, and the model is built with the hyperparameters it was trained with."""
     from nexusdsl.compiler.backends import BackendError
 
-    settings = Backend(backend.value, via, parse_sets(sizes, "--size"), (), compile_mode)
+    settings = Backend(backend.value, via, parse_sets(sizes, "--size"), (), compile_mode,
+                       _checked_arch(cuda_arch))
     _check_device(device)
     check_seed(seed)
     try:
@@ -210,7 +214,7 @@ def run_cmd(
         tensors = (_read_inputs(graph, inputs, settings, device, seed) if text is None
                    else _text_inputs(program, graph, text, tokenizer, inputs, device))
         runner = _runner(program, graph, backend.value, settings, device, seed, weights)
-        results, first, rest = _timed(runner, tensors, repeat)
+        results, first, rest = _timed(runner, tensors, repeat, device)
         _show(graph, results, backend.value, first, rest)
         if output is not None:
             _write_outputs(graph, results, output)
@@ -262,7 +266,8 @@ def _runner(program, graph, backend: str, settings: Backend, device: str, seed: 
     if backend.startswith("iree-"):
         from nexusdsl.compiler.lower.targets import IreeModule
 
-        return IreeModule(_lower(graph, "cpu", seed, weights), backend, settings.via)
+        return IreeModule(_lower(graph, "cpu", seed, weights), backend, settings.via,
+                          cuda_arch=settings.cuda_arch)
     module = _lower(graph, device, seed, weights).eval()
     if backend == "eager":
         return module
@@ -272,19 +277,45 @@ def _runner(program, graph, backend: str, settings: Backend, device: str, seed: 
     return lambda *xs: run_compiled(compiled, *xs)
 
 
-def _timed(runner, tensors, repeat: int):
+def _timed(runner, tensors, repeat: int, device: str = "cpu"):
+    """(the first call's results, its seconds, the median seconds of `repeat` more calls).
+    A CUDA call returns before the GPU has finished: each clock is read after synchronising.
+    The results are copied before the later calls: a CUDA graph (torch.compile's
+    reduce-overhead mode) writes every call's outputs into the same memory."""
     import torch
 
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     with torch.no_grad():
+        sync()
         start = time.perf_counter()
-        results = runner(*tensors)
+        results = _copied(runner(*tensors))
+        sync()
         first = time.perf_counter() - start
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
             runner(*tensors)
+            sync()
             times.append(time.perf_counter() - start)
     return results, first, statistics.median(times)
+
+
+def _copied(results):
+    """Outputs (a tensor, or a dict of them) copied out of the memory the runner reuses."""
+    if isinstance(results, dict):
+        return {k: _copied(v) for k, v in results.items()}
+    if isinstance(results, (tuple, list)):
+        return type(results)(_copied(v) for v in results)
+    return results.clone() if hasattr(results, "clone") else results
+
+
+def _checked_arch(arch: str | None) -> str | None:
+    """--cuda-arch: IREE's name of a GPU architecture, sm_ and its compute capability."""
+    import re
+
+    if arch is not None and not re.fullmatch(r"sm_\d{2,3}a?", arch):
+        fail(f"error: --cuda-arch {arch}: give a GPU architecture such as sm_75, sm_80 or sm_86")
+    return arch
 
 
 def _check(module, tensors, results) -> None:

@@ -177,6 +177,7 @@ def eval_cmd(
     context: Optional[int] = typer.Option(None, "--context", help="tokens per example"),
     batches: Optional[int] = typer.Option(None, "--batches", help="at most this many batches"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
     """Held-out loss of a checkpoint (bits per byte for byte models)."""
     from nexusdsl.train.loop import evaluate
@@ -184,7 +185,8 @@ def eval_cmd(
     from nexusdsl.train.threads import threads_for
 
     session = _session(file, model, checkpoint, {"data": data, "batch": batch,
-                                                 "context": context, "eval_batches": batches})
+                                                 "context": context, "eval_batches": batches},
+                       _device(device))
     try:
         check_memory(session, training=False)
     except NexusError as e:
@@ -229,6 +231,7 @@ def generate_cmd(
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="a directory with the "
                                              "model's tokenizer.json (default: the one its "
                                              "ids modality names)"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
     """Continue prompts with a byte model, or a model of ids through its tokenizer.
 
@@ -247,7 +250,8 @@ def generate_cmd(
     texts = _prompts(prompt, prompts)
     for text in stop:
         utf8_flag(text, "--stop")
-    trained, graph, program, run_context, notes = _generator(file, model, checkpoint)
+    trained, graph, program, run_context, notes = _generator(file, model, checkpoint,
+                                                             _device(device))
     try:  # a model that does not fit, a tokenizer that does not, weights not finite numbers
         from nexusdsl.train.generate import generate_texts
         from nexusdsl.train.tokenizer import generation_tokenizer
@@ -291,19 +295,20 @@ def _prompts(prompt: Optional[str], path: Optional[Path]) -> list[str]:
     return lines
 
 
-def _generator(file: Path, model: Optional[str], checkpoint: Optional[Path]):
+def _generator(file: Path, model: Optional[str], checkpoint: Optional[Path],
+               device: str = "cpu"):
     """(the model to sample from, its graph, the program, the run's context): a checkpoint's
     trained model, or the file's own (its bound weights; freshly initialised ones said on
-    stderr)."""
+    stderr), on `device`."""
     import nexusdsl
 
     if checkpoint is not None:
-        session = _session(file, model, checkpoint, {})
+        session = _session(file, model, checkpoint, {}, device)
         return (session.trainee, session.module.graph, session.program, session.config.context,
                 [])
     try:
         program = nexusdsl.load(file)
-        module = nexusdsl.compile(program, model)
+        module = nexusdsl.compile(program, model, device=device)
         fresh = program.binding(model) is None
     except NexusError as e:
         fail(render(e))
@@ -327,14 +332,26 @@ def _recomputing(trained, graph, compile_step: bool) -> list[str]:
     return [f"note: {graph.name} recomputes the whole sequence for every token: {reason}{also}"]
 
 
-def _session(file: Path, model: Optional[str], checkpoint: Path, overrides: dict):
+def _session(file: Path, model: Optional[str], checkpoint: Path, overrides: dict,
+             device: str = "cpu"):
     import nexusdsl
     from nexusdsl.train.session import from_checkpoint
 
     try:
-        return from_checkpoint(nexusdsl.load(file), model, checkpoint, overrides)
+        return from_checkpoint(nexusdsl.load(file), model, checkpoint, overrides, device)
     except NexusError as e:
         fail(render(e))
+
+
+def _device(device: str) -> str:
+    """--device checked (one error line) and made the current one, with TF32 matmuls."""
+    from nexusdsl.train import device as devices
+
+    why = devices.problem(device)
+    if why is not None:
+        fail(f"error: {why}")
+    devices.use(device)
+    return device
 
 
 

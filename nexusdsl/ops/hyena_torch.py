@@ -4,6 +4,7 @@ lowering."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -15,14 +16,23 @@ from nexusdsl.ops.trace_torch import tracing
 FAST_DECAY, SLOW_DECAY, TARGET = 0.3, 1.5, 1e-2  # the paper's exponential modulation
 
 
+def exact_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What the filters are computed in for a model of `dtype`: float64 stays, anything else
+    is float32. In bf16 only 769 of 4,096 positions t = i / (max - 1) would be distinct (8 bits
+    of mantissa), and the filters made from them would be silently wrong."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def positional_features(T: int, features: int, max_len: int, like: torch.Tensor):
     """(z, t): z [T, features] = (t, cos(f w), -sin(f w)) with t = i / (max - 1) and
-    w = 2 pi i / max, for `features // 2` frequencies f spread over [1e-4, bands - 1]."""
-    i = torch.arange(T, device=like.device, dtype=like.dtype)
+    w = 2 pi i / max, for `features // 2` frequencies f spread over [1e-4, bands - 1]; in
+    float32 (float64 for a float64 `like`), whatever the model's dtype."""
+    exact = exact_dtype(like.dtype)
+    i = torch.arange(T, device=like.device, dtype=exact)
     t = i / max(max_len - 1, 1)
     bands = (features - 1) // 2
     step = (bands - 1 - 1e-4) / (bands - 1) if bands > 1 else 0.0
-    f = 1e-4 + torch.arange(bands, device=like.device, dtype=like.dtype) * step  # (bands,)
+    f = 1e-4 + torch.arange(bands, device=like.device, dtype=exact) * step  # (bands,)
     angle = (2 * math.pi / max_len) * i[:, None] * f[None, :]  # (T, bands)
     return torch.cat([t[:, None], torch.cos(angle), -torch.sin(angle)], dim=-1), t
 
@@ -40,26 +50,47 @@ def decay_window(t: torch.Tensor, channels: int) -> torch.Tensor:
 
 def implicit_filters(m, T: int, attrs, like: torch.Tensor) -> torch.Tensor:
     """The long filters for T positions, (channels, T): the sine MLP on positional features,
-    times the decay window."""
+    times the decay window, computed in float32 (or float64) and given in `like`'s dtype."""
     raw, window = filter_mlp(m, T, attrs, like)
-    return raw * window
+    return _as(raw * window, like.dtype)
 
 
 def filter_mlp(m, T: int, attrs, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The filter MLP's output and the decay window it is multiplied by, both (channels, T).
-    `m.filter` holds linear_0..2, out, freq."""
+    """The filter MLP's output and the decay window it is multiplied by, both (channels, T),
+    in float32 (float64 for a float64 `like`): the weights of a bf16 or fp16 model are read
+    in that dtype, and autocast is off here. `m.filter` holds linear_0..2, out, freq."""
+    with _without_autocast(like):
+        return _filter_mlp(m, T, attrs, like)
+
+
+def _filter_mlp(m, T: int, attrs, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flt = m.filter
     channels = flt.out.weight.shape[0]
     z, window = length_constants(m, T, attrs, channels, like)
+    freq = _as(flt.freq, z.dtype)
     h = z
     for i in range(3):
         layer = getattr(flt, f"linear_{i}")
+        weight, bias = _as(layer.weight, z.dtype), _as(layer.bias, z.dtype)
         # sin(freq * (W h + b)) with freq folded into the small W and b: one pass fewer over
         # the (T, filter) activations each way
-        h = torch.sin(F.linear(h, flt.freq[:, None] * layer.weight, flt.freq * layer.bias))
+        h = torch.sin(F.linear(h, freq[:, None] * weight, freq * bias))
     # channels first straight from the matmul (the FFTs run along T): no transpose copy
-    h = torch.mm(flt.out.weight, h.transpose(0, 1))  # (channels, T)
+    h = torch.mm(_as(flt.out.weight, z.dtype), h.transpose(0, 1))  # (channels, T)
     return h, window
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` in `dtype`, with no cast traced when it is already (the exported float32 form)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _without_autocast(like: torch.Tensor):
+    """Autocast switched off for the filters, when it is on (never entered while exporting)."""
+    kind = like.device.type
+    if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
 
 
 def length_constants(m, T: int, attrs, channels: int, like: torch.Tensor):
@@ -69,7 +100,7 @@ def length_constants(m, T: int, attrs, channels: int, like: torch.Tensor):
     if tracing():
         return _make_length_constants(T, attrs, channels, like)
     cache = m.__dict__.setdefault("_length_constants", {})
-    key = (T, channels, like.device, like.dtype)
+    key = (T, channels, like.device, exact_dtype(like.dtype))
     if key not in cache:
         cache.clear()  # one length at a time: a model is trained at one length
         # made in inference mode, they could not be saved for a later backward pass

@@ -84,12 +84,15 @@ class SourceRecord(_Record):
 
 
 class RngRecord(_Record):
-    torch: list[list[StrictInt]] = Field(min_length=1)
+    """Each process's generator states (train/rng.py): the CPU's, and its GPU's if it had one."""
 
-    @field_validator("torch")
+    torch: list[list[StrictInt]] = Field(min_length=1)
+    cuda: list[list[StrictInt]] | None = None
+
+    @field_validator("torch", "cuda")
     @classmethod
-    def _bytes(cls, states: list[list[int]]) -> list[list[int]]:
-        if any(not 0 <= b <= 255 for state in states for b in state):
+    def _bytes(cls, states: list[list[int]] | None) -> list[list[int]] | None:
+        if states is not None and any(not 0 <= b <= 255 for state in states for b in state):
             raise ValueError("an RNG state holds bytes (0 to 255)")
         return states
 

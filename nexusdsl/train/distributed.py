@@ -19,6 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from nexusdsl.train.device import group_backend, process_device
+from nexusdsl.train.device import use as use_device
+
 
 @dataclass
 class Dist:
@@ -42,14 +45,14 @@ def setup(shard: bool = False, device: str = "cpu") -> Dist:
     """Join the process group torchrun prepared (if any)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
+        use_device(device)
         return Dist(device=device, sharded=False)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
+    device = process_device(device, local)  # each process its own GPU, whatever index was given
+    use_device(device)
     owner = not dist.is_initialized()
     if owner:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        dist.init_process_group(group_backend(device))
     return Dist(rank, world, local, device, shard, owner)
 
 

@@ -341,7 +341,7 @@ class Contrastive(Objective):
         a, b = self._embeddings(model, batch)
         loss = info_nce(a, b, self.temperature, reduction="sum").item()
         picked = (F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T).argmax(-1)
-        hit = picked == torch.arange(len(a))
+        hit = picked == torch.arange(len(a), device=picked.device)
         if "label" in batch:  # same-class captions are equally right
             hit |= batch["label"][picked] == batch["label"]
         return {"loss": loss, "correct": int(hit.sum()), "count": len(a)}

@@ -145,8 +145,11 @@ class Ppo(Objective):
 
     # -- running ------------------------------------------------------------------------
     def prepare(self, batch, gen):
+        """One sampling seed per example, consecutive: a process's (or a micro-batch's) slice
+        of the batch starts with its own, and one process samples as before from the first."""
         seed = torch.randint(0, 2**62, (1,), generator=gen)
-        return {**batch, "ppo_seed": seed}
+        rows = next(iter(batch.values())).shape[0]
+        return {**batch, "ppo_seed": seed + torch.arange(rows)}
 
     def _forward(self, model, batch):
         out = model(*self.feed(batch))

@@ -245,12 +245,13 @@ class PruneResult:
 
 
 def prune_checkpoint(program, path: Path, amount: float, structured: bool, out: Path, *,
-                     model: str | None = None, batches: int | None = None) -> PruneResult:
+                     model: str | None = None, batches: int | None = None,
+                     device: str = "cpu") -> PruneResult:
     from nexusdsl.compiler.summary import count_params
     from nexusdsl.train.loop import evaluate
     from nexusdsl.train.session import from_checkpoint
 
-    session = from_checkpoint(program, model, path, {"eval_batches": batches})
+    session = from_checkpoint(program, model, path, {"eval_batches": batches}, device)
     if session.trainee.base_sha256:  # its checkpoint holds adapters, not the weights to prune
         from nexusdsl.train.checkpoint import CheckpointError
 
@@ -259,7 +260,7 @@ def prune_checkpoint(program, path: Path, amount: float, structured: bool, out: 
                               "the merged run")
     before = evaluate(session)
     graph = session.module.graph
-    weights = {k: v.detach().clone() for k, v in session.module.state_dict().items()}
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in session.module.state_dict().items()}
     pruned = (prune_structured if structured else prune_magnitude)(graph, weights, amount)
     swap_model(session, pruned)
     after = evaluate(session)

@@ -294,9 +294,10 @@ def restore(session: Session, checkpoint: ckpt.Checkpoint) -> None:
 
 
 def from_checkpoint(program: Program, model: str | None, path: Path,
-                    overrides: dict[str, Any] | None = None) -> Session:
-    """A session rebuilt from a checkpoint's recorded configuration (for eval and generate):
-    the same hyperparameters and prefix; `overrides` may change data, batch or context."""
+                    overrides: dict[str, Any] | None = None, device: str = "cpu") -> Session:
+    """A session rebuilt from a checkpoint's recorded configuration (for eval, generate and
+    prune) on `device`: the same hyperparameters and prefix; `overrides` may change data,
+    batch or context."""
     checkpoint = ckpt.load(path)
     saved = saved_config(checkpoint)
     name = model or checkpoint.state["model"]
@@ -315,19 +316,19 @@ def from_checkpoint(program: Program, model: str | None, path: Path,
     for key, value in overrides.items():
         if value is not None:
             config = _override(config, key, value)
-    session = _build_saved(program, name, config, checkpoint)
+    session = _build_saved(program, name, config, checkpoint, device)
     restore(session, checkpoint)
     return session
 
 
 def _build_saved(program: Program, name: str, config: TrainConfig,
-                 checkpoint: ckpt.Checkpoint) -> Session:
+                 checkpoint: ckpt.Checkpoint, device: str = "cpu") -> Session:
     """`build` with the hyperparameters a checkpoint recorded. A mistake they cause inside the
     file (an edited state.json, or a file changed since) is the checkpoint's: one line naming
     it, with the place in the file."""
     graph = stored_graph(checkpoint)
     try:
-        return build(program, name, config, Dist(), graph=graph)
+        return build(program, name, config, Dist(device=device), graph=graph)
     except ckpt.CheckpointError:
         raise
     except NexusError as err:

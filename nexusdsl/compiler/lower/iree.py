@@ -8,8 +8,9 @@ Measured with torch-mlir 20261001 and iree-base-compiler 3.13: torch-dialect MLI
 `tm_tensor` ops and needs `input_type="tm_tensor"`. StableHLO and TOSA are no IREE routes:
 IREE fails on torch-mlir's StableHLO for `topk` (`chlo.top_k` wants i32 indices) and for uint8
 constants, and cannot parse its TOSA (`tosa.const_shape`). The CUDA
-target compiles for sm_80 (pre-Hopper names work; sm_90 fails inside IREE), so `iree-cuda`
-emits sm_80 code unless told otherwise.
+target compiles for the visible GPU's architecture (`visible_cuda_arch`: sm_75 on a Turing
+card, which sm_80 code cannot run on), sm_80 where no GPU is visible; sm_90 fails inside
+IREE, so Hopper and later GPUs get sm_80 code, which their driver compiles from its PTX.
 """
 
 from __future__ import annotations
@@ -22,17 +23,36 @@ from nexusdsl.compiler.backends import IREE_ROUTES, BackendError
 TARGETS = {"iree-cpu": ("llvm-cpu", "local-task"), "iree-cuda": ("cuda", "cuda")}
 INPUT_TYPES = {"mlir-torch": "torch", "mlir-linalg": "tm_tensor"}
 DEFAULT_CUDA_ARCH = "sm_80"
+NEWEST_CUDA_ARCH = (8, 9)  # IREE 3.13 fails on sm_90: newer GPUs run sm_80 code (its PTX)
 DEFAULT_CPU = "host"
 
 
-def target_flags(target: str, cpu: str = DEFAULT_CPU, cuda_arch: str = DEFAULT_CUDA_ARCH):
+def cuda_arch_of(capability: tuple[int, int]) -> str:
+    """IREE's name of the architecture of a GPU of this compute capability: (7, 5) -> sm_75."""
+    major, minor = capability
+    if (major, minor) > NEWEST_CUDA_ARCH:
+        return DEFAULT_CUDA_ARCH
+    return f"sm_{major}{minor}"
+
+
+def visible_cuda_arch() -> str:
+    """The architecture of the current CUDA device, or sm_80 when none is visible."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return DEFAULT_CUDA_ARCH
+    return cuda_arch_of(torch.cuda.get_device_capability())
+
+
+def target_flags(target: str, cpu: str = DEFAULT_CPU, cuda_arch: str | None = None):
+    """IREE's flags for `target`; `cuda_arch` None: the visible GPU's (`visible_cuda_arch`)."""
     if target == "iree-cpu":
         return [f"--iree-llvmcpu-target-cpu={cpu}"]
-    return [f"--iree-cuda-target={cuda_arch}"]
+    return [f"--iree-cuda-target={cuda_arch or visible_cuda_arch()}"]
 
 
 def compile_vmfb(mlir: str, target: str = "iree-cpu", route: str = "mlir-torch", *,
-                 cpu: str = DEFAULT_CPU, cuda_arch: str = DEFAULT_CUDA_ARCH) -> bytes:
+                 cpu: str = DEFAULT_CPU, cuda_arch: str | None = None) -> bytes:
     """Compile MLIR text of dialect `route` for an IREE target; returns the vmfb bytes."""
     check_route(target, route)
     compiler = _iree_compiler()

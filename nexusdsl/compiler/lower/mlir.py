@@ -150,10 +150,12 @@ def _op_modules(graph: Graph, module):
 
 
 def export_program(module, shapes: list[InputShape], inputs: list | None = None):
-    """`torch.export` of the module at these shapes (dynamic axes shared by name)."""
+    """`torch.export` of the module at these shapes (dynamic axes shared by name), always
+    from the CPU (`on_cpu`): a model on a GPU is exported from a copy."""
     import torch
 
-    inputs = inputs if inputs is not None else example_inputs(shapes, _device(module))
+    module = on_cpu(module)
+    inputs = [t.cpu() for t in inputs] if inputs is not None else example_inputs(shapes)
     dims: dict[str, object] = {}
     dynamic = {s.name: {i: dims.setdefault(n, torch.export.Dim(n)) for i, n in s.dynamic}
                for s in shapes}
@@ -244,8 +246,17 @@ def _torch_mlir_fx():
     return fx
 
 
-def _device(module):
-    return next((p.device for p in module.parameters()), "cpu")
+def on_cpu(module):
+    """The module itself when its weights and buffers are on the CPU, else a CPU copy of it.
+    Exporting on a GPU would fail on CPU inputs (a device mismatch) and record CUDA-only
+    kernels (flash and memory-efficient attention) that torch-mlir cannot lower; the MLIR
+    holds the weights as constants, not where they lived."""
+    import copy
+
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(t.device.type == "cpu" for t in tensors):
+        return module
+    return copy.deepcopy(module).to("cpu")
 
 
 def _first_lines(message: str, count: int = 6) -> str:

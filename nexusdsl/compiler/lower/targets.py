@@ -20,13 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nexusdsl.compiler.backends import DEFAULT_ROUTE, BackendError, check_backend
-from nexusdsl.compiler.lower.iree import (
-    DEFAULT_CPU,
-    DEFAULT_CUDA_ARCH,
-    IreeRunner,
-    check_route,
-    compile_vmfb,
-)
+from nexusdsl.compiler.lower.iree import DEFAULT_CPU, IreeRunner, check_route, compile_vmfb
 from nexusdsl.compiler.lower.mlir import DIALECTS, InputShape, input_shapes, to_mlir
 
 TARGETS = ("torch", "torch.compile", "iree-cpu", "iree-cuda", *DIALECTS)
@@ -91,11 +85,13 @@ class IreeModule:
     one tensor back for one output, a dict for several. It compiles on the first call with
     new input shapes (static shapes, except the axes named in `dynamic`) and keeps every
     compilation in `.artifacts`. Weights are those of `.module`, the eager module, frozen
-    into the vmfb when it is compiled. Results come back as CPU tensors."""
+    into the vmfb when it is compiled (exported from a CPU copy when it is on a GPU). Results
+    come back on the device of the first input (the CPU without inputs). `cuda_arch` None:
+    the visible GPU's architecture."""
 
     def __init__(self, module, target: str = "iree-cpu", route: str = DEFAULT_ROUTE,
                  sizes: dict[str, int] | None = None, dynamic: Sequence[str] = (),
-                 cpu: str = DEFAULT_CPU, cuda_arch: str = DEFAULT_CUDA_ARCH):
+                 cpu: str = DEFAULT_CPU, cuda_arch: str | None = None):
         check_route(target, route)
         if any(p.dtype.is_floating_point and p.dtype.itemsize < 4 for p in module.parameters()):
             raise BackendError("IREE targets run f32 or f64 models here (numpy has no bf16)")
@@ -142,6 +138,8 @@ class IreeModule:
             artifact.runner = IreeRunner(artifact.vmfb, self.target)
         outputs = artifact.runner(*inputs)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        if inputs and inputs[0].device.type != "cpu":  # the caller's device, as eager gives
+            outputs = tuple(o.to(inputs[0].device) for o in outputs)
         if len(self.output_names) == 1:
             return outputs[0]
         return dict(zip(self.output_names, outputs))
