@@ -5,6 +5,8 @@ sentence captions; benchmarks/zero_shot.py's zero-shot classification checked by
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from safetensors.torch import load_file
 import nexusdsl
 from benchmarks.zero_shot import (
     EXAMPLE,
+    MODEL_LINK,
     heldout,
     image_embeddings,
     link_minilm,
@@ -29,8 +32,17 @@ UNEVEN = ["a handwritten seven", "seven", "an untidy, slanted handwritten seven 
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    return link_minilm()
+def example(tmp_path_factory) -> Path:
+    """The example as a fresh clone has it, with the link benchmarks/zero_shot.py makes."""
+    folder = tmp_path_factory.mktemp("zero_shot")
+    shutil.copy(EXAMPLE, folder / EXAMPLE.name)
+    link_minilm(folder / MODEL_LINK.relative_to(EXAMPLE.parent))
+    return folder / EXAMPLE.name
+
+
+@pytest.fixture(scope="module")
+def minilm(example) -> Path:
+    return example.parent / MODEL_LINK.relative_to(EXAMPLE.parent)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +51,9 @@ def tokenizer(minilm):
 
 
 @pytest.fixture(scope="module")
-def trained(minilm, tmp_path_factory):
-    untrained = {k: v.clone() for k, v in nexusdsl.compile(EXAMPLE).state_dict().items()}
-    result = nexusdsl.train(EXAMPLE, steps=3, batch=16, eval_batches=1,
+def trained(example, tmp_path_factory):
+    untrained = {k: v.clone() for k, v in nexusdsl.compile(example).state_dict().items()}
+    result = nexusdsl.train(example, steps=3, batch=16, eval_batches=1,
                             out=tmp_path_factory.mktemp("run"))
     return untrained, result.model.eval()
 
