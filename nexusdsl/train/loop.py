@@ -28,7 +28,7 @@ import torch
 
 from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import checkpoint as ckpt
-from nexusdsl.train import distributed
+from nexusdsl.train import distributed, rng
 from nexusdsl.train.data import slice_batch
 from nexusdsl.train.expert_load import ExpertLoad
 from nexusdsl.train.interrupts import Interrupted, StopRequest, signal_name
@@ -134,11 +134,11 @@ def save(s: Session, metrics: dict[str, float] | None = None) -> Path | None:
     if not distributed.all_true(finite, s.dist):  # a NaN checkpoint would replace a good one
         raise diverged(s, "the weights are no longer finite")
     optim = distributed.optimizer_state(s.trainee, s.optimizer, s.dist)
-    rng = distributed.gather_bytes(bytes(torch.get_rng_state().tolist()), s.dist)
+    generators = rng.record(s.dist)  # every process's states: a collective
     path = None
     if s.dist.main:
         state = {**s.metadata(), "elapsed": s.elapsed, "metrics": metrics or {},
-                 "rng": {"torch": [list(r) for r in rng]}}
+                 "rng": generators}
         path = ckpt.save(s.out, s.step, model, s.tied, optim, state)
     distributed.barrier(s.dist)
     return path
@@ -166,13 +166,7 @@ def prepare_optimizer(s: Session) -> None:
               "params": [names[id(p)] for p in g["params"]]} for g in s.optimizer.param_groups]
     state = ckpt.optimizer_state(s.resumed, fresh)
     distributed.load_optimizer_state(s.trainee, s.optimizer, state, s.dist)
-    rngs = (s.resumed.state.get("rng") or {}).get("torch", [])
-    if len(rngs) == s.dist.world:
-        try:
-            torch.set_rng_state(torch.tensor(rngs[s.dist.rank], dtype=torch.uint8))
-        except RuntimeError:  # torch checks the generator state it is given
-            raise ckpt.CheckpointError(f"checkpoint {s.resumed.path} is damaged: its RNG "
-                                       "state is not a valid generator state") from None
+    rng.restore(s.resumed, s.dist)
 
 
 # ----------------------------------------------------------------------------- the loop
