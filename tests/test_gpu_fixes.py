@@ -366,3 +366,27 @@ PRETRAINED = """model Values {
   output y = layer(h, mask = mask)
 }
 """
+
+
+def test_a_csr_sparse_mix_runs_in_float32_under_autocast():
+    """Sparse CSR products have no bf16 kernel: under autocast (and with a bf16 input) the
+    mix computes in float32 and gives x's dtype, the float32 result rounded once."""
+    from nexusdsl.compiler.passes.sparsity_pruning import SparsityPruning
+    from tests.passes.helpers import graph_of, modules, run, source
+    from tests.passes.test_sparsity import with_kernel
+
+    dense = graph_of(source("  output y = mix(x, axes = [i, j], wiring = random(density = "
+                            "0.2, seed = 4), bias = true)", "x: float[B, i=8, j=6, d=3]"))
+    compact = with_kernel(run(dense, SparsityPruning), "csr")
+    _, mix = modules(dense, compact, dtype="f32")
+    x = torch.randn(2, 8, 6, 3, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = mix(x.bfloat16().float())
+    xb = x.bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = mix(xb)
+    got.float().sum().backward()
+    assert xb.grad is not None and xb.grad.dtype == torch.bfloat16
+    # the product rounded to bf16 once, then the float32 bias added
+    scale = float(want.abs().max())
+    torch.testing.assert_close(got.float(), want, rtol=2**-8, atol=2**-8 * scale)

@@ -8,6 +8,7 @@ which is where einsum loses its time on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from functools import cache
@@ -217,6 +218,23 @@ class CsrMatmul(torch.autograd.Function):
         return dvalues, dx, None, None
 
 
+def _csr_in_float32(values, x, structure, cells):
+    """CsrMatmul in float32 (float64 stays) with autocast off, cast back to x's dtype: sparse
+    CSR products have no bf16 or fp16 kernel on the CPU (nor one for mixed dtypes anywhere),
+    and autocast would hand them a bf16 x."""
+    work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    kind = x.device.type
+    off = (torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind)
+           and torch.is_autocast_enabled(kind) else contextlib.nullcontext())
+    with off:
+        y = CsrMatmul.apply(_as(values, work), _as(x, work), structure, cells)
+    return _as(y, x.dtype)
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class SparseMix:
     def __init__(self, attrs):
         self.attrs = attrs
@@ -243,7 +261,7 @@ class SparseMix:
         if self.attrs.kernel == "gather":
             y = gather_matmul(m.weight, xc, structure[:5], cells, structure[5:])
         else:
-            y = CsrMatmul.apply(m.weight, xc, structure[:5], cells)
+            y = _csr_in_float32(m.weight, xc, structure[:5], cells)
         y = y.reshape(cells, lead, rest).transpose(0, 1)
         if self.attrs.bias:
             y = y + m.bias.reshape(1, cells, 1)
