@@ -101,10 +101,11 @@ def test_iree_module_returns_outputs_on_the_callers_device():
     got = module(tokens)
     with torch.no_grad():
         want = module.module.eval()(tokens)  # the eager module IREE was compiled from
-    got, want = (got, want) if torch.is_tensor(got) else (got, dict(want))
-    for g, w in zip(*(([x] if torch.is_tensor(x) else list(x.values())) for x in (got, want))):
-        assert g.device == tokens.device
-        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3)
+    if torch.is_tensor(got):
+        got, want = {"out": got}, {"out": want}
+    for name, tensor in got.items():
+        assert tensor.device == tokens.device, name
+        torch.testing.assert_close(tensor, want[name], rtol=1e-3, atol=1e-3)
 
 
 HYENA = """nexus 0.1
