@@ -24,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from nexusdsl.allocator import wait_passively  # noqa: E402
+
+wait_passively()  # as the nexus command does, before torch loads (nexusdsl/allocator.py)
 # Cold compilations: Inductor's on-disk caches would make a second run's compile time ~0.
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 

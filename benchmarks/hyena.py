@@ -13,7 +13,11 @@ timed in alternation in one process per length (a shared machine's speed drifts;
 makes the ratio fair). Peak memory is the growth of the process's peak resident memory during
 one forward + backward pass, measured in a fresh process per (layer, length) so that each
 starts from the same baseline. Both layers run with freed memory kept in the process, as the
-`nexus` command runs (nexusdsl/allocator.py); `--plain-malloc` measures without.
+`nexus` command runs (nexusdsl/allocator.py); `--plain-malloc` measures without. Both also run
+with idle OpenMP workers sleeping at once, as the `nexus` command asks (nexusdsl/allocator.py
+`wait_passively`): on a machine whose cores are busy with other work, libgomp's default
+spin-then-sleep made hyena's many short kernels three times slower while attention's long
+ones barely changed. `OMP_WAIT_POLICY=ACTIVE python benchmarks/hyena.py` measures otherwise.
 Target: at 16k tokens hyena at least 10x faster than attention. `--crossover` also times
 128 .. 1024 tokens and reports where hyena starts to win. The host's calibration
 (benchmarks/host.py) is printed first; each time is also given as a FLOP rate over the host's
@@ -151,6 +155,9 @@ def main() -> None:
                              "memory: nexusdsl/allocator.py)")
     parser.add_argument("--one", nargs=2, metavar=("WHAT", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from nexusdsl.allocator import wait_passively
+
+    wait_passively()  # as the nexus command does, before torch loads (its children inherit it)
     if args.one:
         if not args.plain_malloc:
             from nexusdsl.allocator import keep_freed_memory

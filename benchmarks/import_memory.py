@@ -115,6 +115,9 @@ if __name__ == "__main__":
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    from nexusdsl.allocator import wait_passively
+
+    wait_passively()  # as the nexus command does, before torch loads
     if args.measure:
         measure(args.measure)
     else:

@@ -4,6 +4,7 @@ the next one instead of being faulted in again (counted with getrusage in a fres
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -33,3 +34,29 @@ def test_freed_blocks_are_reused_without_page_faults():
     assert plain["faults"] > pages // 2  # glibc maps and unmaps a 64 MiB block every time
     assert kept["kept"] is True
     assert kept["faults"] < pages // 100  # the freed block is reused as it is
+
+
+
+WAITS = """
+import json, os, sys
+if sys.argv[1] == "torch first":
+    import torch
+import nexusdsl.cli as cli
+from nexusdsl.allocator import wait_passively
+cli.app = lambda: None  # the command's start-up, without a command
+cli.main()
+print(json.dumps({"policy": os.environ.get("OMP_WAIT_POLICY"), "in_time": wait_passively()}))
+"""
+
+
+def waits(mode: str, **env) -> dict:
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", WAITS, mode], capture_output=True, text=True,
+                          check=True, env={**environ, **env})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_nexus_command_asks_for_passive_openmp_waits_before_torch_loads():
+    assert waits("plain") == {"policy": "PASSIVE", "in_time": True}
+    assert waits("plain", OMP_WAIT_POLICY="ACTIVE") == {"policy": "ACTIVE", "in_time": True}
+    assert waits("torch first") == {"policy": "PASSIVE", "in_time": False}  # too late: said

@@ -16,8 +16,9 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    from nexusdsl.allocator import keep_freed_memory
+    from nexusdsl.allocator import keep_freed_memory, wait_passively
 
+    wait_passively()  # before torch loads: idle OpenMP workers yield shared cores at once
     keep_freed_memory()  # steps reuse freed blocks instead of faulting in fresh pages
     from nexusdsl.fsutil import UnwritablePath
     from nexusdsl.train.interrupts import exit_status, raise_on_sigterm
