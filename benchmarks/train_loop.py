@@ -1,4 +1,5 @@
-"""Overhead of `nexusdsl.train`'s loop against a minimal hand-written training loop.
+"""Overhead of `nexusdsl.train`'s loop against a minimal hand-written training loop; bf16
+against fp32; activation checkpointing's peak memory.
 
     python benchmarks/train_loop.py [--steps 20] [--rounds 8] [--threads 1]
 
@@ -11,9 +12,15 @@ the steps are timed (not compilation or held-out evaluation). Each round runs bo
 to back, in alternating order, and gives one ratio; on a shared machine the load drifts over
 seconds, so short paired rounds say more than a long run of each. Both use the same thread
 count. Prints the median seconds per step of each, and the median and range of the rounds'
-ratios (target: 1.10 or less). The host's calibration (benchmarks/host.py) is printed first, at
+ratios (target: 1.00 or less). The host's calibration (benchmarks/host.py) is printed first, at
 the loops' thread count, and each s/step also as a FLOP rate (3x the cost model's forward
 FLOPs per batch) over the host's fp32 matmul rate.
+
+Then the nexus loop in bf16 (`precision = bf16`: autocast, float32 master weights) against
+fp32, in the same alternating rounds; and one forward + backward pass of a larger TinyLM
+(dim 256, depth 8, batch 8 x 256) with and without `checkpoint = true`: the peak bytes
+allocated above the start (torch's profiler, every CPU allocation and free in order) and the
+seconds.
 """
 
 from __future__ import annotations
@@ -56,10 +63,71 @@ def hand_loop(steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def nexus_loop(steps: int, threads: int, corpus: Path) -> float:
+def nexus_loop(steps: int, threads: int, corpus: Path, precision: str = "fp32") -> float:
     result = nexusdsl.train("examples/tiny_lm.nx", data=str(corpus), steps=steps, batch=BATCH,
-                            context=CONTEXT, eval_batches=1, threads=threads, **HYPER)
+                            context=CONTEXT, eval_batches=1, threads=threads,
+                            precision=precision, **HYPER)
     return result.seconds / steps
+
+
+def paired(rounds: int, first, second) -> tuple[list[float], list[float]]:
+    """Each round runs both, in alternating order (the load drifts over seconds)."""
+    a, b = [], []
+    for r in range(rounds):
+        if r % 2:
+            b.append(second())
+            a.append(first())
+        else:
+            a.append(first())
+            b.append(second())
+    return a, b
+
+
+def ratio_line(name: str, top: list[float], bottom: list[float], target: str) -> str:
+    ratios = sorted(t / b for t, b in zip(top, bottom))
+    return (f"ratio {name}: median {statistics.median(ratios):.3f}, rounds {ratios[0]:.2f} to "
+            f"{ratios[-1]:.2f}{target}")
+
+
+BIG = {"dim": 256, "depth": 8, "heads": 8}  # activations that matter: checkpointing's case
+BIG_BATCH, BIG_CONTEXT = 8, 256
+
+
+def checkpointing_figures() -> dict[str, tuple[int, float]]:
+    """(peak bytes, seconds) of one forward + backward pass, plain and checkpointed."""
+    from nexusdsl.train import checkpointing
+
+    x = torch.randint(0, 256, (BIG_BATCH, BIG_CONTEXT + 1),
+                      generator=torch.Generator().manual_seed(0))
+    figures = {}
+    for name in ("plain", "checkpoint = true"):
+        model = nexusdsl.compile("examples/tiny_lm.nx", **BIG)
+        if name != "plain":
+            checkpointing.install(model, checkpointing.chosen_steps(model.graph, True, None))
+        model.train()
+        step(model, x)  # warm-up: first calls allocate caches
+        model.zero_grad(set_to_none=True)
+        figures[name] = peak_bytes(model, x)
+    return figures
+
+
+def step(model, x) -> None:
+    F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+
+
+def peak_bytes(model, x) -> tuple[int, float]:
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        step(model, x)
+    seconds = time.perf_counter() - start
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+                    if e.self_cpu_memory_usage)
+    current = peak = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak, seconds
 
 
 def main() -> None:
@@ -73,25 +141,32 @@ def main() -> None:
     graph = nexusdsl.loads(Path("examples/tiny_lm.nx").read_text(), "tiny_lm.nx").elaborate(
         **HYPER)
     flops = training_flops(graph, CONTEXT, BATCH)
-    hand, nexus = [], []
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
         corpus.write_bytes(default_corpus().tobytes())
-        for r in range(args.rounds):
-            if r % 2:
-                nexus.append(nexus_loop(args.steps, args.threads, corpus))
-                hand.append(hand_loop(args.steps))
-            else:
-                hand.append(hand_loop(args.steps))
-                nexus.append(nexus_loop(args.steps, args.threads, corpus))
-    ratios = sorted(n / h for n, h in zip(nexus, hand))
+        hand, nexus = paired(args.rounds, lambda: hand_loop(args.steps),
+                             lambda: nexus_loop(args.steps, args.threads, corpus))
+        bf16, fp32 = paired(args.rounds,
+                            lambda: nexus_loop(args.steps, args.threads, corpus, "bf16"),
+                            lambda: nexus_loop(args.steps, args.threads, corpus))
     print(f"{'loop':<12}{'s/step':>10}   ({args.rounds} rounds of {args.steps} steps, "
           f"{args.threads} thread(s))")
     for name, times in (("hand", hand), ("nexus", nexus)):
         t = statistics.median(times)
         print(f"{name:<12}{t:>10.4f}   ({host.compute(flops, t)})")
-    print(f"ratio nexus/hand: median {statistics.median(ratios):.3f}, rounds {ratios[0]:.2f} to "
-          f"{ratios[-1]:.2f} (target <= 1.10)")
+    print(ratio_line("nexus/hand", nexus, hand, " (target <= 1.00)"))
+    print(f"\n{'precision':<12}{'s/step':>10}   (the nexus loop, the same rounds)")
+    for name, times in (("fp32", fp32), ("bf16", bf16)):
+        t = statistics.median(times)
+        print(f"{name:<12}{t:>10.4f}   ({host.compute(flops, t, name)})")
+    print(ratio_line("bf16/fp32", bf16, fp32, ""))
+    print(f"\nactivation checkpointing: TinyLM {BIG}, batch {BIG_BATCH} x {BIG_CONTEXT}, one "
+          "forward + backward")
+    figures = checkpointing_figures()
+    for name, (peak, seconds) in figures.items():
+        print(f"{name:<20}peak {peak / 2**20:>8.1f} MiB   {seconds:.3f} s")
+    plain, checked = figures["plain"][0], figures["checkpoint = true"][0]
+    print(f"peak checkpointed/plain: {checked / plain:.3f}")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,13 @@ def train_cmd(
     until: Optional[int] = typer.Option(None, "--until", help="stop at this step (schedule unchanged)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of weights, data order and sampling"),
     shard: bool = typer.Option(False, "--shard", help="under torchrun: FSDP instead of DDP"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="the forward pass's "
+                                            "precision: fp32, bf16 or fp16 (float32 weights "
+                                            "either way)"),
+    accumulate: Optional[int] = typer.Option(None, "--accumulate", help="micro-batches per "
+                                             "optimizer step (--batch split among them)"),
+    compile_model: bool = typer.Option(False, "--compile", help="train the model through "
+                                       "torch.compile"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or progress lines"),
     dry_run: bool = typer.Option(False, "--dry-run", help="show what would be trained (model "
@@ -76,10 +83,12 @@ def train_cmd(
     Ctrl-C or SIGTERM finishes the step, saves it, and exits 130 or 143."""
     from nexusdsl.train.interrupts import Interrupted, deferred
 
+    step_flags = {"precision": precision, "accumulate": accumulate,
+                  "compile": True if compile_model else None}
     with deferred(not dry_run):  # from the start: see train/interrupts.py
         try:
             result = _train(file, model, sets, data, steps, batch, context, lr, seconds, output,
-                            resume, until, seed, shard, device, quiet, dry_run)
+                            resume, until, seed, shard, device, quiet, dry_run, step_flags)
         except Interrupted as stop:
             _interrupted(stop)
     if result is not None and _rank() == 0:
@@ -87,13 +96,13 @@ def train_cmd(
 
 
 def _train(file, model, sets, data, steps, batch, context, lr, seconds, output, resume, until,
-           seed, shard, device, quiet, dry_run):
+           seed, shard, device, quiet, dry_run, step_flags):
     import nexusdsl
     from nexusdsl.train.api import plan, train
 
     settings = parse_sets(sets)
     flags = {"data": data, "steps": steps, "batch": batch, "context": context, "lr": lr,
-             "seed": seed, "time": seconds}
+             "seed": seed, "time": seconds, **step_flags}
     for key in set(settings) & set(flags):  # `--set time=20` is `--time 20`
         if flags[key] is not None:
             fail(f"error: {key} is given twice, as --{key} and as --set {key}=...")

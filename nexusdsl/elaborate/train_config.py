@@ -22,8 +22,11 @@ NO_SPAN = Span("<command line>", 0, 0)
 _INTS = {"batch": 1, "context": 1, "steps": 1, "prefix": 0, "seed": 0, "eval_every": 0, "threads": 0,
          "eval_batches": 1, "save_every": 0, "log_every": 1}
 _FLOATS = {"clip": 0.0, "time": 0.0}
+# How a step runs (docs/language.md, "Train sections"): the forward's precision, micro-batches
+# per optimizer step, which repeat steps recompute their activations, torch.compile.
+PRECISIONS = ("fp32", "bf16", "fp16")
 SETTINGS = frozenset({"data", "objective", "optimizer", "schedule", "freeze", "train", "lora",
-                      *_INTS, *_FLOATS})
+                      "precision", "accumulate", "checkpoint", "compile", *_INTS, *_FLOATS})
 
 
 @dataclass
@@ -57,6 +60,10 @@ class TrainConfig:
     save_every: int = 1000
     log_every: int = 10
     threads: int = 0  # torch threads; 0: automatic (see train/threads.py)
+    precision: str = "fp32"  # the forward's autocast dtype (train/precision.py)
+    accumulate: int = 1  # micro-batches per optimizer step, `batch` split among them
+    checkpoint: bool | list[str] = False  # repeat steps recomputed in backward (train/checkpointing.py)
+    compile: bool = False  # torch.compile the model for training
     hyper: dict[str, Any] = field(default_factory=dict)
     spans: dict[str, Span] = field(default_factory=dict)
 
@@ -184,6 +191,7 @@ def build_config(fields: dict[str, tuple[Any, Span]], hyper_names: list[str],
         if value is not None:
             _set(config, name, value, NO_SPAN, hyper_names)
     _check_lora_alone(config)
+    _check_accumulate(config)
     return config
 
 
@@ -228,6 +236,8 @@ def _set(config: TrainConfig, name: str, value: Any, span: Span, hyper_names: li
         setattr(config, name, list(items))
     elif name == "lora":
         config.lora = None if value in (None, "none") else _call("lora", value, span)
+    elif name in ("precision", "accumulate", "checkpoint", "compile"):
+        _set_step_setting(config, name, value, span, where)
     elif name in hyper_names:
         config.hyper[name] = value
     else:
@@ -236,6 +246,39 @@ def _set(config: TrainConfig, name: str, value: Any, span: Span, hyper_names: li
         raise NexusError.at(span, f"{where}: unknown training setting `{name}` (settings: {known}; "
                             f"model hyperparameters: {hypers})")
     config.spans[name if name != "lr" else "optimizer"] = span
+
+
+def _set_step_setting(config: TrainConfig, name: str, value: Any, span: Span, where: str) -> None:
+    """`precision = bf16`, `accumulate = 4`, `checkpoint = true` or a list of repeat steps,
+    `compile = true`."""
+    if name == "precision":
+        _require(value in PRECISIONS, span, f"{where}: precision must be one of "
+                 f"{', '.join(PRECISIONS)}, got {value!r}")
+    elif name == "accumulate":
+        _require(_whole(value), span, f"{where}: accumulate must be a whole number >= 1 (the "
+                 f"micro-batches of one optimizer step), got {value!r}")
+    elif name == "compile":
+        _require(isinstance(value, bool), span, f"{where}: compile must be true or false, "
+                 f"got {value!r}")
+    else:
+        items = value if isinstance(value, (bool, list)) else [value]
+        _require(isinstance(items, bool) or (bool(items) and all(isinstance(i, str) and i
+                                                                  for i in items)), span,
+                 f"{where}: checkpoint is true, false or a list of repeat steps or globs, "
+                 f"e.g. `checkpoint = [blocks]` or `checkpoint = [\"blocks.[0-3]\"]`, "
+                 f"got {value!r}")
+        value = items
+    setattr(config, name, value)
+
+
+def _check_accumulate(config: TrainConfig) -> None:
+    """`batch` is what one optimizer step sees: its micro-batches are equal slices of it."""
+    if config.batch % config.accumulate:
+        name = "accumulate" if config.span("accumulate").line else "batch"
+        span = config.span(name)
+        raise NexusError.at(span, f"{_where(span, name)}: batch {config.batch} does not split "
+                            f"into accumulate = {config.accumulate} equal micro-batches; "
+                            "choose a batch that is a multiple of it")
 
 
 def _call(kind: str, value: Any, span: Span) -> Call:

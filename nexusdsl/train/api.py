@@ -116,6 +116,10 @@ def _configured(program_or_path, model, overrides, d):
     if config.batch % d.world:
         raise NexusError.at(NO_SPAN, f"batch {config.batch} does not divide evenly over "
                             f"{d.world} processes")
+    if config.batch // d.world % config.accumulate:  # each process splits its own share
+        raise NexusError.at(NO_SPAN, f"batch {config.batch} over {d.world} processes does "
+                            f"not split into accumulate = {config.accumulate} equal "
+                            "micro-batches on each")
     return program, config
 
 

@@ -13,10 +13,19 @@ schedule fits what remains of it into that time (`progress_of`).
 
 Data parallel: every process draws the same global batch and keeps its own slice, so the
 gradient DDP averages is the full batch's gradient (as in one process).
+
+A step (`train_step`) may run its batch as `accumulate` equal micro-batches, each loss (and
+auxiliary loss) divided by their number, so that the summed gradients are the whole batch's;
+its forward pass runs under the run's precision (train/precision.py), with the repeat steps
+`checkpoint` names recomputed in the backward pass (train/checkpointing.py), and through
+torch.compile with `compile`. The loop keeps each step's loss as a tensor and reads the
+losses (one host sync for several steps) only when it reports, evaluates or saves: that is
+also when a loss that is not finite is found, and the error names the step that made it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -28,11 +37,13 @@ import torch
 
 from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import checkpoint as ckpt
-from nexusdsl.train import distributed, rng
+from nexusdsl.train import checkpointing, distributed, rng
 from nexusdsl.train.data import slice_batch
 from nexusdsl.train.expert_load import ExpertLoad
 from nexusdsl.train.interrupts import Interrupted, StopRequest, signal_name
+from nexusdsl.train.metrics import Throughput
 from nexusdsl.train.optim import base_lr, build_optimizer, lr_factor, set_lr
+from nexusdsl.train.precision import format_flops, matmul_peak, precision_for
 from nexusdsl.train.progress import Display, format_metrics, format_seconds
 from nexusdsl.train.session import Session, collect_aux
 
@@ -68,20 +79,56 @@ def local_batch(s: Session, step: int) -> dict[str, torch.Tensor]:
     return {k: v.to(s.dist.device) for k, v in batch.items()}
 
 
-def train_step(s: Session, step: int, lr: float) -> tuple[float, int]:
+def train_step(s: Session, step: int, lr: float) -> tuple[torch.Tensor, int]:
+    """One optimizer step: (the batch's mean objective loss, as a tensor not yet read, and
+    the units it counted over every process)."""
     set_lr(s.optimizer, lr)
     batch = local_batch(s, step)
     s.net.train()
-    loss = s.objective.loss(s.net, batch)
-    aux = collect_aux(s.trainee)
-    total = loss if aux is None else loss + aux
     s.optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    parts = s.config.accumulate
+    losses = []
+    for i, micro in enumerate(micro_batches(batch, parts)):
+        with _gradient_sync(s.net, i == parts - 1), s.precision.autocast():
+            loss = s.objective.loss(s.net, micro)
+            aux = collect_aux(s.trainee)
+            total = loss if aux is None else loss + aux
+        s.precision.backward(total / parts if parts > 1 else total)
+        losses.append(loss.detach())
+    s.precision.unscale(s.optimizer)
     if s.config.clip:
-        params = [p for p in s.trainee.parameters() if p.requires_grad]
+        params = [p for group in s.optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, s.config.clip)
-    s.optimizer.step()
-    return float(loss.detach()), s.objective.count(batch) * s.dist.world
+    s.precision.step(s.optimizer)
+    mean = losses[0] if parts == 1 else torch.stack(losses).float().mean()
+    return mean, s.objective.count(batch) * s.dist.world
+
+
+def micro_batches(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """`parts` equal, contiguous slices of a batch (its first axis must divide by `parts`)."""
+    if parts == 1:
+        return [batch]
+    return [slice_batch(batch, i, parts) for i in range(parts)]
+
+
+def _gradient_sync(net, last: bool):
+    """DDP averages gradients at the last micro-batch's backward only (FSDP likewise)."""
+    if last:
+        return contextlib.nullcontext()
+    if hasattr(net, "no_sync"):
+        return net.no_sync()
+    if hasattr(net, "set_requires_gradient_sync"):  # FSDP2: a setting, not a context
+        return _fsdp_no_sync(net)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(net):
+    net.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        net.set_requires_gradient_sync(True)
 
 
 def progress_of(s: Session, step: int, run_seconds: float) -> float:
@@ -107,7 +154,8 @@ def evaluate(s: Session) -> dict[str, float]:
     batches = s.data.heldout.eval_batches(config.batch, obj.length(config.context),
                                           config.eval_batches)
     s.trainee.eval()
-    with torch.no_grad():
+    precision = s.precision.autocast() if s.precision is not None else contextlib.nullcontext()
+    with torch.no_grad(), precision:
         for i, batch in enumerate(batches):
             if s.stop and not d.active:  # one process: stop at once (evaluating changes nothing)
                 s.trainee.train()
@@ -139,28 +187,56 @@ def save(s: Session, metrics: dict[str, float] | None = None) -> Path | None:
     if s.dist.main:
         state = {**s.metadata(), "elapsed": s.elapsed, "metrics": metrics or {},
                  "rng": generators}
+        scale = s.precision.state() if s.precision is not None else None
+        if scale is not None:  # fp16's loss scale, so that a resumed run goes on with it
+            state["grad_scaler"] = scale
         path = ckpt.save(s.out, s.step, model, s.tied, optim, state)
     distributed.barrier(s.dist)
     return path
 
 
-def diverged(s: Session, what: str) -> NexusError:
-    """Training that produced NaN or infinity: stopped, with nothing of it saved (earlier
-    checkpoints are kept), reported at the optimizer setting whose learning rate is the usual
-    cause."""
+def diverged(s: Session, what: str, step: int | None = None) -> NexusError:
+    """Training that produced NaN or infinity (at `step`, default the current one): stopped,
+    with nothing of it saved (earlier checkpoints are kept), reported at the optimizer setting
+    whose learning rate is the usual cause."""
     lr = s.config.optimizer.kwargs.get("lr", "the default")
-    return NexusError.at(s.config.span("optimizer"), f"training diverged at step {s.step}: "
+    step = s.step if step is None else step
+    return NexusError.at(s.config.span("optimizer"), f"training diverged at step {step}: "
                          f"{what} (nan or inf), so nothing of it was saved; try a smaller "
                          f"learning rate than {lr}")
 
 
+def compiled(net: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile of what the step calls (the optimizer stays eager). Random ops (dropout)
+    draw from torch's generator as in eager mode, not from inductor's own, so that a compiled
+    run follows the eager run's loss curve (docs/decisions.md)."""
+    import torch._inductor.config as inductor
+
+    inductor.fallback_random = True
+    return torch.compile(net)
+
+
 def prepare_optimizer(s: Session) -> None:
-    """Wrap for several processes, build the optimizer, and restore its state and the RNG."""
+    """Set the precision (float32 master weights) and the checkpointed repeat steps, wrap for
+    several processes, compile, build the optimizer (after wrapping: FSDP's parameters are
+    the sharded ones), and restore its state, the loss scale and the RNG."""
+    config = s.config
+    s.precision = precision_for(config.precision, s.trainee, s.dist.device)
+    if s.resumed is not None and config.precision != "fp32":  # loaded before the cast: again
+        ckpt.load_weights(s.trainee, s.resumed.model)
+    steps = checkpointing.chosen_steps(s.module.graph, config.checkpoint,
+                                       config.span("checkpoint"))
+    checkpointing.install(s.module, steps)
     s.net = distributed.wrap(s.trainee, s.dist)
-    s.optimizer = build_optimizer(s.trainee, s.config.optimizer)
-    torch.manual_seed(s.config.seed + s.dist.rank)
+    if config.compile:
+        s.net = compiled(s.net)
+    s.optimizer = build_optimizer(s.trainee, config.optimizer)
+    torch.manual_seed(config.seed + s.dist.rank)
     if s.resumed is None:
         return
+    if not s.precision.restore(s.resumed.state.get("grad_scaler")):
+        raise ckpt.CheckpointError(f"checkpoint {s.resumed.path} is damaged: its grad_scaler "
+                                   "is not a loss scale's state")
     names = {id(p): ckpt.file_name(n) for n, p in s.trainee.named_parameters()}
     fresh = [{**{k: v for k, v in g.items() if k != "params"},
               "params": [names[id(p)] for p in g["params"]]} for g in s.optimizer.param_groups]
@@ -184,9 +260,10 @@ def run(s: Session, display: Display) -> Result:
                 f"{sum(p.numel() for p in s.trainee.parameters() if p.requires_grad):,} "
                 f"trainable parameters; {s.dist.world} process(es)"
                 + (", sharded" if s.dist.sharded else ""))
+    throughput = _throughput(s, display)
     try:
         before = _heldout(s, display)
-        history = _loop(s, display)
+        history = _loop(s, display, throughput)
         if s.stop:
             raise Interrupted(s.stop.signum, s.step)
         after = _heldout(s, display)
@@ -218,11 +295,12 @@ def _save_interrupted(s: Session, display: Display, stop: Interrupted) -> Path |
     return save(s)
 
 
-def _loop(s: Session, display: Display) -> list[dict[str, float]]:
+def _loop(s: Session, display: Display, throughput: Throughput) -> list[dict[str, float]]:
     config, history = s.config, []
     display.start(config.steps, s.step, s.objective.unit)
     start, start_elapsed, start_step, units = time.perf_counter(), s.elapsed, s.step, 0
-    window: list[float] = []  # training losses since the last reported step
+    window: list[tuple[int, torch.Tensor, float]] = []  # (step, loss, lr) not yet read
+    unreported: list[float] = []  # losses read since the last report (an evaluation reads too)
     spent = False  # this run's time budget
     try:
         while s.step < s.end and not spent:
@@ -233,14 +311,17 @@ def _loop(s: Session, display: Display) -> list[dict[str, float]]:
             s.step, units = s.step + 1, units + n
             s.run_seconds = time.perf_counter() - start
             s.elapsed = start_elapsed + s.run_seconds
-            finite, stopping, spent = _agree(s, math.isfinite(loss))
-            if not finite:
-                raise diverged(s, "the loss is no longer finite")
-            history.append({"step": s.step, "loss": loss, "lr": lr})
-            window.append(loss)
-            if _logs(s, s.step) or stopping or spent:  # a run's last step is always reported
-                _report(s, display, sum(window) / len(window), lr, units, start_step)
-                window = []
+            stopping, spent = _agree(s)
+            window.append((s.step, loss, lr))
+            reports = _logs(s, s.step) or stopping or spent  # a run's last step is reported
+            if reports or _periodic_due(s):
+                losses, window = _read_losses(s, window), []
+                history += losses
+                unreported += [h["loss"] for h in losses]
+                if reports:
+                    mean = sum(unreported) / len(unreported)
+                    _report(s, display, mean, lr, units, start_step, throughput)
+                    unreported = []
             if stopping:
                 break
             _periodic(s, display)
@@ -253,18 +334,42 @@ def _loop(s: Session, display: Display) -> list[dict[str, float]]:
     return history
 
 
-def _agree(s: Session, finite: bool) -> tuple[bool, bool, bool]:
-    """(the loss is finite on every process, some process received a stop signal, some
-    process's clock has spent the time budget): one exchange per step, so that every process
-    stops or goes on together."""
+def _read_losses(s: Session, window: list[tuple[int, torch.Tensor, float]]
+                 ) -> list[dict[str, float]]:
+    """The window's losses as numbers (one host sync), checked finite on every process: a
+    loss that is not raises at the first step that made it."""
+    if not window:
+        return []
+    values = torch.stack([loss.float() for _, loss, _ in window]).tolist()
+    losses = [{"step": step, "loss": v, "lr": lr} for (step, _, lr), v in zip(window, values)]
+    bad = next((h["step"] for h in losses if not math.isfinite(h["loss"])), None)
+    if not distributed.all_true(bad is None, s.dist):
+        raise diverged(s, "the loss is no longer finite", bad)
+    return losses
+
+
+def _throughput(s: Session, display: Display) -> Throughput:
+    """The model's FLOPs per counted unit and this machine's matmul peak for the run's
+    precision (measured now, once per process), said in the run's header."""
+    precision = s.precision.name if s.precision is not None else "fp32"
+    peak = matmul_peak(s.precision.dtype if s.precision is not None else torch.float32,
+                       s.dist.device)
+    display.log(f"matmul peak: {format_flops(peak)} in {precision} with "
+                f"{torch.get_num_threads()} thread(s) per process")
+    return Throughput.of(s.module.graph, s.config.context, s.objective.unit, peak, s.dist.world)
+
+
+def _agree(s: Session) -> tuple[bool, bool]:
+    """(some process received a stop signal, some process's clock has spent the time
+    budget): one exchange per step under torchrun, so that every process stops or goes on
+    together; none in one process."""
     late = bool(s.config.time) and s.run_seconds >= s.config.time
     if not s.dist.active:
-        return finite, bool(s.stop), late
-    votes = distributed.sum_all({"nonfinite": float(not finite), "stop": float(bool(s.stop)),
-                                 "late": float(late)}, s.dist)
+        return bool(s.stop), late
+    votes = distributed.sum_all({"stop": float(bool(s.stop)), "late": float(late)}, s.dist)
     if votes["stop"] and not s.stop:  # another process got the signal: stop with it
         s.stop.signum = signal.SIGINT
-    return votes["nonfinite"] == 0, votes["stop"] > 0, votes["late"] > 0
+    return votes["stop"] > 0, votes["late"] > 0
 
 
 def _logs(s: Session, step: int) -> bool:
@@ -273,25 +378,36 @@ def _logs(s: Session, step: int) -> bool:
 
 
 def _report(s: Session, display: Display, loss: float, lr: float, units: int,
-            start_step: int) -> None:
+            start_step: int, throughput: Throughput) -> None:
     """The progress display and a metrics.jsonl line: `loss` is the mean training loss of the
-    steps since the last report, `lr` the last step's rate."""
+    steps since the last report, `lr` the last step's rate, throughput and MFU over this
+    run."""
     spent = max(s.run_seconds, 1e-9)
     per_step = spent / max(s.step - start_step, 1)
     eta = (s.end - s.step) * per_step
     if s.config.time:
         eta = min(eta, s.config.time - s.run_seconds)
     rate = units / spent
-    display.update(s.step, loss, rate, lr, eta)
+    mfu = throughput.mfu(rate)
+    display.update(s.step, loss, rate, lr, eta, mfu)
     if s.metrics is not None:
         record = {"loss": loss, "lr": lr, f"{s.objective.unit}_per_s": round(rate, 1),
-                  "seconds": round(s.elapsed, 3)}
+                  "mfu": round(mfu, 5), "seconds": round(s.elapsed, 3)}
         experts = s.expert_load.shares(s.dist) if s.expert_load else {}
         if experts:
             record["experts"] = experts
         s.metrics.train(s.step, record)
     elif s.expert_load:
         s.expert_load.shares(s.dist)  # every process takes part in the sum
+
+
+def _periodic_due(s: Session) -> bool:
+    """Whether this step evaluates or saves (its losses are read first: a checkpoint is of
+    finite steps only)."""
+    config = s.config
+    evaluates = config.eval_every and s.step % config.eval_every == 0 and s.step < s.end
+    saves = s.out is not None and config.save_every and s.step % config.save_every == 0
+    return bool(evaluates or saves)
 
 
 def _periodic(s: Session, display: Display) -> None:

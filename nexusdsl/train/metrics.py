@@ -1,12 +1,14 @@
 """A run's history, `OUT/metrics.jsonl`: one JSON object per line, flushed as it is written.
 
-    {"split": "train", "step": 10, "loss": 5.21, "lr": 0.0006, "tok_per_s": 12480.0, "seconds": 3.1}
+    {"split": "train", "step": 10, "loss": 5.21, "lr": 0.0006, "tok_per_s": 12480.0, "mfu": 0.0421,
+     "seconds": 3.1}
     {"split": "heldout", "step": 500, "loss": 1.83, "bpb": 2.64, "seconds": 41.0}
 
 A `train` line every `log_every` steps (the step's training loss, the learning rate it used,
-the throughput since the run started in the objective's unit, `tok` or `ex`, and for MoE
-models `experts`: each `moe` node's share of routing choices per expert); a `heldout` line at
-every evaluation. `seconds` is training time since step 0, resumed runs included.
+the throughput since the run started in the objective's unit, `tok` or `ex`, the model FLOPs
+utilisation `mfu` (see `Throughput`), and for MoE models `experts`: each `moe` node's share of
+routing choices per expert); a `heldout` line at every evaluation. `seconds` is training time
+since step 0, resumed runs included.
 
 A fresh run starts the file over; a resumed run keeps the lines up to the step it resumes from
 and appends, so the file always describes the checkpoint's own history (lines a crashed run
@@ -17,12 +19,35 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nexusdsl.fsutil import atomic_write_text
 
 FILE = "metrics.jsonl"
+BACKWARD = 3  # a training step's FLOPs: the forward pass and a backward pass of about twice it
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Model FLOPs utilisation: the FLOPs a step's units need (the summary's forward FLOPs per
+    token, or per example for objectives that count examples, times 3 for forward and
+    backward) per second, over the matmul peak every process measured (train/precision.py)."""
+
+    flops_per_unit: float
+    peak: float  # FLOP/s of all processes together
+
+    @classmethod
+    def of(cls, graph, context: int, unit: str, peak: float, processes: int) -> Throughput:
+        from nexusdsl.compiler.summary import total_flops
+
+        flops, tokens = total_flops(graph, context)
+        per_unit = flops / max(tokens, 1) if unit == "tok" else flops
+        return cls(BACKWARD * per_unit, peak * processes)
+
+    def mfu(self, units_per_second: float) -> float:
+        return units_per_second * self.flops_per_unit / self.peak if self.peak > 0 else 0.0
 
 
 def read(run: str | Path) -> list[dict[str, Any]]:

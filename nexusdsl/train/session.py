@@ -57,6 +57,7 @@ class Session:
     stop: Any = None  # interrupts.StopRequest: a signal received while training
     metrics: Any = None  # metrics.MetricsLog: OUT/metrics.jsonl
     expert_load: Any = None  # expert_load.ExpertLoad: routing shares of MoE models
+    precision: Any = None  # precision.Precision: autocast and loss scaling of a step
 
     @property
     def end(self) -> int:
