@@ -390,3 +390,26 @@ def test_a_csr_sparse_mix_runs_in_float32_under_autocast():
     # the product rounded to bf16 once, then the float32 bias added
     scale = float(want.abs().max())
     torch.testing.assert_close(got.float(), want, rtol=2**-8, atol=2**-8 * scale)
+
+
+# an objective, the model it trains and the data it reads
+OBJECTIVES = {
+    "next_token": (TINY, "default"), "denoise": (TINY, "default"),
+    "contrastive": (PAIRED, "digits"), "classify": (PPO_MODEL, "digits"),
+}
+
+
+@pytest.mark.parametrize("fn", sorted(OBJECTIVES))
+def test_objectives_stay_on_the_models_device(fn):
+    """A training loss and a held-out evaluation of each objective on `meta` (PPO samples its
+    actions on the CPU on purpose, from a copy, so it cannot run on `meta`)."""
+    text, data = OBJECTIVES[fn]
+    module = nexusdsl.compile(nexusdsl.loads(text, "m.nx"), device="meta")
+    obj = make_objective(Call(fn, {}), None, module.graph, open_data(Call(data, {})))
+    gen = torch.Generator().manual_seed(0)
+    batch = obj.prepare(obj.data.train.sample(4, obj.length(8), gen), gen)
+    batch = {k: v.to("meta") for k, v in batch.items()}
+    with DeviceCheck():
+        assert obj.loss(module, batch).device.type == "meta"
+        with torch.no_grad():
+            assert set(obj.summarize(obj.eval_sums(module, batch))) >= {"loss"}
