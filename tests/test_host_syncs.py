@@ -209,3 +209,24 @@ def test_reversible_backward_inverts_each_matrix_once_and_reads_nothing(monkeypa
         "blocks.body.0.", "blocks.0.")) for n in names)], upstream)
     for name, a, b in zip(["x", *names], got, want):
         assert relative(a, b) < 1e-10, name
+
+
+# ---------------------------------------------------------------------------- objectives
+
+
+def test_the_denoise_loss_of_a_training_step_reads_nothing_back():
+    from tests.train.models import TINY
+    from tests.train.test_objectives import objective
+
+    module, obj = objective(TINY, "denoise", mask=0.25, noise=0.1)
+    module.eval()  # its dropout off, so that the reference sees the same function
+    x = torch.randint(1, 256, (4, 16), generator=torch.Generator().manual_seed(1))
+    batch = obj.prepare({"bytes": x}, torch.Generator().manual_seed(2))
+    with no_host_reads():
+        loss = obj.loss(module, batch)
+        loss.backward()
+    with torch.no_grad():  # by hand: the mean cross-entropy over the corrupted positions
+        logits = module(batch["input"]).log_softmax(-1)
+        picked = -logits.gather(-1, x[..., None])[..., 0]
+        want = picked[batch["corrupt"]].mean()
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-6, atol=1e-6)

@@ -239,18 +239,20 @@ class Denoise(Objective):
         return {**batch, "input": corrupted, "corrupt": masked | noised}
 
     def _ce(self, model, batch):
+        """(the summed loss over corrupted positions, their count), both on the device."""
         logits = first_output(model(batch["input"]), self.out.name)  # (n, T, V)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), batch["bytes"].flatten(),
                              reduction="none")
-        return (ce * batch["corrupt"].flatten()).sum(), int(batch["corrupt"].sum())
+        corrupt = batch["corrupt"].flatten()
+        return (ce * corrupt).sum(), corrupt.sum()
 
     def loss(self, model, batch):
         total, n = self._ce(model, batch)
-        return total / max(n, 1)
+        return total / n.clamp_min(1)  # a training step reads nothing back from the device
 
     def eval_sums(self, model, batch):
         total, n = self._ce(model, batch)
-        return {"loss": total.item(), "count": n}
+        return {"loss": total.item(), "count": int(n)}
 
     def summarize(self, sums):
         loss = sums["loss"] / max(sums["count"], 1)
