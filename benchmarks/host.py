@@ -113,14 +113,6 @@ def forward_flops(graph, context: int, batch: int = 1) -> float:
     return float(batch * total_flops(graph, context)[0])
 
 
-def training_bytes(graph, context: int, batch: int = 1) -> float:
-    """Bytes of activations and weights one forward + backward pass moves, as the cost model
-    counts a forward's (times 3, as for FLOPs)."""
-    from nexusdsl.compiler.passes.cost import graph_cost
-
-    return 3.0 * batch * graph_cost(graph, context).bytes
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")

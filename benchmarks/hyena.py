@@ -20,10 +20,8 @@ spin-then-sleep made hyena's many short kernels three times slower while attenti
 ones barely changed. `OMP_WAIT_POLICY=ACTIVE python benchmarks/hyena.py` measures otherwise.
 Target: at 16k tokens hyena at least 10x faster than attention. `--crossover` also times
 128 .. 1024 tokens and reports where hyena starts to win. The host's calibration
-(benchmarks/host.py) is printed first; each time is also given as a FLOP rate over the host's
-fp32 matmul rate and, for hyena (whose FFTs and elementwise products move more bytes than they
-compute), as a byte rate over the host's memory bandwidth (the cost model's FLOPs and bytes,
-3x the forward's).
+(benchmarks/host.py) is printed first; each time is also given as a FLOP rate (the cost
+model's FLOPs, 3x the forward's) over the host's fp32 matmul rate.
 """
 
 from __future__ import annotations
@@ -130,16 +128,14 @@ def crossover(rows: list[tuple[int, dict, dict]]) -> str:
 
 
 def rates(host, length: int, args, h: dict, a: dict) -> str:
-    """Each layer's FLOP rate over the host's fp32 matmul, and hyena's byte rate over its
-    bandwidth."""
-    from benchmarks.host import training_bytes, training_flops
+    """Each layer's FLOP rate over the host's fp32 matmul."""
+    from benchmarks.host import training_flops
     from nexusdsl import loads
 
     program = loads(SOURCE, "bench.nx")
     hyena = program.elaborate("Hyena", dim=args.width, T=length)
     attention = program.elaborate("Attention", dim=args.width, T=length, heads=args.heads)
-    return (f"{host.compute(training_flops(hyena, length), h['seconds'])}, "
-            f"{host.memory(training_bytes(hyena, length), h['seconds'])} / "
+    return (f"{host.compute(training_flops(hyena, length), h['seconds'])} / "
             f"{host.compute(training_flops(attention, length), a['seconds'])}")
 
 
