@@ -62,7 +62,7 @@ class TrainConfig:
     threads: int = 0  # torch threads; 0: automatic (see train/threads.py)
     precision: str = "fp32"  # the forward's autocast dtype (train/precision.py)
     accumulate: int = 1  # micro-batches per optimizer step, `batch` split among them
-    checkpoint: bool | list[str] = False  # repeat steps recomputed in backward (train/checkpointing.py)
+    checkpoint: bool | list[str] = False  # repeat steps recomputed (train/checkpointing.py)
     compile: bool = False  # torch.compile the model for training
     hyper: dict[str, Any] = field(default_factory=dict)
     spans: dict[str, Span] = field(default_factory=dict)

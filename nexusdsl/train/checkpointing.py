@@ -124,7 +124,8 @@ def _step_keys(module: nn.Module, steps: set[str]) -> dict[fx.Node, str | None]:
     return keys
 
 
-def _runs(gm: fx.GraphModule, keys: dict[fx.Node, str | None]) -> dict[fx.Node, tuple[int, str | None]]:
+def _runs(gm: fx.GraphModule, keys: dict[fx.Node, str | None]
+          ) -> dict[fx.Node, tuple[int, str | None]]:
     """Every computing node -> (its run's number, its chosen step or None). A run is a
     maximal stretch of consecutive nodes of one key; the `getitem` taking one output of a
     multi-output call joins the run it stands in (torch.fx places it just before its use)."""
@@ -165,9 +166,10 @@ class _Recompute:
 
     def __call__(self, *args):
         self.calls += 1
-        out = self.inner(*args)
-        if self.calls > 1:
-            for m in self.inner.modules():
-                if getattr(m, "aux_loss", None) is not None:
-                    m.aux_loss = None
-        return out
+        try:
+            return self.inner(*args)
+        finally:  # also when checkpoint stops a recomputation early, once it has what it needs
+            if self.calls > 1:
+                for m in self.inner.modules():
+                    if getattr(m, "aux_loss", None) is not None:
+                        m.aux_loss = None

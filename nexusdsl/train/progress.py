@@ -1,7 +1,8 @@
 """The progress display of `nexus train`: on a terminal, a rich bar with loss, throughput,
-model FLOPs utilisation (MFU: the share of the machine's measured matmul peak) and ETA, and log lines above it (held-out metrics, checkpoints); elsewhere (output redirected to a
-file or a pipe, where a bar would show nothing until the end) one plain line per reported
-step, every `log_every` steps. Silent when `enabled` is false (the Python API's default in
+model FLOPs utilisation (MFU: the share of the machine's measured matmul peak) and ETA, and
+log lines above it (held-out metrics, checkpoints); elsewhere (output redirected to a file or
+a pipe, where a bar would show nothing until the end) one plain line per reported step, every
+`log_every` steps. Silent when `enabled` is false (the Python API's default in
 tests, and every rank but 0)."""
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 
 import nexusdsl
 from nexusdsl.lang.diagnostics import NexusError
-from nexusdsl.train import checkpointing
-from tests.train.models import TINY, write
+from nexusdsl.train import checkpointing, distributed
+from nexusdsl.train.loop import prepare_optimizer, train_step
+from nexusdsl.train.session import build, configure
+from tests.train.models import FAST, TINY, write
 
 # Four repeat steps with dropout inside them: recomputation must draw the same masks.
 DEEP = """nexus 0.1
@@ -143,3 +145,33 @@ def test_training_with_checkpointing_follows_plain_training(tmp_path):
     assert [h["loss"] for h in checked.history] == pytest.approx(
         [h["loss"] for h in plain.history], abs=1e-6)
     assert len(plain.history) == 4
+
+
+def sgd_step(path, checkpoint):
+    """One SGD step (lr 0.1) of a session whose blocks.1.rmsnorm sets an auxiliary loss
+    5 |w|^2 in its forward pass, as MoE balance losses are set."""
+    program = nexusdsl.load(path)
+    config = configure(program, None, {**FAST, "checkpoint": checkpoint, "optimizer": "sgd",
+                                        "lr": 0.1, "clip": 0.0, "schedule": "constant"})
+    config.optimizer.kwargs["momentum"] = 0.0
+    config.schedule.kwargs["warmup"] = 0
+    s = build(program, None, config, distributed.Dist())
+    norm = s.module.get_submodule("blocks.1.rmsnorm")
+    norm.register_forward_hook(
+        lambda m, args, out: setattr(m, "aux_loss", 5.0 * m.weight.square().sum()))
+    prepare_optimizer(s)
+    torch.manual_seed(0)
+    train_step(s, 0, 0.1)
+    return s, norm
+
+
+def test_an_auxiliary_loss_in_a_recomputed_step_counts_once(tmp_path):
+    """The recomputation sets the auxiliary loss again after the loop read it: it is cleared,
+    so the step equals plain autograd's and the next step does not find a stale one."""
+    path = write(tmp_path, DEEP)
+    plain, _ = sgd_step(path, False)
+    checked, norm = sgd_step(path, True)
+    assert norm.aux_loss is None
+    for name, weight in plain.trainee.state_dict().items():
+        torch.testing.assert_close(checked.trainee.state_dict()[name], weight, rtol=0,
+                                   atol=1e-6)
