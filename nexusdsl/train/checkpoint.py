@@ -7,6 +7,20 @@
         optimizer.safetensors     # optimizer tensors: "<param>/<slot>", e.g. "tok.weight/exp_avg"
         state.json                # step, RNG states, config, .nx source hash, IR content hash
 
+A sharded run (`--shard`, FSDP2) writes a distributed checkpoint instead, through
+torch.distributed.checkpoint (DCP) and its safetensors storage: no tensor is gathered to one
+process, each process writes the shards it holds, and DCP records in each file's metadata
+where its pieces lie in the whole tensors:
+
+      step-00001000/
+        shard-00001-model-00001-of-00001.safetensors   # process 0's shards
+        shard-00002-model-00001-of-00001.safetensors   # process 1's shards
+        state.json                # as above, with "storage": "dcp" and the files' names
+
+Its tensors are "model/<name>" and "optimizer/<name>/<slot>". `load` reads one in a single
+process as whole tensors (DCP's load into full tensors, resharded from any number of files),
+so evaluation, generation and a resume on any number of processes read it like the other.
+
 A checkpoint directory is written aside and renamed into place (`fsutil.atomic_directory`),
 then `latest` is replaced atomically. A kill at any moment leaves `latest` naming a complete
 checkpoint. Tensor names are the model's IR names; the prompt-tuning prefix is `@prefix`.
@@ -19,11 +33,13 @@ or edited, and every such mistake is one `CheckpointError`, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +62,7 @@ from safetensors.torch import load_file, save_file
 from nexusdsl.elaborate.train_config import NO_SPAN
 from nexusdsl.fsutil import atomic_directory, atomic_write_text, os_reason
 from nexusdsl.lang.diagnostics import Diagnostic, NexusError
+from nexusdsl.train import distributed
 
 FORMAT = "nexusdsl-checkpoint/1"
 MODEL, OPTIMIZER, STATE, POINTER = "model.safetensors", "optimizer.safetensors", "state.json", "latest"
@@ -164,6 +181,8 @@ class StateFile(_Record):
     metrics: dict[StrictStr, StrictInt | StrictFloat] = {}
     world_size: StrictInt = Field(default=1, ge=1)
     sharded: StrictBool = False
+    storage: Literal["safetensors", "dcp"] = "safetensors"  # dcp: a sharded run's shard files
+    files: list[StrictStr] = []  # the shard files a dcp checkpoint is made of
     ir: dict[StrictStr, Any] | None = None  # the pruned IR (`nexus prune`)
 
     @field_validator("hyper")
@@ -238,14 +257,15 @@ def aliases(module: torch.nn.Module) -> dict[str, str]:
 # ----------------------------------------------------------------------------- saving
 
 
-def pack_optimizer(osd: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An FQN-keyed optimizer state dict -> (tensors, JSON part)."""
+def pack_optimizer(osd: dict, sharded: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An FQN-keyed optimizer state dict -> (tensors, JSON part). `sharded`: its tensors are
+    DTensors, kept as they are for DCP."""
     tensors, scalars = {}, {}
     for pname, slots in osd["state"].items():
         for slot, value in slots.items():
             key = f"{file_name(pname)}/{slot}"
             if isinstance(value, torch.Tensor):
-                tensors[key] = value.detach().cpu().contiguous()
+                tensors[key] = value.detach() if sharded else value.detach().cpu().contiguous()
             else:
                 scalars[key] = value
     groups = [{**g, "params": [file_name(p) for p in g["params"]]} for g in osd["param_groups"]]
@@ -319,6 +339,90 @@ def save(out: Path, step: int, model: dict[str, torch.Tensor], tied: dict[str, s
     return out / name
 
 
+def save_sharded(out: Path, step: int, model: dict[str, torch.Tensor], tied: dict[str, str],
+                 optim: dict, state: dict[str, Any], d: distributed.Dist) -> Path:
+    """`save` for a sharded run, called by every process with its shards (DTensors): a DCP
+    checkpoint written aside by all of them, then renamed into place and pointed at by process
+    0, as `save` does. Every process raises the same CheckpointError when any of them fails."""
+    out = Path(out)
+    name = f"step-{step:08d}"
+    problem, done = None, False
+    if d.main:
+        try:
+            done = _ready_for(out, name)
+        except CheckpointError as err:
+            problem = err.diagnostics[0].message
+    if not distributed.all_true(problem is None, d):
+        raise CheckpointError(problem or f"cannot write checkpoint {out / name} (see process 0)")
+    if not distributed.all_true(not done, d):  # this exact state is already saved
+        return out / name
+    tensors = {f"model/{file_name(k)}": v.detach() for k, v in model.items()
+               if file_name(k) not in tied}
+    optim_tensors, optim_meta = pack_optimizer(optim, sharded=True)
+    tensors |= {f"optimizer/{k}": v for k, v in optim_tensors.items()}
+    meta = {"format": FORMAT, **state, "step": step, "aliases": tied, "optimizer": optim_meta,
+            "storage": "dcp"}
+    try:
+        _write_shards(out / name, tensors, meta, d)
+    except OSError as err:
+        raise CheckpointError(f"cannot write checkpoint {out / name}: "
+                              f"{err.strerror or err}") from None
+    if d.main:
+        _prune(out, step)
+    return out / name
+
+
+def _ready_for(out: Path, name: str) -> bool:
+    """Checks before writing checkpoint `name` (the same as `save`'s): True if that exact
+    state is already saved; leftovers of a killed save are removed."""
+    if latest_name(out) == name:
+        return True
+    for leftover in out.glob(".step-*.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if (out / name).exists():
+        raise CheckpointError(f"cannot write checkpoint {out / name}: it already exists and "
+                              f"{out / POINTER} does not name it; move it away")
+    return False
+
+
+def _write_shards(final: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                  d: distributed.Dist) -> None:
+    """DCP's save of `tensors` into a directory process 0 made aside (each process its own
+    file), then state.json, the rename into place and `latest`, by process 0 once all wrote."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    with contextlib.ExitStack() as stack:
+        tmp, problem = "", None
+        if d.main:
+            try:
+                tmp = str(stack.enter_context(atomic_directory(final)))
+            except OSError as err:
+                problem = f"cannot write checkpoint {final}: {err.strerror or err}"
+        if not distributed.all_true(problem is None, d):
+            raise CheckpointError(problem or f"cannot write checkpoint {final} (see process 0)")
+        tmp = distributed.broadcast_text(tmp, d)
+        try:
+            dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(tmp, save_distributed=True))
+            wrote = True
+        except Exception as err:  # noqa: BLE001 - DCP gathers every process's failure into one
+            wrote, problem = False, _first_line(err)
+        if not distributed.all_true(wrote, d):
+            raise CheckpointError(f"cannot write checkpoint {final}: "
+                                  f"{problem or 'another process failed to write its shards'}")
+        if d.main:
+            files = sorted(p.name for p in Path(tmp).glob("*.safetensors"))
+            (Path(tmp) / STATE).write_text(json.dumps({**meta, "files": files}, indent=1) + "\n")
+    if d.main:  # renamed into place when the with block closed
+        atomic_write_text(final.parent / POINTER, final.name + "\n")
+    distributed.barrier(d)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def step_of(directory: Path) -> int:
     return int(directory.name.removeprefix("step-"))
 
@@ -387,8 +491,11 @@ def load(path: Path) -> Checkpoint:
     if not where.is_dir():
         raise CheckpointError(f"checkpoint {where} does not exist (named by {path / POINTER})")
     state = read_state(where)
-    model = _read_tensors(where / MODEL)
-    optimizer = _read_tensors(where / OPTIMIZER)
+    if state.get("storage") == "dcp":
+        model, optimizer = _read_shards(where, state)
+    else:
+        model = _read_tensors(where / MODEL)
+        optimizer = _read_tensors(where / OPTIMIZER)
     for alias, canonical in state["aliases"].items():
         if canonical not in model:
             raise CheckpointError(f"checkpoint {where} is damaged: {STATE} ties {alias} to "
@@ -425,6 +532,51 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     except SafetensorError as err:
         raise CheckpointError(f"checkpoint {path.parent} is damaged: {path.name}: "
                               f"{err}") from None
+
+
+def _read_shards(where: Path, state: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
+                                                              dict[str, torch.Tensor]]:
+    """A DCP checkpoint's whole tensors in this process, however many processes wrote it:
+    DCP's load (no process group) from the shard files state.json lists, each whole tensor
+    checked to be covered by the pieces the files hold (a missing file is damage, not zeros)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    missing = [f for f in state["files"] if not (where / f).is_file()]
+    if not state["files"] or missing:
+        raise CheckpointError(f"checkpoint {where} is damaged: shard file "
+                              f"{(missing or ['(none listed)'])[0]} is missing")
+    try:
+        entries = HuggingFaceStorageReader(str(where)).read_metadata().state_dict_metadata
+        tensors = {key: _empty_for(where, key, entry, state) for key, entry in entries.items()}
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(where)), no_dist=True)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged file fails anywhere inside DCP
+        raise CheckpointError(f"checkpoint {where} is damaged: {_first_line(err)}") from None
+    model = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    optimizer = {k.removeprefix("optimizer/"): v for k, v in tensors.items()
+                 if k.startswith("optimizer/")}
+    return model, optimizer
+
+
+def _empty_for(where: Path, key: str, entry, state: dict[str, Any]) -> torch.Tensor:
+    """The whole tensor `key` is read into, once its pieces are known to cover it exactly
+    (so that no element is left unread) and to be no larger than the files."""
+    size = getattr(entry, "size", None)
+    if size is None or not key.startswith(("model/", "optimizer/")):
+        raise CheckpointError(f"checkpoint {where} is damaged: its shards hold {key}, which "
+                              "is not a model or optimizer tensor")
+    total = math.prod(size)
+    pieces = sum(math.prod(chunk.sizes) for chunk in entry.chunks)
+    on_disk = sum((where / f).stat().st_size for f in state["files"])
+    itemsize = torch.empty((), dtype=entry.properties.dtype).element_size()
+    if pieces != total or total * itemsize > on_disk:
+        raise CheckpointError(f"checkpoint {where} is damaged: its shards hold {pieces:,} of "
+                              f"the {total:,} elements of {key}")
+    return torch.empty(tuple(size), dtype=entry.properties.dtype)
 
 
 def check_compatible(ckpt: Checkpoint, model_name: str, graph_hash: str, file: str) -> None:

@@ -178,19 +178,18 @@ def evaluate(s: Session) -> dict[str, float]:
 
 def save(s: Session, metrics: dict[str, float] | None = None) -> Path | None:
     model = distributed.model_state(s.trainee, s.dist)
-    finite = all(bool(torch.isfinite(t).all()) for t in model.values() if t.is_floating_point())
+    finite = distributed.finite(model.values())
     if not distributed.all_true(finite, s.dist):  # a NaN checkpoint would replace a good one
         raise diverged(s, "the weights are no longer finite")
     optim = distributed.optimizer_state(s.trainee, s.optimizer, s.dist)
-    generators = rng.record(s.dist)  # every process's states: a collective
-    path = None
-    if s.dist.main:
-        state = {**s.metadata(), "elapsed": s.elapsed, "metrics": metrics or {},
-                 "rng": generators}
-        scale = s.precision.state() if s.precision is not None else None
-        if scale is not None:  # fp16's loss scale, so that a resumed run goes on with it
-            state["grad_scaler"] = scale
-        path = ckpt.save(s.out, s.step, model, s.tied, optim, state)
+    state = {**s.metadata(), "elapsed": s.elapsed, "metrics": metrics or {},
+             "rng": rng.record(s.dist)}
+    scale = s.precision.state() if s.precision is not None else None
+    if scale is not None:  # fp16's loss scale, so that a resumed run goes on with it
+        state["grad_scaler"] = scale
+    if s.dist.sharded:  # every process writes its own shards (a DCP checkpoint)
+        return ckpt.save_sharded(s.out, s.step, model, s.tied, optim, state, s.dist)
+    path = ckpt.save(s.out, s.step, model, s.tied, optim, state) if s.dist.main else None
     distributed.barrier(s.dist)
     return path
 
@@ -227,7 +226,7 @@ def prepare_optimizer(s: Session) -> None:
     steps = checkpointing.chosen_steps(s.module.graph, config.checkpoint,
                                        config.span("checkpoint"))
     checkpointing.install(s.module, steps)
-    s.net = distributed.wrap(s.trainee, s.dist)
+    s.net = distributed.wrap(s.trainee, s.dist, config.precision)
     if config.compile:
         s.net = compiled(s.net)
     s.optimizer = build_optimizer(s.trainee, config.optimizer)
