@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import nexusdsl
+from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import distributed, metrics
 from nexusdsl.train.loop import local_batch, prepare_optimizer, save, train_step
 from nexusdsl.train.metrics import Throughput
@@ -183,3 +184,18 @@ def test_the_train_command_takes_precision_and_accumulate(tmp_path):
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip() == ("error: --precision: precision must be one of fp32, bf16, "
                                   "fp16, got 'bf17'")
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("precision = bf17", "train setting `precision`: precision must be one of fp32, bf16, "
+                         "fp16, got 'bf17'"),
+    ("compile = 1", "train setting `compile`: compile must be true or false, got 1"),
+    ("checkpoint = 3", "train setting `checkpoint`: checkpoint is true, false or a list of "
+                       "repeat steps or globs"),
+    ("accumulate = 0", "train setting `accumulate`: accumulate must be a whole number >= 1"),
+])
+def test_a_step_setting_s_mistake_is_located(tmp_path, setting, message):
+    path = write(tmp_path, DEEP, train=f"train Deep {{\n  {setting}\n}}\n")
+    with pytest.raises(NexusError) as info:
+        nexusdsl.train(str(path), steps=1)
+    assert info.value.render().startswith(f"{path}:15:3: error: {message}")
