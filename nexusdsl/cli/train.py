@@ -78,7 +78,7 @@ def train_cmd(
 ) -> None:
     """Train a model on its `train` section's data; flags override the section.
 
-    On a terminal a progress bar shows loss, throughput and ETA; otherwise one line per
+    On a terminal a progress bar shows loss, throughput, MFU and ETA; otherwise one line per
     `log_every` steps. The run folder keeps checkpoints and metrics.jsonl (`nexus plot`).
     Ctrl-C or SIGTERM finishes the step, saves it, and exits 130 or 143."""
     from nexusdsl.train.interrupts import Interrupted, deferred
