@@ -6,6 +6,8 @@ architecture, and `nexus run`'s timing. tests/gpu runs the same paths on a real 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -413,3 +415,24 @@ def test_objectives_stay_on_the_models_device(fn):
         assert obj.loss(module, batch).device.type == "meta"
         with torch.no_grad():
             assert set(obj.summarize(obj.eval_sums(module, batch))) >= {"loss"}
+
+
+def test_the_gpu_suite_says_how_many_tests_it_did_not_run():
+    """Without CUDA, tests/gpu is deselected (not skipped) and one summary line counts it;
+    on one GPU the two-GPU tests are; with two GPUs everything in it is collected."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "pytest", "tests/gpu", "--collect-only",
+                          "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    said = re.findall(r"^tests/gpu: (\d+) tests? not run: (.*)$", run.stdout, re.M)
+    deselected = re.search(r"\((\d+) deselected\)", run.stdout)
+    if not torch.cuda.is_available():
+        assert len(said) == 1 and said[0][1].startswith("no CUDA device here"), run.stdout
+        assert deselected and int(said[0][0]) == int(deselected.group(1)) > 0, run.stdout
+        assert "skipped" not in run.stdout
+    elif torch.cuda.device_count() >= 2:
+        assert not said and not deselected, run.stdout
+    else:  # one GPU: only the two-GPU tests are left out
+        assert len(said) == 1 and said[0][1] == "2 GPUs needed, 1 here", run.stdout
