@@ -325,9 +325,8 @@ def test_nexus_run_keeps_the_first_calls_outputs_and_times_after_synchronising(m
     ("cuda:0", "error: --device cuda:0 was asked for, but no CUDA device is available"),
 ])
 def test_device_flags_are_one_error_line(tmp_path, command, device, message):
-    if device.startswith("cuda") and torch.cuda.is_available():
-        message = "error: --device cuda:0"  # a GPU machine: the flag is accepted
-        device = "cuda:99"
+    if device.startswith("cuda") and torch.cuda.is_available():  # a GPU machine: one too many
+        device, message = "cuda:99", "error: --device cuda:99: there is no GPU 99"
     args = [*command, "examples/tiny_lm.nx", "--device", device]
     if command != ["generate"]:
         args += ["--checkpoint", str(tmp_path)]
