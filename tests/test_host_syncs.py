@@ -230,3 +230,65 @@ def test_the_denoise_loss_of_a_training_step_reads_nothing_back():
         picked = -logits.gather(-1, x[..., None])[..., 0]
         want = picked[batch["corrupt"]].mean()
     torch.testing.assert_close(loss.detach(), want, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- training batches
+
+
+def session_for_batches():
+    from nexusdsl.train import distributed
+    from nexusdsl.train.session import build, configure
+    from tests.train.models import FAST, TINY
+
+    program = nexusdsl.loads(TINY, "t.nx")
+    config = configure(program, None, {**FAST, "objective": "denoise"})
+    return build(program, None, config, distributed.Dist())
+
+
+def test_batches_built_ahead_in_a_thread_are_the_batches_built_in_turn():
+    import threading
+
+    from nexusdsl.train.data import Prefetch
+    from nexusdsl.train.loop import host_batch, local_batch
+
+    s = session_for_batches()
+    builders = set()
+
+    def make(step):
+        builders.add(threading.current_thread().name)
+        return host_batch(s, step)
+
+    batches = Prefetch(make, "cpu", ahead=2)
+    try:
+        for step in [0, 1, 2, 5, 6]:  # 5: a jump, as when a run resumes
+            got, want = batches.take(step), local_batch(s, step)
+            assert got.keys() == want.keys()
+            assert all(torch.equal(got[k], want[k]) for k in want)
+        assert sorted(batches.pending) == [7, 8]
+    finally:
+        batches.close()
+    assert any(name.startswith("nexus-batches") for name in builders)
+
+
+def test_byte_fields_ship_as_uint8_pinned_and_arrive_as_int64(monkeypatch):
+    from nexusdsl.train.data import Prefetch
+
+    pinned = []
+
+    def pin(t):  # no CUDA here: record what would be pinned
+        pinned.append(t.dtype)
+        return t
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    batch = {"bytes": torch.tensor([[0, 7, 255]]), "label": torch.tensor([3]),
+             "ppo_seed": torch.tensor([2**40]), "corrupt": torch.tensor([[True, False, True]]),
+             "image": torch.rand(1, 2)}
+    batches = Prefetch(lambda step: batch, "cpu", ahead=0)
+    batches.shipping = True  # as for a CUDA device
+    host, narrowed = batches.host_batch(0)
+    assert narrowed == {"bytes", "label"}
+    assert host["bytes"].dtype == torch.uint8 and host["ppo_seed"].dtype == torch.int64
+    assert len(pinned) == len(batch)
+    got = batches.take(0)
+    for k, v in batch.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v), k

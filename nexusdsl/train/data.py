@@ -418,3 +418,64 @@ def slice_batch(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[s
         return batch
     n = next(iter(batch.values())).shape[0] // world
     return {k: v[rank * n: (rank + 1) * n] for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------- prefetching
+
+
+class Prefetch:
+    """Training batches built ahead in one background thread: while step s runs, the batches
+    of steps s+1 .. s+ahead are read, sampled and prepared by `make(step)` on the host. A
+    batch is a function of its step (its generator is the step's own), so building it early
+    gives the very batch that building it in turn would.
+
+    For a CUDA device the host batch is also made cheap to ship there: integer fields whose
+    values are bytes travel as uint8 (an eighth of int64's copy) and are widened back on the
+    device, and every field is pinned, so the copy does not block the host. On the CPU the
+    batch is handed over as built."""
+
+    def __init__(self, make, device, ahead: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.make, self.device, self.ahead = make, torch.device(device), ahead
+        self.shipping = self.device.type == "cuda"
+        self.pending: dict = {}  # step -> Future of its host batch
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="nexus-batches") if ahead else None
+
+    def take(self, step: int) -> dict[str, torch.Tensor]:
+        """The batch of `step` on the device; the next `ahead` steps' start building."""
+        for old in [k for k in self.pending if k < step]:  # skipped (not asked for)
+            self.pending.pop(old).cancel()
+        future = self.pending.pop(step, None)
+        host, narrowed = future.result() if future is not None else self.host_batch(step)
+        if self.pool is not None:
+            for later in range(step + 1, step + 1 + self.ahead):
+                if later not in self.pending:
+                    self.pending[later] = self.pool.submit(self.host_batch, later)
+        return {k: self._arrive(v, k in narrowed) for k, v in host.items()}
+
+    def host_batch(self, step: int) -> tuple[dict[str, torch.Tensor], frozenset[str]]:
+        """(the batch ready to ship, the fields narrowed to uint8)."""
+        batch = self.make(step)
+        if not self.shipping:
+            return batch, frozenset()
+        narrowed = frozenset(k for k, v in batch.items() if _bytes_valued(v))
+        return {k: (v.to(torch.uint8) if k in narrowed else v).pin_memory()
+                for k, v in batch.items()}, narrowed
+
+    def close(self) -> None:
+        for future in self.pending.values():
+            future.cancel()
+        self.pending.clear()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+    def _arrive(self, v: torch.Tensor, narrowed: bool) -> torch.Tensor:
+        moved = v.to(self.device, non_blocking=self.shipping)
+        return moved.long() if narrowed else moved
+
+
+def _bytes_valued(v: torch.Tensor) -> bool:
+    """An int64 tensor whose values all fit a byte (read on the host, in the builder's
+    thread)."""
+    return v.dtype == torch.int64 and v.numel() > 0 and 0 <= int(v.min()) and int(v.max()) < 256

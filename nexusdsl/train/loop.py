@@ -38,7 +38,7 @@ import torch
 from nexusdsl.lang.diagnostics import NexusError
 from nexusdsl.train import checkpoint as ckpt
 from nexusdsl.train import checkpointing, distributed, rng
-from nexusdsl.train.data import slice_batch
+from nexusdsl.train.data import Prefetch, slice_batch
 from nexusdsl.train.expert_load import ExpertLoad
 from nexusdsl.train.interrupts import Interrupted, StopRequest, signal_name
 from nexusdsl.train.metrics import Throughput
@@ -71,19 +71,24 @@ class Result:
 # ----------------------------------------------------------------------------- one step
 
 
-def local_batch(s: Session, step: int) -> dict[str, torch.Tensor]:
+def host_batch(s: Session, step: int) -> dict[str, torch.Tensor]:
+    """This process's batch of `step`, on the host (a function of the seed and the step)."""
     obj, config = s.objective, s.config
     gen = step_generator(config.seed, step)
     batch = obj.prepare(s.data.train.sample(config.batch, obj.length(config.context), gen), gen)
-    batch = slice_batch(batch, s.dist.rank, s.dist.world)
-    return {k: v.to(s.dist.device) for k, v in batch.items()}
+    return slice_batch(batch, s.dist.rank, s.dist.world)
 
 
-def train_step(s: Session, step: int, lr: float) -> tuple[torch.Tensor, int]:
+def local_batch(s: Session, step: int) -> dict[str, torch.Tensor]:
+    return {k: v.to(s.dist.device) for k, v in host_batch(s, step).items()}
+
+
+def train_step(s: Session, step: int, lr: float,
+               batches: Prefetch | None = None) -> tuple[torch.Tensor, int]:
     """One optimizer step: (the batch's mean objective loss, as a tensor not yet read, and
-    the units it counted over every process)."""
+    the units it counted over every process). `batches`: the loop's batches built ahead."""
     set_lr(s.optimizer, lr)
-    batch = local_batch(s, step)
+    batch = batches.take(step) if batches is not None else local_batch(s, step)
     s.net.train()
     s.optimizer.zero_grad(set_to_none=True)
     parts = s.config.accumulate
@@ -301,12 +306,13 @@ def _loop(s: Session, display: Display, throughput: Throughput) -> list[dict[str
     window: list[tuple[int, torch.Tensor, float]] = []  # (step, loss, lr) not yet read
     unreported: list[float] = []  # losses read since the last report (an evaluation reads too)
     spent = False  # this run's time budget
+    batches = Prefetch(lambda step: host_batch(s, step), s.dist.device)  # built ahead
     try:
         while s.step < s.end and not spent:
             lr = base_lr(config) * lr_factor(config, s.step, progress_of(s, s.step,
                                                                           s.run_seconds))
             s.expert_load.armed = _logs(s, s.step + 1)
-            loss, n = train_step(s, s.step, lr)
+            loss, n = train_step(s, s.step, lr, batches)
             s.step, units = s.step + 1, units + n
             s.run_seconds = time.perf_counter() - start
             s.elapsed = start_elapsed + s.run_seconds
@@ -325,6 +331,7 @@ def _loop(s: Session, display: Display, throughput: Throughput) -> list[dict[str
                 break
             _periodic(s, display)
     finally:
+        batches.close()
         s.expert_load.armed = False
         display.stop()
     took = s.step - start_step
