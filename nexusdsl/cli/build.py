@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import typer
 
@@ -94,6 +94,16 @@ def compile_cmd(
     disable: list[str] = typer.Option([], "--disable-pass", help="skip this pass"),
     explain: bool = typer.Option(False, "--explain", help="print cost estimates and choices"),
     sparsity: float = typer.Option(0.0, "--sparsity", help="zero this share of MLP activations"),
+    memory: bool = typer.Option(False, "--memory", help="print the memory a training step "
+                                "needs per process (with --batch, --context), refuse if it "
+                                "does not fit"),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="--memory: batch size"),
+    context: Optional[int] = typer.Option(None, "--context", min=1, help="--memory: tokens "
+                                          "per row"),
+    precision: str = typer.Option("fp32", "--precision", help="--memory: fp32, bf16 or fp16"),
+    shard: int = typer.Option(1, "--shard", min=1, help="--memory: processes FSDP shards over"),
+    checkpointed: bool = typer.Option(False, "--checkpoint", help="--memory: with activation "
+                                      "checkpointing of every repeat step"),
 ) -> None:
     """Compile a model: check shapes, optimise, and build its torch module (or MLIR, a vmfb)."""
     import nexusdsl
@@ -114,6 +124,9 @@ def compile_cmd(
         graph, records = optimize_for_cli(program.elaborate(model, **hyper), flags)
     except NexusError as e:
         report(e)
+    if memory:
+        plan = MemoryFlags(batch, context, precision, shard, checkpointed)
+        return _memory_plan(program, graph, plan, as_json)
     if target != "torch" or emit.value.startswith("mlir-"):
         from nexusdsl.cli.run import Backend, compile_backend
 
@@ -138,6 +151,34 @@ def compile_cmd(
 
     atomic_write_text(output, text + "\n")
     out.print(f"wrote {output}", markup=False)
+
+
+class MemoryFlags(NamedTuple):
+    batch: Optional[int]
+    context: Optional[int]
+    precision: str
+    shard: int
+    checkpoint: bool
+
+
+def _memory_plan(program, graph, flags: MemoryFlags, as_json: bool) -> None:
+    """`--memory`: the plan's bytes, then a located error if this machine cannot hold them."""
+    from nexusdsl.compiler.memory_plan import PRECISION_BYTES, format_plan, plan, too_big
+    from nexusdsl.memory import available_bytes
+
+    if flags.batch is None or flags.context is None:
+        fail("error: --memory needs --batch and --context (the step's rows and tokens)")
+    if flags.precision not in PRECISION_BYTES:
+        fail(f"error: --precision must be fp32, bf16 or fp16, got {flags.precision}")
+    p = plan(graph, flags.batch, flags.context, flags.precision, flags.shard, flags.checkpoint)
+    if as_json:
+        out.print(json.dumps(p.rows()), markup=False)
+    else:
+        out.print(format_plan(graph, p, flags.batch, flags.context, flags.precision,
+                              flags.shard), markup=False)
+    problem = too_big(graph, p, available_bytes(), program.model_ast(graph.name).span)
+    if problem is not None:
+        report(NexusError(problem.diagnostics, program.sources))
 
 
 PICKLES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")  # what torch.save writes
