@@ -268,15 +268,19 @@ class AttentionDecode(Decode):
             k = apply_rotary(k, cos, sin, rot, a.rope.interleaved)
         new = x.shape[-2]
         mine = ctx.slots(new)  # absolute slots of the new tokens
-        keys = torch.cat([state["k"], k], dim=2)
-        values = torch.cat([state["v"], v], dim=2)
-        where = torch.cat([state["where"], mine])  # the absolute slot of every key
-        valid = torch.cat([state["valid"] & (state["where"] >= 0), ctx.mask], dim=1)
+        if state.get("written"):  # the cache's keys, then the new ones
+            keys = torch.cat([state["k"], k], dim=2)
+            values = torch.cat([state["v"], v], dim=2)
+            where = torch.cat([state["where"], mine])  # the absolute slot of every key
+            valid = torch.cat([state["valid"] & (state["where"] >= 0), ctx.mask], dim=1)
+            cached = state["k"].shape[2]
+        else:  # the first call (the prompt): the cache holds nothing to attend to yet
+            keys, values, where, valid, cached = k, v, mine, ctx.mask, 0
         seen = (where[None, :] <= mine[:, None]) & valid[:, None, :]  # (B, new, keys)
         if a.window:
             seen = seen & (where[None, :] > mine[:, None] - a.window)
         own = torch.zeros_like(seen)
-        own[:, :, state["k"].shape[2]:] = torch.eye(new, dtype=torch.bool, device=x.device)
+        own[:, :, cached:] = torch.eye(new, dtype=torch.bool, device=x.device)
         seen = seen | own  # a padded query sees itself: finite numbers
         seen = seen[:, None]
         bias = _alibi_at(heads, mine, where, q) if a.alibi else None
@@ -286,6 +290,8 @@ class AttentionDecode(Decode):
             bias = taken if bias is None else bias + taken
         if bias is not None:
             seen = torch.where(seen, bias, float("-inf"))
+        elif not cached and a.causal and not a.window and bool(ctx.mask.all()):
+            seen = None  # a prompt without padding: plain causal attention, SDPA's fast path
         y = _scores_to_values(m, a, q, keys, values, seen, kv_heads != heads, False)
         self._write(state, k, v, mine, ctx.mask)
         return _out(m, a, y)
@@ -299,6 +305,7 @@ class AttentionDecode(Decode):
         state["v"].index_copy_(2, where, v[:, :, -keep:])
         state["valid"].index_copy_(1, where, mask[:, -keep:])
         state["where"].index_copy_(0, where, mine[-keep:])
+        state["written"] = True
 
 
 def _alibi_at(heads: int, mine, where, q):

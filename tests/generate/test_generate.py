@@ -291,3 +291,26 @@ def test_models_generation_cannot_grow():
 
     with pytest.raises(GenerationError, match="it takes exactly 4096 tokens"):
         token_model(graph)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt.nx"])
+@torch.no_grad()
+def test_a_prompt_fed_for_its_last_position_gives_the_full_forward_there(name):
+    """`last_only` (what generate asks of a prompt): the logits of each row's last prompt
+    token alone, [B, 1, vocab], equal to the full forward's there, and the steps after it
+    unchanged."""
+    model, vocab = build(name)
+    rows = prompts(vocab)
+    width = max(PROMPT_LENGTHS)
+    tokens = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros(3, width, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        tokens[r, width - len(row):], mask[r, width - len(row):] = torch.tensor(row), True
+    with Decoder(model, batch=3, capacity=width + 1) as decode:
+        last = decode(tokens, mask, last_only=True)
+        step = decode(torch.tensor([[5], [6], [7]]))
+    assert last.shape == (3, 1, vocab)
+    for r, row in enumerate(rows):
+        full = model(torch.tensor([row + [5 + r]]))[0]
+        for mine, want in [(last[r, 0], full[-2]), (step[r, 0], full[-1])]:
+            assert ((mine - want).abs().max() / want.abs().max()).item() <= 1e-5

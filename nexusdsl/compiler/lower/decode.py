@@ -94,12 +94,16 @@ class Decoder:
         self.ctx = DecodeContext(batch, capacity, device, dtype)
         self._installed: list = []
         self._compiled = None
+        self.last_only = False
         self._install()
 
     def _install(self) -> None:
         calls: dict[str, list] = {}
+        last = _last_position_outputs(self.module.graph, self.plan)
         for node in self.module.graph.nodes():
             way = self.plan.ways.get(node.id)
+            if node.id in last:
+                way = _LastPosition(last[node.id], self)
             if way is None or way is TOKENWISE:
                 continue
             calls.setdefault(node.shares or node.name, []).append(way)
@@ -110,15 +114,20 @@ class Decoder:
             op_module.__dict__["_decoding"] = (self.ctx, _Calls(ways, states))
             self._installed.append(op_module)
 
-    def __call__(self, tokens: torch.Tensor, mask: torch.Tensor | None = None):
+    def __call__(self, tokens: torch.Tensor, mask: torch.Tensor | None = None,
+                 last_only: bool = False):
         """The model's outputs for `tokens` [B, new] (a left-padded prompt with its mask, or
-        one new token per row), given every token fed before."""
+        one new token per row), given every token fed before. `last_only`: an output made
+        position by position (the logits) only at the last position, [B, 1, ...]; that is
+        all generation reads of a prompt, and the unembedding of every prompt position
+        costs as much as several layers."""
         if mask is None:
             mask = torch.ones_like(tokens, dtype=torch.bool)
         self.ctx.begin(mask)
         for op_module in self._installed:
             op_module.__dict__["_decoding"][1].next = 0
         one_token = tokens.shape[1] == 1
+        self.last_only = last_only and not one_token
         out = (self._compiled if one_token and self._compiled else self._run)(tokens, mask)
         self.ctx.end()
         return out
@@ -148,6 +157,44 @@ class Decoder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _last_position_outputs(graph: Graph, plan: DecodePlan) -> dict[int, tuple[int, ...]]:
+    """The outputs a tokenwise op makes along the token sequence (the logits), each with the
+    indices of its inputs along that sequence: at the last position alone they give the
+    output's last position. A node whose module another node also calls is left out."""
+    tokens = next(n for n in graph.inputs() if n.name == plan.tokens)
+    sequence = tokens.type.axes[-1].name
+    callers: dict[str, int] = {}
+    for node in graph.nodes():
+        if not node.is_input:
+            target = node.shares or node.name
+            callers[target] = callers.get(target, 0) + 1
+    found = {}
+    for ref in graph.outputs.values():
+        node = graph.node(ref.node)
+        out = graph.type_of(ref)
+        if (plan.ways.get(node.id) is not TOKENWISE or callers[node.shares or node.name] != 1
+                or out.rank < 2 or out.axes[-2].name != sequence):
+            continue
+        types = [graph.type_of(r) for r in node.inputs]
+        along = tuple(i for i, t in enumerate(types) if t.rank >= 2 and t.axes[-2].name == sequence)
+        if along:
+            found[node.id] = along
+    return found
+
+
+class _LastPosition(Decode):
+    """A tokenwise output node: its inputs cut to their last position when the decoder's
+    call asks for the last position only."""
+
+    def __init__(self, along: tuple[int, ...], decoder: Decoder):
+        self.along, self.decoder = along, decoder
+
+    def run(self, m, state, ctx, *xs):
+        if self.decoder.last_only:
+            xs = tuple(x[..., -1:, :] if i in self.along else x for i, x in enumerate(xs))
+        return m._fn(m, *xs)
 
 
 def run_decoding(op_module, fn, xs):

@@ -314,7 +314,8 @@ class _Cached:
             tokens[r, width - len(row):] = torch.tensor(row)
             mask[r, width - len(row):] = True
         self.fed = width
-        return self._last(self.decoder(tokens.to(self.device), mask.to(self.device)))
+        return self._last(self.decoder(tokens.to(self.device), mask.to(self.device),
+                                       last_only=True))
 
     def next(self, picks: torch.Tensor, alive: list[bool]) -> torch.Tensor:
         if self.fed >= self.decoder.ctx.capacity:  # the window is full: it slides from here
