@@ -46,6 +46,10 @@ def test_axial_strategy_flips_from_fewer_bytes_on_a_cpu_to_fewer_kernels_on_a_gp
         want = "dense" if t_dense < t_products else "products"
         assert want == ("dense" if device == "cpu" else "products")
     assert strategy("cpu") == "dense"
+    p = AxisFusion(PassOptions(context=1024, device="cuda"))
+    p(graph_of(TEXT))
+    gpu_ms = roofline(products.flops, products.bytes, products.kernels, "a100") * 1e3
+    assert f"products {products}".rsplit(", ~", 1)[0] + f", ~{gpu_ms:,.3g} ms" in p.notes[0]
     assert strategy("cuda") == "products"  # no GPU visible: the default GPU, an A100
     assert strategy("cuda:1") == "products"
 

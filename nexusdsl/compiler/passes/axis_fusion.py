@@ -32,7 +32,7 @@ from nexusdsl.compiler.passes.base import (
     private_params,
     sole_user,
 )
-from nexusdsl.compiler.passes.cost import Sizes, machine_for
+from nexusdsl.compiler.passes.cost import Sizes, machine_for, priced
 from nexusdsl.ir.graph import Graph, Node, ValueRef
 from nexusdsl.ops.axis import axial_costs, wiring_fn
 from nexusdsl.ops.base import attrs_of, op_of
@@ -82,13 +82,15 @@ class FuseMixChain(RewritePattern):
         apart, fused = chain_cost(math.prod(x) // x[outer.axis], steps)
         machine = machine_for(p.options.device)
         if fused.seconds(machine) >= apart.seconds(machine):
-            p.explain(f"{node.name}: kept {len(steps)} maps apart ({apart} < fused {fused})")
+            p.explain(f"{node.name}: kept {len(steps)} maps apart ({priced(apart, machine)} < "
+                      f"fused {priced(fused, machine)})")
             return False
         absorbed += self._absorb(graph, inner, held.key)
         attrs = {"axis": outer.axis, "key": outer.key, "steps": steps}
         graph.replace(node, node.model_copy(update={
             "op": MixChain.name, "attrs": attrs, "inputs": [x_ref, *absorbed]}))
-        p.explain(f"{node.name}: {len(steps)} maps of one axis as one ({fused} vs {apart})")
+        p.explain(f"{node.name}: {len(steps)} maps of one axis as one "
+                  f"({priced(fused, machine)} vs {priced(apart, machine)})")
         return True
 
     @staticmethod
@@ -141,8 +143,8 @@ class AxialEinsum(RewritePattern):
         machine = machine_for(p.options.device)
         strategy = min((k for k in costs if k != "einsum"),
                        key=lambda k: costs[k].seconds(machine))
-        p.explain(f"{node.name}: {strategy} (" + "; ".join(f"{k} {c}" for k, c in
-                                                       costs.items()) + ")")
+        notes = "; ".join(f"{k} {priced(c, machine)}" for k, c in costs.items())
+        p.explain(f"{node.name}: {strategy} ({notes})")
         attrs = AxialMix.attrs_from(node.attrs, strategy)
         pre = self._pre(graph, node)
         if pre is not None:

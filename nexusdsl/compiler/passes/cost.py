@@ -68,6 +68,11 @@ def machine_for(device: str, gpu_name: str | None = None) -> Machine:
     """The roofline the passes price a device's kernels with."""
     return DEVICE_PROFILES[device_kind(device, gpu_name)]
 
+
+def priced(cost: Cost, machine: Machine) -> str:
+    """A cost as `--explain` prints it (Cost's own text), with its time on `machine`."""
+    return f"{str(cost).rsplit(', ~', 1)[0]}, ~{cost.seconds(machine) * 1e3:,.3g} ms"
+
 # ---------------------------------------------------------------------------- sizes
 
 

@@ -24,7 +24,7 @@ from nexusdsl.compiler.passes.base import (
     can_emit,
     private_params,
 )
-from nexusdsl.compiler.passes.cost import Sizes, machine_for
+from nexusdsl.compiler.passes.cost import Sizes, machine_for, priced
 from nexusdsl.ir.graph import Graph, Node, ParamSpec
 from nexusdsl.ops.axis import random_mask_count, wiring_fn
 from nexusdsl.ops.base import attrs_of
@@ -126,7 +126,7 @@ class CompactRandomWiring(RewritePattern):
             times = {k: c.seconds(machine) for k, c in costs.items()}
             unmeasured = " (not measured: no such device here)" if p.options.measure else ""
             how = f"priced for {device}{unmeasured}: " + "; ".join(
-                f"{k} {c}" for k, c in costs.items())
+                f"{k} {priced(c, machine)}" for k, c in costs.items())
         kernel = min(times, key=times.get)
         p.explain(f"{node.name}: {count:,} of {cells * cells:,} connections, {kernel} ({how})")
         return kernel
