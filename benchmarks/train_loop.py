@@ -18,9 +18,9 @@ FLOPs per batch) over the host's fp32 matmul rate.
 
 Then the nexus loop in bf16 (`precision = bf16`: autocast, float32 master weights) against
 fp32, in the same alternating rounds; and one forward + backward pass of a larger TinyLM
-(dim 256, depth 8, batch 8 x 256) with and without `checkpoint = true`: the peak bytes
-allocated above the start (torch's profiler, every CPU allocation and free in order) and the
-seconds.
+(dim 256, depth 8, batch 8 x 256) with and without `checkpoint = true`, and in bf16
+(autocast, as `precision = bf16` runs it): the peak bytes allocated above the start (torch's
+profiler, every CPU allocation and free in order) and the seconds.
 """
 
 from __future__ import annotations
@@ -100,14 +100,16 @@ def checkpointing_figures() -> dict[str, tuple[int, float]]:
     x = torch.randint(0, 256, (BIG_BATCH, BIG_CONTEXT + 1),
                       generator=torch.Generator().manual_seed(0))
     figures = {}
-    for name in ("plain", "checkpoint = true"):
+    for name in ("plain", "checkpoint = true", "plain, bf16"):
         model = nexusdsl.compile("examples/tiny_lm.nx", **BIG)
-        if name != "plain":
+        if name == "checkpoint = true":
             checkpointing.install(model, checkpointing.chosen_steps(model.graph, True, None))
         model.train()
-        step(model, x)  # warm-up: first calls allocate caches
-        model.zero_grad(set_to_none=True)
-        figures[name] = peak_bytes(model, x)
+        precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=name.endswith("bf16"))
+        with precision:
+            step(model, x)  # warm-up: first calls allocate caches
+            model.zero_grad(set_to_none=True)
+            figures[name] = peak_bytes(model, x)
     return figures
 
 
@@ -166,7 +168,8 @@ def main() -> None:
     for name, (peak, seconds) in figures.items():
         print(f"{name:<20}peak {peak / 2**20:>8.1f} MiB   {seconds:.3f} s")
     plain, checked = figures["plain"][0], figures["checkpoint = true"][0]
-    print(f"peak checkpointed/plain: {checked / plain:.3f}")
+    print(f"peak checkpointed/plain: {checked / plain:.3f}; seconds bf16/fp32: "
+          f"{figures['plain, bf16'][1] / figures['plain'][1]:.3f}")
 
 
 if __name__ == "__main__":
