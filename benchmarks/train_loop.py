@@ -34,6 +34,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from nexusdsl.allocator import wait_passively  # noqa: E402
+
+wait_passively()  # as the nexus command does, before torch loads (nexusdsl/allocator.py)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
