@@ -67,7 +67,7 @@ import nexusdsl
 
 path, out, until, resume = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 result = nexusdsl.train(path, steps=6, until=until, out=out, resume=resume, shard=True,
-                        batch=8, context=32, eval_batches=1)
+                        batch=8, context=32, eval_batches=1, precision=sys.argv[5])
 units, seen = [], set()
 for module in result.model.modules():
     state = module._get_fsdp_state() if isinstance(module, FSDPModule) else None
@@ -83,6 +83,7 @@ for module in result.model.modules():
         "trainable": [p.requires_grad for _, _, p in params],
         "grads": [p.grad is not None for _, _, p in params],
         "grad_bytes": sum(p.grad.to_local().nbytes for _, _, p in params if p.grad is not None),
+        "gathered": str(group.mp_policy.param_dtype),  # the dtype the forward sees
     })
 root = [n for n, p in result.model.named_parameters() if n not in
         {q for u in units for q in u["params"]}]
@@ -92,14 +93,14 @@ Path(out, f"units-{os.environ['RANK']}.json").write_text(json.dumps(report))
 """
 
 
-def torchrun(tmp_path, path, out, until=6, resume=False):
+def torchrun(tmp_path, path, out, until=6, resume=False, precision="fp32"):
     """Two processes train `path` sharded up to step `until` of a six-step schedule; returns
     each one's report."""
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(worker), str(path), str(out), str(until), "1" if resume else "0"]
+           "2", str(worker), str(path), str(out), str(until), "1" if resume else "0", precision]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     log = f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     assert "Traceback" not in run.stderr, log
@@ -109,9 +110,9 @@ def torchrun(tmp_path, path, out, until=6, resume=False):
     return [json.loads(p.read_text()) for p in reports]
 
 
-def one_process(path, out, until=6, resume=False):
+def one_process(path, out, until=6, resume=False, precision="fp32"):
     nexusdsl.train(str(path), steps=6, until=until, out=out, resume=resume, threads=1,
-                   **SETTINGS)
+                   precision=precision, **SETTINGS)
     return ckpt.load(out)
 
 
@@ -146,9 +147,27 @@ def test_two_processes_train_the_weights_of_one(sgd, tmp_path):
     step = [sorted(n for n in six.model if n.startswith(f"blocks.{i}.")) for i in (0, 1)]
     # one unit per repeat step, the final norm its own; the tied embedding stays in the root
     assert units == sorted([*step, ["rmsnorm.weight"]]) and ranks[0]["root"] == ["tok.weight"]
+    assert all(u["gathered"] == "None" for u in ranks[0]["units"])  # float32 as stored
     saved = ckpt.load(tmp_path / "fsdp")
     assert saved.state["storage"] == "dcp" and len(saved.state["files"]) == 2
     assert_close(saved, six, 1e-6)
+    # a shard file missing is a damaged checkpoint, not zeros
+    (saved.path / saved.state["files"][1]).unlink()
+    with pytest.raises(ckpt.CheckpointError, match="is damaged: shard file .* is missing"):
+        ckpt.load(tmp_path / "fsdp")
+
+
+def test_bf16_gathers_half_precision_weights_and_keeps_float32_ones(sgd, tmp_path):
+    path, six, _ = sgd
+    ranks = torchrun(tmp_path, path, tmp_path / "bf16", precision="bf16")
+    assert all(u["gathered"] == "torch.bfloat16" for u in ranks[0]["units"])
+    saved = ckpt.load(tmp_path / "bf16")
+    assert all(t.dtype == torch.float32 for t in saved.model.values())  # the master weights
+    # one process's bf16 autocast rounds the same products; FSDP2 also gathers the norms'
+    # weights in bf16, hence a looser bound than float32's, and yet far from float32's run
+    reference = one_process(path, tmp_path / "one-bf16", precision="bf16")
+    assert_close(saved, reference, 2e-3)
+    assert max(float((saved.model[k] - six.model[k]).abs().max()) for k in six.model) > 1e-5
 
 
 def test_a_frozen_bound_part_holds_no_gradients(tmp_path):
