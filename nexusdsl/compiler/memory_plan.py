@@ -38,6 +38,11 @@ OTHER_BYTES = {"i64": 8, "i32": 4, "bool": 1, "f64": 8}
 # the input the next op saves.
 SAVED = {"attention": 4.0, "softmax": 2.0, "latent_attention": 5.0}
 
+# Ops whose outputs autocast makes in bf16/fp16 (matrix products, and elementwise functions
+# of them); the others (norms, sums with the float32 residual stream, embeddings) stay float32.
+HALF_UNDER_AUTOCAST = {"linear", "attention", "latent_attention", "unembed", "gelu", "relu",
+                       "silu", "swiglu", "mlp", "conv", "matmul"}
+
 # The outermost repeat step of a node's name (the scopes `blocks.{i}.`, docs/language.md,
 # "Blocks and calls"), as train/checkpointing.py cuts the graph.
 _STEP = re.compile(r"(?:^|\.)(blocks(?:_\d+)?\.\d+)(?=\.|$)")
@@ -128,6 +133,7 @@ def _bytes(t: TensorType, sizes: dict[str, int], context: int, width: int) -> in
 
 
 def _saved(node: Node, sizes: dict[str, int], context: int, width: int) -> int:
+    width = width if node.op in HALF_UNDER_AUTOCAST else 4
     out = sum(_bytes(t, sizes, context, width) for t in node.outputs)
     return int(out * SAVED.get(node.op, 1.0)) + _scores(node, sizes, context, width)
 
