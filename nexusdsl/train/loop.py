@@ -153,11 +153,13 @@ def progress_of(s: Session, step: int, run_seconds: float) -> float:
 def evaluate(s: Session) -> dict[str, float]:
     """Held-out metrics over the fixed evaluation batches (the same batches every time).
     Data parallel: processes share the batches; sharded: each runs all of them, since every
-    FSDP forward pass is collective."""
+    FSDP forward pass is collective. Fewer batches than processes: each runs all of them too
+    (a process without a batch would have no sums to add)."""
     obj, config, d = s.objective, s.config, s.dist
     sums: dict[str, float] = {}
-    batches = s.data.heldout.eval_batches(config.batch, obj.length(config.context),
-                                          config.eval_batches)
+    batches = list(s.data.heldout.eval_batches(config.batch, obj.length(config.context),
+                                               config.eval_batches))
+    shared = not d.sharded and len(batches) >= d.world  # else every process runs every batch
     s.trainee.eval()
     precision = s.precision.autocast() if s.precision is not None else contextlib.nullcontext()
     with torch.no_grad(), precision:
@@ -165,7 +167,7 @@ def evaluate(s: Session) -> dict[str, float]:
             if s.stop and not d.active:  # one process: stop at once (evaluating changes nothing)
                 s.trainee.train()
                 raise Interrupted(s.stop.signum, s.step)
-            if not d.sharded and i % d.world != d.rank:
+            if shared and i % d.world != d.rank:
                 continue
             batch = obj.prepare(batch, torch.Generator().manual_seed(EVAL_SEED + i))
             batch = {k: v.to(d.device) for k, v in batch.items()}
@@ -173,7 +175,7 @@ def evaluate(s: Session) -> dict[str, float]:
                 sums[key] = sums.get(key, 0.0) + value
             collect_aux(s.trainee)
     s.trainee.train()
-    if not d.sharded:
+    if shared:
         sums = distributed.sum_all(sums, d)
     return obj.summarize(sums)
 

@@ -17,18 +17,20 @@ import torch
 
 import nexusdsl
 from nexusdsl.train import checkpoint as ckpt
+from nexusdsl.train import metrics
 from tests.conftest import ROOT
 from tests.train.models import TINY, write
 
 # Without dropout: the processes' dropout masks could not equal one process's.
 PLAIN = TINY.replace(" |> dropout(0.1)", "")
-ARGS = ["--steps", "4", "--batch", "8", "--context", "32", "--set", "eval_batches=2", "--quiet"]
+ARGS = ["--steps", "4", "--batch", "8", "--context", "32", "--quiet"]
 
 
-def torchrun(path, out, *extra):
+def torchrun(path, out, *extra, eval_batches=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "nexusdsl.cli", "train", str(path), "--out", str(out), *ARGS, *extra]
+           "2", "-m", "nexusdsl.cli", "train", str(path), "--out", str(out), *ARGS,
+           "--set", f"eval_batches={eval_batches}", *extra]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     reports = [out / "ranks" / f"rank-{r}.json" for r in range(2)]
     log = f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
@@ -68,6 +70,19 @@ def test_ddp_keeps_replicas_identical_and_matches_one_process(single, tmp_path):
     assert ranks[0]["params_sha256"] == ranks[1]["params_sha256"]
     assert not ranks[0]["sharded"]
     assert_same_weights(ckpt.load(tmp_path / "ddp"), reference)
+
+
+def test_fewer_heldout_batches_than_processes_evaluate_on_every_process(single, tmp_path):
+    """One held-out batch for two processes: each evaluates it (a process left without a
+    batch had no sums to add and crashed), so the held-out loss is one process's on it."""
+    path, _ = single
+    torchrun(path, tmp_path / "ddp", eval_batches=1)
+    alone = tmp_path / "alone"
+    nexusdsl.train(str(path), steps=4, batch=8, context=32, eval_batches=1, out=alone)
+    heldout = [[m for m in metrics.read(run) if m["split"] == "heldout"][-1]
+               for run in (tmp_path / "ddp", alone)]
+    assert heldout[0]["step"] == heldout[1]["step"] == 4
+    assert heldout[0]["loss"] == pytest.approx(heldout[1]["loss"], rel=1e-3)
 
 
 def test_sharded_checkpoint_loads_in_one_process(single, tmp_path):
