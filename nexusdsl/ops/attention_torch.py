@@ -217,6 +217,44 @@ class AttentionDecode(Decode):
     def __init__(self, attrs):
         self.attrs = attrs
         self.given = list(attrs.given)
+        self._rope_key = repr(attrs.rope)
+
+    def _rotary(self, ctx, rot: int, dtype):
+        """cos and sin at this call's positions, made once per call for all the layers that
+        share a rope (every layer's positions are the same): a one-token step is a few dozen
+        small ops, and the tables were several of them per layer."""
+        memo = ctx.__dict__.setdefault("memo", {})  # this call's, for every layer
+        key = (self._rope_key, rot, dtype)
+        made = memo.get(key)
+        if made is None or made[0] is not ctx.positions:
+            made = (ctx.positions,
+                    *rotary_tables(self.attrs.rope, rot, ctx.positions[:, None, :], dtype))
+            memo[key] = made
+        return made[1], made[2]
+
+    def _visible(self, state, ctx, cached: int, new: int):
+        """(the absolute slots of the new tokens, of every key, which keys each new token
+        sees [B, 1, new, keys]). Every layer of the same window has written the same slots,
+        so this is made once per call for all of them."""
+        memo = ctx.__dict__.setdefault("memo", {})  # this call's, for every layer
+        key = ("seen", self.attrs.window, cached, new)
+        made = memo.get(key)
+        if made is not None and made[0] is ctx.positions:
+            return made[1:]
+        mine = ctx.slots(new)
+        if cached:
+            where = torch.cat([state["where"], mine])  # the absolute slot of every key
+            valid = torch.cat([state["valid"] & (state["where"] >= 0), ctx.mask], dim=1)
+        else:
+            where, valid = mine, ctx.mask
+        seen = (where[None, :] <= mine[:, None]) & valid[:, None, :]  # (B, new, keys)
+        if self.attrs.window:
+            seen = seen & (where[None, :] > mine[:, None] - self.attrs.window)
+        own = torch.zeros_like(seen)
+        own[:, :, cached:] = torch.eye(new, dtype=torch.bool, device=seen.device)
+        seen = (seen | own)[:, None]  # a padded query sees itself: finite numbers
+        memo[key] = (ctx.positions, mine, where, seen)
+        return mine, where, seen
 
     def init(self, m, ctx):
         a = self.attrs
@@ -263,26 +301,16 @@ class AttentionDecode(Decode):
         q, k = _normalise(m, a, q, k)
         if a.rope is not None:  # each new token at its own row's position
             rot = rotary_width(a.rope, size)
-            cos, sin = rotary_tables(a.rope, rot, ctx.positions[:, None, :], q.dtype)
+            cos, sin = self._rotary(ctx, rot, q.dtype)
             q = apply_rotary(q, cos, sin, rot, a.rope.interleaved)
             k = apply_rotary(k, cos, sin, rot, a.rope.interleaved)
-        new = x.shape[-2]
-        mine = ctx.slots(new)  # absolute slots of the new tokens
         if state.get("written"):  # the cache's keys, then the new ones
             keys = torch.cat([state["k"], k], dim=2)
             values = torch.cat([state["v"], v], dim=2)
-            where = torch.cat([state["where"], mine])  # the absolute slot of every key
-            valid = torch.cat([state["valid"] & (state["where"] >= 0), ctx.mask], dim=1)
             cached = state["k"].shape[2]
         else:  # the first call (the prompt): the cache holds nothing to attend to yet
-            keys, values, where, valid, cached = k, v, mine, ctx.mask, 0
-        seen = (where[None, :] <= mine[:, None]) & valid[:, None, :]  # (B, new, keys)
-        if a.window:
-            seen = seen & (where[None, :] > mine[:, None] - a.window)
-        own = torch.zeros_like(seen)
-        own[:, :, cached:] = torch.eye(new, dtype=torch.bool, device=x.device)
-        seen = seen | own  # a padded query sees itself: finite numbers
-        seen = seen[:, None]
+            keys, values, cached = k, v, 0
+        mine, where, seen = self._visible(state, ctx, cached, x.shape[-2])
         bias = _alibi_at(heads, mine, where, q) if a.alibi else None
         if position_bias is not None:  # [.., heads, new, capacity] over absolute slots
             taken = position_bias[..., where.clamp(min=0)].to(q.dtype)

@@ -124,6 +124,7 @@ class Decoder:
         if mask is None:
             mask = torch.ones_like(tokens, dtype=torch.bool)
         self.ctx.begin(mask)
+        self.ctx.__dict__["memo"] = {}  # what the layers of this call share (attention_torch)
         for op_module in self._installed:
             op_module.__dict__["_decoding"][1].next = 0
         one_token = tokens.shape[1] == 1
