@@ -41,7 +41,9 @@ zero-shot: install
 test: install
 	$(BIN)/ruff check nexusdsl tests benchmarks
 	$(BIN)/nexus fmt --check .  # pyproject.toml's [tool.nexus] fmt-exclude names test data
-	$(BIN)/python -m pytest -x -q tests
+	# passive OpenMP waits, as the nexus command sets them (nexusdsl/allocator.py): on busy cores
+	# spinning threads stall every short kernel
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -x -q tests
 
 lint: install
 	$(BIN)/ruff check nexusdsl tests benchmarks
