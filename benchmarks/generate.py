@@ -17,6 +17,9 @@ Before timing, the two models' logits over the prompt are compared, and afterwar
 greedy continuations; the cache's bytes are read from the decoder's state and compared with
 2 x layers x kv_heads x head_dim x length x bytes per element (length: the tokens the
 cache holds, prompt + new - 1, since the last token drawn is never fed).
+The host's calibration (benchmarks/host.py) is printed first, and each rate also as a share of
+its memory bandwidth: a one-token step reads every weight once, so a new token costs at least
+the parameters' bytes (the bound of decoding at batch 1).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 import nexusdsl  # noqa: E402
+from benchmarks.host import calibrate  # noqa: E402
 from nexusdsl.compiler.lower import generate as generation  # noqa: E402
 from nexusdsl.compiler.lower.decode import Decoder  # noqa: E402
 from tests.families.test_decoders import decoder_weights  # noqa: E402
@@ -100,7 +104,9 @@ def main() -> None:
     a = parser.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    host = calibrate()
     ours, reference = models()
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     prompt = torch.randint(0, CONFIG["vocab_size"], (a.prompt,),
                            generator=torch.Generator().manual_seed(1)).tolist()
     with torch.no_grad():
@@ -137,7 +143,8 @@ def main() -> None:
     rate = {name: a.new / statistics.median(t) for name, t in times.items()}
     for name in ways:
         print(f"  {name:<17} {rate[name]:8.1f} tokens/s   (median of "
-              f"{', '.join(f'{t:.2f}' for t in times[name])} s)")
+              f"{', '.join(f'{t:.2f}' for t in times[name])} s; "
+              f"{host.memory(weight_bytes * rate[name], 1.0)} reading the weights)")
     print(f"cached / recomputing:  {rate['cached'] / rate['recomputing']:.1f}x (target >= 10x)")
     paired = sorted(t / c for c, t in zip(times["cached"], times["transformers"]))
     print(f"cached / transformers: {rate['cached'] / rate['transformers']:.2f}x "
