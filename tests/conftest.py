@@ -1,3 +1,4 @@
+import functools
 import os
 from pathlib import Path
 
@@ -12,6 +13,17 @@ UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
 def _run_from_repo_root(monkeypatch):
     """Paths in diagnostics are printed as given: tests give them relative to the repo root."""
     monkeypatch.chdir(ROOT)
+
+
+@functools.cache
+def family_program(name: str):
+    """stdlib/families/NAME.nx loaded once per test session. Loading checks every model the
+    file defines at its defaults, the published configurations (DeepSeek-V3's 61 layers of 256
+    experts take seconds to elaborate); the files do not change while tests run, and each
+    configuration a test compiles is elaborated from the same program."""
+    import nexusdsl
+
+    return nexusdsl.load(ROOT / "stdlib" / "families" / f"{name}.nx")
 
 
 def check_golden(path: Path, actual: str) -> None:

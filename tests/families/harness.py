@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 import nexusdsl
-from tests.conftest import ROOT
+from tests.conftest import ROOT, family_program
 
 FAMILIES = ROOT / "stdlib" / "families"
 TOLERANCE = 1e-5  # relative to the largest magnitude of the reference
@@ -17,8 +17,7 @@ TOLERANCE = 1e-5  # relative to the largest magnitude of the reference
 
 def family(name: str, model: str | None = None, **hyper):
     """The family's model compiled in float64 with `hyper`."""
-    program = nexusdsl.load(FAMILIES / f"{name}.nx")
-    module = nexusdsl.compile(program, model, dtype="f64", **hyper)
+    module = nexusdsl.compile(family_program(name), model, dtype="f64", **hyper)
     return module.eval()
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import transformers as T
 
-import nexusdsl
 from nexusdsl.compiler.summary import count_params
+from tests.conftest import family_program
 from tests.families.harness import FAMILIES
 
 LLAMA3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -61,7 +61,7 @@ def transformers_count(name: str) -> int:
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_the_published_configuration_counts_as_transformers_does(name):
-    graph = nexusdsl.load(FAMILIES / f"{name}.nx").elaborate()
+    graph = family_program(name).elaborate()
     assert count_params(graph)["total"] == transformers_count(name)
 
 

@@ -10,7 +10,7 @@ import torch
 
 import nexusdsl
 from nexusdsl.compiler.lower.decode import Decoder, decode_plan
-from tests.conftest import ROOT
+from tests.conftest import family_program
 
 FAMILIES = {
     "llama": dict(vocab=97, dim=32, depth=2, heads=4, kv_heads=2, head_dim=8, hidden=48),
@@ -31,7 +31,7 @@ FAMILIES = {
 
 
 def family(name: str, **hyper):
-    return nexusdsl.compile(ROOT / "stdlib" / "families" / f"{name}.nx", dtype="f64",
+    return nexusdsl.compile(family_program(name), dtype="f64",
                             **hyper).eval()
 
 

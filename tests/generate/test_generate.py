@@ -14,7 +14,7 @@ import torch
 import nexusdsl
 from nexusdsl.compiler.lower.decode import Decoder
 from nexusdsl.compiler.lower.generate import GenerationError, nucleus, recompute_reason
-from tests.conftest import ROOT
+from tests.conftest import ROOT, family_program
 from tests.generate.test_decode import FAMILIES
 
 EXAMPLES = ["conv_lm.nx", "gpt.nx", "tiny_lm.nx"]  # the shipped examples that decode
@@ -24,7 +24,7 @@ NEW = 6
 
 def family(name: str, **extra):
     hyper = {**FAMILIES[name], **extra}
-    return nexusdsl.compile(ROOT / "stdlib" / "families" / f"{name}.nx", seed=3,
+    return nexusdsl.compile(family_program(name), seed=3,
                             **hyper).eval(), hyper["vocab"]
 
 
@@ -99,7 +99,7 @@ def test_cached_logits_equal_the_full_forward_in_float32(name):
 
 
 def test_t5_generates_its_decoder_tokens_against_a_fixed_encoder_input():
-    model = nexusdsl.compile(ROOT / "stdlib" / "families" / "t5.nx", seed=3, vocab=97, dim=32,
+    model = nexusdsl.compile(family_program("t5"), seed=3, vocab=97, dim=32,
                              depth=2, decoder_depth=2, heads=4, head_dim=8, hidden=40, buckets=8,
                              max_distance=16).eval()
     gen = torch.Generator().manual_seed(6)
