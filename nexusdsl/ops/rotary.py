@@ -12,6 +12,7 @@ the half-split layout of transformers (`rotate_half`: channel i with i + rot / 2
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, Any, Literal
 
@@ -129,8 +130,10 @@ def check_rotary_width(rope: Rope | None, head_dim: int, what: str) -> None:
 # ---------------------------------------------------------------------------- torch
 
 
+@functools.lru_cache(maxsize=64)
 def inverse_frequencies(rope: Rope, rot: int):
-    """(inv_freq float32 [rot / 2], attention factor) as transformers computes them."""
+    """(inv_freq float32 [rot / 2], attention factor) as transformers computes them. Made once
+    per setting (a decoding step asks for them at every token); never written to."""
     import torch
 
     base = torch.arange(0, rot, 2, dtype=torch.int64).to(torch.float32) / rot
