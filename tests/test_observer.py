@@ -118,8 +118,10 @@ def _concrete_subclasses(base: type) -> set[type]:
             and c is not base and dataclasses.is_dataclass(c)}
 
 
-# statements that stand only at the top of a file, never in a body (grammar/nexus.lark `_stmt`)
-TOP_LEVEL = {ast.Import, ast.Modality, ast.Block, ast.Model, ast.Train}
+# statements that stand only at the top of a file, never in a body (grammar/nexus.lark `_stmt`),
+# and the rules inside `bind` and `weights` sections (read by elaborate/bindings.py)
+TOP_LEVEL = {ast.Import, ast.Modality, ast.Block, ast.Model, ast.Train, ast.ModelAlias,
+             ast.Bind, ast.Weights, ast.BindRule, ast.BindUse, ast.BindIgnore}
 
 
 def test_every_expression_and_statement_kind_has_a_rule():
