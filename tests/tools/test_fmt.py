@@ -76,8 +76,12 @@ def test_idempotent_and_meaning_preserving(name: str, text: str):
     assert format_text(once, name) == once
     assert _tokens(once) == _tokens(text)
     assert _comments(once) == _comments(text)
-    # names of the file are kept, so relative imports resolve the same way
-    assert _hashes(once, name) == _hashes(text, name)
+    # names of the file are kept, so relative imports resolve the same way. A file already in
+    # the canonical layout (`nexus fmt --check .` keeps the repository's so) is its own
+    # formatting: comparing it with itself would elaborate it twice for nothing (DeepSeek-V3's
+    # published configuration takes seconds).
+    if once != text:
+        assert _hashes(once, name) == _hashes(text, name)
 
 
 def test_a_messy_file_gets_the_canonical_layout():
