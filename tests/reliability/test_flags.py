@@ -11,8 +11,6 @@ import re
 import subprocess
 import sys
 import time
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,38 +19,11 @@ from safetensors.torch import save_file
 
 import nexusdsl
 from nexusdsl.train import checkpoint as ckpt
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Run
 from tests.train.models import TINY, write
 
 FAST = ["--batch", 4, "--context", 16, "--set", "eval_batches=1", "--set", "threads=1", "-q"]
 UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50}
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def nexus(monkeypatch, capsys):
-    """`nexus ARGS...` in this process: its exit status, stdout and stderr."""
-    from nexusdsl.cli import main
-
-    def run(*args) -> Run:
-        monkeypatch.setattr(sys, "argv", ["nexus", *map(str, args)])
-        code, crash = 0, ""
-        try:
-            main()
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-        except BaseException:  # a real process would print this traceback and exit 1
-            code, crash = 1, traceback.format_exc()
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err + crash)
-
-    return run
 
 
 def nexus_process(*args, env=None) -> Run:

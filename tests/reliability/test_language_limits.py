@@ -12,44 +12,15 @@ import os
 import re
 import subprocess
 import sys
-import traceback
-from dataclasses import dataclass
 
 import pytest
 
 import nexusdsl
 from nexusdsl.lang.source import MAX_SOURCE_BYTES, SourceRefused, read_source
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Run
 
 LOCATED = re.compile(r"^(\S+):(\d+):(\d+): error: (.*)$", re.M)
 MODEL = "model M {\n  input x: float[B, 4]\n  output y = EXPR\n}\n"
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def nexus(monkeypatch, capsys):
-    """`nexus ARGS...` in this process: its exit status, stdout and stderr."""
-    from nexusdsl.cli import main
-
-    def run(*args) -> Run:
-        monkeypatch.setattr(sys, "argv", ["nexus", *map(str, args)])
-        code, crash = 0, ""
-        try:
-            main()
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-        except BaseException:  # a real process would print this traceback and exit 1
-            code, crash = 1, traceback.format_exc()
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err + crash)
-
-    return run
 
 
 def process(*args, timeout: float = 60) -> Run:

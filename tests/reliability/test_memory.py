@@ -5,48 +5,18 @@ allocator or a process the kernel kills. The meta device allocates nothing and i
 
 import json
 import re
-import sys
 import time
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import nexusdsl
 from nexusdsl.compiler.lower import fx
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Run
 
 LOCATED = re.compile(r"^(\S+):(\d+):(\d+): (error|warning): (.*)$", re.M)
 UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50}
 TINY_LM = ROOT / "examples" / "tiny_lm.nx"
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def nexus(monkeypatch, capsys):
-    """`nexus ARGS...` in this process: its exit status, stdout and stderr."""
-    from nexusdsl.cli import main
-
-    def run(*args) -> Run:
-        monkeypatch.setattr(sys, "argv", ["nexus", *map(str, args)])
-        code, crash = 0, ""
-        try:
-            main()
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-        except BaseException:  # a real process would print this traceback and exit 1
-            code, crash = 1, traceback.format_exc()
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err + crash)
-
-    return run
 
 
 def tiny_lm_params(d: int, depth: int = 4, vocab: int = 256) -> int:

@@ -9,9 +9,6 @@ import json
 import re
 import shutil
 import struct
-import sys
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import nexusdsl
+from tests.conftest import Run
 
 LOCATED = re.compile(r"^(\S+):(\d+):(\d+): error: (.*)$", re.M)
 WIDTH = 8
@@ -30,33 +28,6 @@ EXPERT = """model P {
 }
 """
 CALL_COLUMN = EXPERT.splitlines()[2].index("[") + 2  # 1-based column of the pretrained call
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def nexus(monkeypatch, capsys):
-    """`nexus ARGS...` in this process: its exit status, stdout and stderr."""
-    from nexusdsl.cli import main
-
-    def run(*args) -> Run:
-        monkeypatch.setattr(sys, "argv", ["nexus", *map(str, args)])
-        code, crash = 0, ""
-        try:
-            main()
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-        except BaseException:  # a real process would print this traceback and exit 1
-            code, crash = 1, traceback.format_exc()
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err + crash)
-
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ from pygls.uris import from_fs_path
 
 import nexusdsl
 from nexusdsl.ir.graph import Graph
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Run
 
 SECRET = "hunter2-3f9c81d7"
 LOCATED = re.compile(r"^(\S+):(\d+):(\d+): error: (.*)$", re.M)
@@ -56,33 +54,6 @@ POLICY_TRAIN = """train Policy {
   batch = 4; steps = 1; eval_batches = 1; threads = 1
 }
 """
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def nexus(monkeypatch, capsys):
-    """`nexus ARGS...` in this process: its exit status, stdout and stderr."""
-    from nexusdsl.cli import main
-
-    def run(*args) -> Run:
-        monkeypatch.setattr(sys, "argv", ["nexus", *map(str, args)])
-        code, crash = 0, ""
-        try:
-            main()
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-        except BaseException:  # a real process would print this traceback and exit 1
-            code, crash = 1, traceback.format_exc()
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err + crash)
-
-    return run
 
 
 def process(*args, cwd: Path = ROOT) -> Run:
